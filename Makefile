@@ -1,0 +1,32 @@
+# make demo: set up .venv and run the full TATL pipeline on the embedded synthetic dataset (~10 min on 2 CPU cores)
+# make test: set up .venv and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Known-good pins (DEVELOPERS.md). On x86_64 with Python 3.11 pip takes these torch wheels from local disk here.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test test-fast bench lint
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(VENV)/bin/tatl run synthetic --config demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	$(PY) benchmarks/bench_decode.py
+
+lint: venv
+	$(VENV)/bin/ruff check tatl tests benchmarks

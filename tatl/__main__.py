@@ -1,0 +1,3 @@
+from tatl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The `tatl` command line: one subcommand per module in `tatl/commands/`, listed explicitly below."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import textwrap
+
+from tatl import __version__
+from tatl.errors import TatlError
+
+# subcommand name -> (module in tatl.commands, one-line help). Modules are imported only when their
+# command runs, so `tatl --help` stays fast and does not import torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("tatl.commands.synth", "write a synthetic ISIC-like dataset (ISIC 2018 layout)"),
+    "check-data": ("tatl.commands.check_data", "validate a dataset and print a summary or every problem"),
+    "params": ("tatl.commands.params", "print a Table-5-style parameter count for every shape x backbone"),
+    "evaluate": ("tatl.commands.evaluate", "score a folder of predicted masks with the official ISIC metric"),
+    "run": ("tatl.commands.run", "train and evaluate the TATL pipeline (stages 1-3, variants, U+Link)"),
+}
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      tatl synth data/synth --n 300 --size 128 --seed 0
+      tatl check-data ../shared/data/isic2018-sample --attributes pigment_network
+      tatl run data/synth --out runs/demo --config demo
+      tatl evaluate runs/demo/predictions data/synth/ISIC2018_Task2_Training_GroundTruth_v3 --json
+    run `tatl COMMAND --help` for the options and examples of each command.
+    """
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tatl",
+        description="TATL: Task Agnostic Transfer Learning for skin attribute segmentation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tatl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for input errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=getattr(module, "EXAMPLES", None),
+        )
+        sub.add_argument("--debug", action="store_true", help="show full tracebacks for input errors")
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Offline by default on a machine without a network: fail fast instead of retrying hub downloads.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._module.run(args) or 0)
+    except TatlError as error:
+        if args.debug:
+            raise
+        print(f"tatl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tatl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `tatl` subcommand. Each has `add_arguments(parser)` and `run(args) -> int`."""

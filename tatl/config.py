@@ -1,0 +1,252 @@
+"""Configuration: plain dataclasses with a comment per field, read from YAML, overridden with `--set key=value`.
+
+A run is fully described by one `Config`; `tatl run` writes it, resolved, to `RUN/config.yaml`. Unknown keys and
+values of the wrong type are errors that name the key, so a typo never silently falls back to a default.
+Presets (`demo`, `paper`) are YAML files in `tatl/presets/`, selected with `--config demo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tatl.errors import ConfigError
+
+ATTRIBUTES_2018 = ["globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks"]
+PRESETS_DIR = Path(__file__).parent / "presets"
+VARIANTS = ("3", "2,3", "1,3", "1,2,3")  # the ablations of Tables 2-3: which stages a variant uses
+
+
+@dataclass
+class DataConfig:
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES_2018))  # attribute masks to learn
+    stage1_size: int = 256  # Segment-Net input side in pixels (square, multiple of 32)
+    image_size: int = 256  # Stage 2/3 input side: lesion crops or full images are resized to this
+    val_fraction: float = 0.2  # share of images in the validation split (when fold is null)
+    n_folds: int = 5  # k of the k-fold split written to splits.json
+    fold: int | None = None  # validate on fold k (0-based) of the k folds instead of the train/val split
+    binarize_threshold: int | None = None  # read soft masks as value > threshold (official scorer: 128); null: refuse
+    cache: bool = True  # cache decoded, resized images on disk in RUN/cache (no JPEG decoding after epoch 0)
+    max_image_pixels: int | None = None  # raise Pillow's decompression-bomb limit for huge images
+
+
+@dataclass
+class ModelConfig:
+    shapes: list[str] = field(default_factory=lambda: ["unet", "linknet"])  # U and/or Link; both are ensembled
+    encoder_name: str = "paper-efficientnet-b0"  # any smp encoder; default: the paper's Keras topology
+    encoder_weights: str | None = None  # null (random), "imagenet" (needs internet), "lite0", or a weights file
+    stage1_shape: str = "unet"  # the Segment-Net's shape (the paper uses U-shape)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40  # maximum epochs per network (paper: 40)
+    patience: int = 10  # stop a network after this many epochs without validation improvement (paper: 10)
+    batch_size: int = 8  # images per optimisation step
+    lr: float = 0.01  # SGD learning rate (paper: 0.01)
+    momentum: float = 0.9  # SGD momentum (paper: 0.9)
+    weight_decay: float = 0.0  # SGD weight decay (the paper uses none)
+    monitor: str = "jaccard"  # validation score that picks the best model: "jaccard", "dice" or "loss"
+    augment: bool = True  # random flips, 90-degree rotations and colour jitter (albumentations)
+    seed: int = 0  # seeds data order, augmentation and initialisation: same seed on CPU, same result
+    device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    num_workers: int = 0  # DataLoader workers; images are pre-decoded, so 0 is usually fastest on CPU
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and on GPU tensor cores
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); CPU stays fp32
+
+
+@dataclass
+class PipelineConfig:
+    variants: list[str] = field(default_factory=lambda: ["1,2,3"])  # ablations to run: "3", "2,3", "1,3", "1,2,3"
+    encoder_mode: str = "frozen"  # Stage 3 encoder: "frozen" (TATL-FE, shared) or "trainable" (TATL-NF)
+    crop_margin: int = 40  # pixels added around the predicted lesion box, in original-image pixels (paper: 40)
+    crop_source: str = "predicted"  # training crops from Stage-1 "predicted" masks (paper) or "truth" lesion masks
+    min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
+    threshold: float = 0.5  # probability above which a pixel is positive
+
+
+@dataclass
+class SynthConfig:
+    n: int = 300  # images generated when DATA is "synthetic"
+    size: int = 256  # their width (height is 3/4 of it, the ISIC aspect)
+    seed: int = 0  # generator seed
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts; unknown sections or keys and wrong types raise ConfigError."""
+    config = Config()
+    _update(config, values, source, prefix="")
+    validate(config)
+    return config
+
+
+def load_config(path_or_preset: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then a YAML file or preset name, then `key=value` overrides (YAML-typed values)."""
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path_or_preset is not None:
+        path = _resolve_config_path(path_or_preset)
+        source = str(path)
+        values = _read_yaml(path)
+    config = Config()
+    _update(config, values, source, prefix="")
+    for override in overrides or []:
+        apply_override(config, override)
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def apply_override(config: Config, override: str) -> None:
+    """Apply one `section.key=value` override, e.g. `train.epochs=5` or `model.shapes=[unet]`."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected section.key=value, e.g. train.epochs=5")
+    dotted, raw_value = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"--set {override!r}: key must be section.key (sections: {', '.join(_section_names())})")
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+    _update(config, {parts[0]: {parts[1]: value}}, "--set", prefix="")
+
+
+def _resolve_config_path(path_or_preset: str | Path) -> Path:
+    path = Path(path_or_preset)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    preset = PRESETS_DIR / f"{path_or_preset}.yaml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"{path_or_preset}: not a config file or a preset (presets: {', '.join(names)})")
+    return preset
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    return values
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _update(target: Any, values: dict[str, Any], source: str, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {name!r} (known: {', '.join(known)})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            _update(current, value, source, prefix=f"{name}.")
+        else:
+            setattr(target, key, _check_type(value, hints[key], name, source))
+
+
+def _check_type(value: Any, hint: Any, name: str, source: str) -> Any:
+    """Return value if it fits the type hint (ints accepted for floats), else raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, name, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {name} must be {_type_name(hint)}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, str) and item_hint is str:
+            value = [part.strip() for part in value.split(",") if part.strip()]  # "a,b" -> ["a", "b"]
+        if isinstance(value, list):
+            return [_check_type(item, item_hint, f"{name}[]", source) for item in value]
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a variant written as 3 in YAML
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {name} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def validate(config: Config) -> None:
+    """Check values, not just types: every message names the key."""
+    d, m, t, p = config.data, config.model, config.train, config.pipeline
+    _require(len(d.attributes) > 0, "data.attributes must name at least one attribute")
+    for attribute in d.attributes:
+        _require(attribute.isidentifier(), f"data.attributes: {attribute!r} is not a valid attribute name")
+    _require(len(set(d.attributes)) == len(d.attributes), "data.attributes has duplicates")
+    for key in ("stage1_size", "image_size"):
+        size = getattr(d, key)
+        _require(size >= 32 and size % 32 == 0, f"data.{key} must be a positive multiple of 32, got {size}")
+    _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    _require(d.n_folds >= 2, f"data.n_folds must be >= 2, got {d.n_folds}")
+    _require(d.fold is None or 0 <= d.fold < d.n_folds, f"data.fold must be in [0, {d.n_folds}), got {d.fold}")
+    _require(d.binarize_threshold is None or 0 <= d.binarize_threshold < 255, "data.binarize_threshold: 0..254")
+    _require(len(m.shapes) > 0, "model.shapes must name unet and/or linknet")
+    for shape in [*m.shapes, m.stage1_shape]:
+        _require(shape in ("unet", "linknet"), f"model.shapes: unknown shape {shape!r} (unet, linknet)")
+    _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _require(t.patience >= 1, f"train.patience must be >= 1, got {t.patience}")
+    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _require(t.monitor in ("jaccard", "dice", "loss"), f"train.monitor: {t.monitor!r} (jaccard, dice, loss)")
+    _require(t.device in ("auto", "cpu", "cuda"), f"train.device: {t.device!r} (auto, cpu, cuda)")
+    _require(t.num_workers >= 0, "train.num_workers must be >= 0")
+    for variant in p.variants:
+        _require(variant in VARIANTS, f"pipeline.variants: unknown variant {variant!r} (one of {' '.join(VARIANTS)})")
+    _require(p.encoder_mode in ("frozen", "trainable"), f"pipeline.encoder_mode: {p.encoder_mode!r}")
+    _require(p.crop_margin >= 0, f"pipeline.crop_margin must be >= 0, got {p.crop_margin}")
+    _require(p.crop_source in ("predicted", "truth"), f"pipeline.crop_source: {p.crop_source!r}")
+    _require(0 <= p.min_lesion_fraction < 1, "pipeline.min_lesion_fraction must be in [0, 1)")
+    _require(0 < p.threshold < 1, f"pipeline.threshold must be in (0, 1), got {p.threshold}")
+    _require(config.synth.n >= 1 and config.synth.size >= 32, "synth.n >= 1 and synth.size >= 32")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,285 @@
+"""The training loop: one encoder feeding one or more decoders, each with its own loss, optimizer, best-on-validation
+checkpoint and early stopping.
+
+One loop serves every stage. Stage 1 and 2 train one decoder with a trainable encoder. TATL-FE (frozen encoder)
+trains all attribute decoders at once on one shared encoder pass per batch: the encoder runs under no_grad in eval
+mode (its weights and BatchNorm statistics never change) and each decoder sees only its own loss, so each decoder
+follows exactly the updates it would get if trained alone, at a fraction of the cost. TATL-NF trains one decoder and
+its own encoder per attribute.
+
+Files: each head's folder gets `best.pt` and `last.pt` (a plain model state in the single-network key format, the
+optimizer, epoch, early-stopping counters and history, config), both replaced atomically, and `log.csv`. `last.pt`
+is all a resume needs: heads on a frozen encoder are independent, so after a kill between two heads' writes each
+head simply continues from its own last epoch, with the same batches (they depend on seed and epoch only).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tatl.checkpoints import atomic_write_bytes, load_checkpoint, save_checkpoint
+from tatl.config import TrainConfig
+from tatl.errors import TatlError
+from tatl.losses import TatlLoss
+from tatl.metrics import Task2Scorer
+
+
+class TrainingDiverged(TatlError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DecoderHead(nn.Module):
+    """A decoder and its segmentation head: what each target owns in a multi-head segmenter."""
+
+    def __init__(self, decoder: nn.Module, segmentation_head: nn.Module):
+        super().__init__()
+        self.decoder, self.segmentation_head = decoder, segmentation_head
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.segmentation_head(self.decoder(features))
+
+
+class MultiHeadSegmenter(nn.Module):
+    """One encoder, one DecoderHead per target name. forward(x) -> {name: logits (B,1,H,W)}."""
+
+    def __init__(self, encoder: nn.Module, heads: dict[str, DecoderHead]):
+        super().__init__()
+        self.encoder, self.heads = encoder, nn.ModuleDict(heads)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, names: list[str]) -> MultiHeadSegmenter:
+        """Every head starts as a copy of `model`'s decoder and head (Stage 3 starts all targets from Stage 2)."""
+        heads = {n: DecoderHead(copy.deepcopy(model.decoder), copy.deepcopy(model.segmentation_head)) for n in names}
+        return cls(model.encoder, heads)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def head_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The state of one target as a single network (keys encoder.*, decoder.*, segmentation_head.*)."""
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update(self.heads[name].state_dict())
+        return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+    def load_head_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        head_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        self.encoder.load_state_dict(encoder_state, strict=True)
+        self.heads[name].load_state_dict(head_state, strict=True)
+
+
+@dataclass
+class HeadProgress:
+    """Early-stopping bookkeeping of one target."""
+
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TatlError("train.device=cuda but no CUDA GPU is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def fit(
+    model: MultiHeadSegmenter,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    cfg: TrainConfig,
+    head_dirs: dict[str, Path],
+    train_encoder: bool,
+    label: str,
+    config_dict: dict[str, Any] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, HeadProgress]:
+    """Train every head of `model` with early stopping; leave the best weights of each head loaded."""
+    device = resolve_device(cfg.device)
+    names = list(model.heads)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.encoder.requires_grad_(train_encoder)
+    optimizers = {n: _optimizer(model, n, train_encoder, cfg) for n in names}
+    progress = {n: HeadProgress() for n in names}
+    for n in names:
+        _resume(model, n, optimizers[n], progress, head_dirs[n] / "last.pt", device, cfg.lr)
+    loss_fn = TatlLoss()
+    amp_dtype = _amp_dtype(device, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    for epoch in range(min(len(p.history) for p in progress.values()), cfg.epochs):
+        active = [n for n in names if not progress[n].stopped and len(progress[n].history) == epoch]
+        if not active:
+            continue
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # stochastic depth etc.: same per epoch, also after resume
+        train_loss = _train_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
+                                  amp_dtype, train_encoder, label)
+        val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
+        for n in active:
+            row = {"epoch": epoch, "train_loss": train_loss[n], **val[n], "seconds": time.perf_counter() - started}
+            _update_progress(progress[n], row, cfg)
+        _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
+        summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
+        print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}", file=sys.stderr)
+    for n in names:
+        model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"])
+    return progress
+
+
+def _optimizer(model: MultiHeadSegmenter, name: str, train_encoder: bool, cfg: TrainConfig) -> torch.optim.SGD:
+    params = list(model.heads[name].parameters())
+    if train_encoder:
+        if len(model.heads) > 1:
+            raise ValueError("a trainable encoder is trained with one head only (TATL-NF trains one network each)")
+        params += list(model.encoder.parameters())
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _amp_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
+    if device.type != "cuda" or not cfg.amp:
+        return None  # bf16 autocast does not pay on AVX2 CPUs: measured, see benchmarks/RESULTS.md
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _loader(dataset, cfg: TrainConfig, epoch: int | None, device: torch.device) -> torch.utils.data.DataLoader:
+    if epoch is None:
+        order = list(range(len(dataset)))
+    else:  # the order depends on (seed, epoch) only, so a resumed run replays the same batches
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+    if epoch is not None and len(order) % cfg.batch_size == 1 and len(order) > 1:
+        order = order[:-1]  # a final batch of one image breaks BatchNorm in training mode
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, cfg: TrainConfig):
+    x = x.to(device, non_blocking=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def _train_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers, scaler, amp_dtype, train_encoder,
+                 label) -> dict[str, float]:
+    names = list(model.heads)
+    model.train()
+    if not train_encoder:
+        model.encoder.eval()  # frozen: BatchNorm running statistics must not move either
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    totals = {n: 0.0 for n in active}
+    seen = 0
+    bar = tqdm(_loader(dataset, cfg, epoch, device), desc=f"{label} {epoch + 1}", leave=False, file=sys.stderr,
+               disable=None)
+    for batch_index, (x, y) in enumerate(bar):
+        x, y = _to_device(x, y, device, cfg)
+        for n in active:
+            optimizers[n].zero_grad(set_to_none=True)
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        with autocast:
+            with nullcontext() if train_encoder else torch.no_grad():
+                features = model.encoder(x)
+            losses = {n: loss_fn(model.heads[n](features), y[:, names.index(n)]) for n in active}
+        for n, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{label}: loss of {n} is {loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}; the last "
+                    f"good checkpoint is kept: rerun with --resume and a lower rate, e.g. --set train.lr={cfg.lr / 10}"
+                )
+        scaler.scale(sum(losses.values())).backward()  # decoders are disjoint: each gets only its own gradient
+        for n in active:
+            scaler.step(optimizers[n])
+        scaler.update()
+        for n in active:
+            totals[n] += losses[n].item() * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{sum(losses.values()).item() / len(losses):.4f}")
+    return {n: totals[n] / max(seen, 1) for n in active}
+
+
+@torch.no_grad()
+def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, threshold) -> dict[str, dict]:
+    """Validation loss and official-semantics Jaccard/Dice per head, at the training resolution."""
+    names = list(model.heads)
+    model.eval()
+    scorer = Task2Scorer(active)
+    loss_sums = {n: 0.0 for n in active}
+    seen = 0
+    for x, y in _loader(dataset, cfg, None, device):
+        x, y = _to_device(x, y, device, cfg)
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        with autocast:
+            features = model.encoder(x)
+            for n in active:
+                logits = model.heads[n](features).float()
+                truth = y[:, names.index(n)]
+                loss_sums[n] += loss_fn(logits, truth).item() * len(x)
+                scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
+        seen += len(x)
+    scores = scorer.result()
+    return {n: {"loss": loss_sums[n] / max(seen, 1), **scores[n]} for n in active}
+
+
+def _update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:
+    score = -row["loss"] if cfg.monitor == "loss" else row[cfg.monitor]
+    row["improved"] = score > progress.best_score
+    if row["improved"]:
+        progress.best_score, progress.best_epoch, progress.bad_epochs = score, int(row["epoch"]), 0
+    else:
+        progress.bad_epochs += 1
+        progress.stopped = progress.bad_epochs >= cfg.patience
+    progress.history.append(row)
+
+
+def _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label) -> None:
+    for n in active:
+        head = {"model": model.head_state(n), "optimizer": optimizers[n].state_dict(), "epoch": epoch,
+                "best_score": progress[n].best_score, "best_epoch": progress[n].best_epoch,
+                "progress": vars(progress[n]), "config": config_dict, "label": f"{label}/{n}"}
+        if progress[n].history[-1]["improved"]:
+            save_checkpoint(head, head_dirs[n] / "best.pt")
+        # A kill here leaves best.pt one epoch ahead of last.pt: the resumed epoch recomputes the same best.
+        save_checkpoint(head, head_dirs[n] / "last.pt")
+        _write_log(head_dirs[n] / "log.csv", progress[n].history)
+
+
+def _resume(model, name, optimizer, progress, path: Path, device: torch.device, lr: float) -> None:
+    if not path.exists():
+        return
+    state = load_checkpoint(path, map_location=device)
+    model.load_head_state(name, state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # the configured rate wins, so a diverged run can resume with a lower one
+    progress[name] = HeadProgress(**state["progress"])
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue().encode()))

@@ -1,0 +1,84 @@
+"""Run trained segmenters over stage inputs, paste predictions back at original size, and score them.
+
+Scores are always computed the official way: on full-size masks at each image's original resolution (crops are
+pasted back into their box), per-image normalised confusion matrices (see tatl.metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tatl.data.crops import Box, paste_back, whole_image_box
+from tatl.data.dataset import SegmentationDataset, full_size_target
+from tatl.data.isic import Sample
+from tatl.engine import MultiHeadSegmenter
+from tatl.metrics import Task1Scorer, Task2Scorer
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: MultiHeadSegmenter, images: np.ndarray, device: torch.device, batch_size: int = 8,
+    channels_last: bool = True,
+) -> dict[str, np.ndarray]:
+    """{head name: (N, S, S) float32 probabilities} for uint8 images (N, S, S, 3); one encoder pass per batch."""
+    model.to(device).eval()
+    dataset = SegmentationDataset(images, None, augment=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in model.heads}
+    for x, _ in loader:
+        x = x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for name, logits in model(x).items():
+            outputs[name].append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def average_probabilities(per_shape: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The U+Link ensemble: the mean of the shapes' probabilities (paper Section 5.3)."""
+    names = per_shape[0].keys()
+    return {name: np.mean([p[name] for p in per_shape], axis=0) for name in names}
+
+
+def full_size_probabilities(probabilities: np.ndarray, box: Box, original_size: tuple[int, int]) -> np.ndarray:
+    """Paste one (S, S) probability map back into an all-zero (H, W) map at its box."""
+    return paste_back(torch.from_numpy(np.asarray(probabilities, dtype=np.float32)), box, original_size).numpy()
+
+
+def score_attributes(
+    probabilities: dict[str, np.ndarray],
+    samples: Sequence[Sample],
+    boxes: dict[str, Box] | None,
+    sizes: dict[str, tuple[int, int]],
+    threshold: float = 0.5,
+    binarize_threshold: int | None = None,
+) -> dict:
+    """Official ISIC 2018 Task 2 scores of stage-input probabilities, pasted back at each original size."""
+    scorer = Task2Scorer(list(probabilities))
+    for index, sample in enumerate(samples):
+        size = sizes[sample.image_id]
+        box = boxes[sample.image_id] if boxes else whole_image_box(size)
+        for attribute, maps in probabilities.items():
+            prediction = full_size_probabilities(maps[index], box, size) > threshold
+            truth = full_size_target(sample, attribute, size, binarize_threshold)
+            scorer.update(attribute, truth, prediction)
+    return scorer.result()
+
+
+def score_lesions(
+    probabilities: np.ndarray,
+    samples: Sequence[Sample],
+    sizes: dict[str, tuple[int, int]],
+    threshold: float = 0.5,
+    binarize_threshold: int | None = None,
+) -> dict:
+    """ISIC 2018 Task 1 scores (mean Jaccard, thresholded Jaccard, Dice) of whole-image lesion probabilities."""
+    scorer = Task1Scorer()
+    for index, sample in enumerate(samples):
+        size = sizes[sample.image_id]
+        prediction = full_size_probabilities(probabilities[index], whole_image_box(size), size) > threshold
+        scorer.update(full_size_target(sample, "lesion", size, binarize_threshold), prediction)
+    return scorer.result()

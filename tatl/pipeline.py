@@ -1,0 +1,238 @@
+"""The TATL pipeline, read top to bottom (paper Sections 4.1-4.3 and 5.2-5.3).
+
+    Stage 1  Segment-Net on lesion masks -> a box per image (+ margin) -> lesion crops, resized.
+    Stage 2  Attribute-Agnostic Segmenter on the union (pixel OR) of the attribute masks (Eq. 4).
+    Stage 3  one Target-Segmenter per attribute, every weight initialised from Stage 2; encoder frozen and shared
+             (TATL-FE) or trainable (TATL-NF).
+    Eval     U and Link probabilities averaged, pasted back at each image's original size, official ISIC scores.
+
+The ablation variants of Tables 2-3 name the stages they use: "3" (targets on full images from the configured
+encoder weights), "2,3" (agnostic then targets, full images), "1,3" (targets on crops), "1,2,3" (full TATL).
+Variants without Stage 2 have no task-trained encoder to freeze, so their encoders are trained (the paper's
+vanilla encoder-decoder). Shared stages are trained once and reused by every variant.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tatl.checkpoints import load_checkpoint, write_json
+from tatl.config import Config, to_dict
+from tatl.data.checks import DataReport
+from tatl.data.crops import Box, lesion_box
+from tatl.data.dataset import LESION, UNION, SegmentationDataset, full_size_target, load_images, load_masks
+from tatl.data.isic import Sample
+from tatl.engine import MultiHeadSegmenter, fit, resolve_device
+from tatl.inference import average_probabilities, predict_probabilities, score_attributes, score_lesions
+from tatl.models import build_model
+from tatl.weights import transfer_weights
+
+
+@dataclass
+class RunContext:
+    """What every stage needs: the config, the data, the split and where to write."""
+
+    config: Config
+    run_dir: Path
+    report: DataReport
+    train: list[Sample]
+    val: list[Sample]
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.run_dir / "cache" if self.config.data.cache else None
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.train.device)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def variant_stages(variant: str) -> set[int]:
+    return {int(stage) for stage in variant.split(",")}
+
+
+# ----------------------------------------------------------------------------------------------------- Stage 1
+def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
+    """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"."""
+    cfg = ctx.config
+    size = cfg.data.stage1_size
+    datasets = [_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
+                for samples in (ctx.train, ctx.val)]
+    return _train_group(ctx, cfg.model.stage1_shape, None, [LESION], *datasets,
+                        ctx.run_dir / "stage1" / cfg.model.stage1_shape, train_encoder=True, label="stage 1")
+
+
+def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
+    """Lesion boxes for every image from the Segment-Net's predictions (or truth, for training crops, if asked)."""
+    cfg = ctx.config
+    samples = ctx.train + ctx.val
+    images = load_images(samples, cfg.data.stage1_size, None, ctx.cache_dir)
+    probabilities = predict_probabilities(segment_net, images, ctx.device, cfg.train.batch_size)[LESION]
+    boxes: dict[str, Box] = {}
+    fallbacks = []
+    train_ids = {s.image_id for s in ctx.train}
+    for index, sample in enumerate(samples):
+        mask = probabilities[index] > cfg.pipeline.threshold
+        if cfg.pipeline.crop_source == "truth" and sample.image_id in train_ids:
+            mask = full_size_target(sample, LESION, ctx.report.sizes[sample.image_id], cfg.data.binarize_threshold)
+        box, fell_back = lesion_box(mask, ctx.report.sizes[sample.image_id], cfg.pipeline.crop_margin,
+                                    cfg.pipeline.min_lesion_fraction)
+        boxes[sample.image_id] = box
+        if fell_back:
+            fallbacks.append(sample.image_id)
+    if fallbacks:
+        log(f"stage 1: no plausible lesion predicted for {len(fallbacks)} image(s), whole image used: "
+            + ", ".join(fallbacks[:10]) + (" ..." if len(fallbacks) > 10 else ""))
+    val_probabilities = probabilities[len(ctx.train):]
+    scores = score_lesions(val_probabilities, ctx.val, ctx.report.sizes, cfg.pipeline.threshold,
+                           cfg.data.binarize_threshold)
+    scores["whole_image_fallbacks"] = fallbacks
+    write_json(ctx.run_dir / "stage1" / "boxes.json", {k: list(v) for k, v in boxes.items()})
+    return boxes, scores
+
+
+# ----------------------------------------------------------------------------------------------------- Stage 2
+def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -> MultiHeadSegmenter:
+    """Train the Attribute-Agnostic Segmenter on union masks (images with an empty union included)."""
+    kind = "crops" if boxes else "full"
+    datasets = [_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
+                for samples in (ctx.train, ctx.val)]
+    return _train_group(ctx, shape, None, [UNION], *datasets, ctx.run_dir / f"stage2-{kind}" / shape,
+                        train_encoder=True, label=f"stage 2 ({kind}, {shape})")
+
+
+# ----------------------------------------------------------------------------------------------------- Stage 3
+def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
+                   agnostic: MultiHeadSegmenter | None) -> list[MultiHeadSegmenter]:
+    """One Target-Segmenter per attribute, started from Stage 2 (or from the configured encoder weights).
+
+    Returns the trained networks: one multi-head network (frozen, shared encoder) or one network per attribute.
+    """
+    cfg = ctx.config
+    attributes = cfg.data.attributes
+    datasets = [_dataset(ctx, samples, attributes, cfg.data.image_size, boxes, augment=samples is ctx.train)
+                for samples in (ctx.train, ctx.val)]
+    start = agnostic.head_state(UNION) if agnostic is not None else None
+    shape_dir = ctx.run_dir / f"stage3-v{variant.replace(',', '')}" / shape
+    label = f"stage 3 (variant {variant}, {shape}"
+    if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
+        # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
+        return [_train_group(ctx, shape, start, attributes, *datasets, shape_dir, train_encoder=False,
+                             label=label + ", frozen encoder)", head_dirs={a: shape_dir / a for a in attributes})]
+    # TATL-NF and the variants without Stage 2: one whole network per attribute.
+    return [_train_group(ctx, shape, start, [attribute], *datasets, shape_dir / attribute, train_encoder=True,
+                         label=f"{label}, {attribute})") for attribute in attributes]
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: int, boxes: dict[str, Box] | None,
+             augment: bool) -> SegmentationDataset:
+    images = load_images(samples, size, boxes, ctx.cache_dir)
+    masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
+                       ctx.config.data.binarize_threshold)
+    return SegmentationDataset(images, masks, augment=augment and ctx.config.train.augment, seed=ctx.config.train.seed)
+
+
+def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
+                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None
+                 ) -> MultiHeadSegmenter:
+    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder."""
+    cfg = ctx.config
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
+    model = build_model(shape, cfg.model.encoder_name, cfg.model.encoder_weights if start_state is None else None)
+    if start_state is not None:
+        reinitialised = transfer_weights(start_state, model)
+        if reinitialised:
+            log(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
+    group = MultiHeadSegmenter.from_model(model, names)
+    head_dirs = head_dirs or {names[0]: group_dir}
+    done = group_dir / "done.json"
+    if done.exists():
+        for name in names:
+            group.load_head_state(name, load_checkpoint(head_dirs[name] / "best.pt")["model"])
+        log(f"{label}: already trained, reusing {group_dir}")
+        return group
+    started = time.perf_counter()
+    progress = fit(group, train_set, val_set, cfg.train, head_dirs, train_encoder, label,
+                   to_dict(cfg), cfg.pipeline.threshold)
+    best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
+            for n, p in progress.items()}
+    write_json(done, best)
+    summary = ", ".join(f"{n} {cfg.train.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
+                        for n, p in progress.items())
+    log(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
+    return group
+
+
+def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Probabilities of every attribute, from however many networks hold the heads."""
+    out: dict[str, np.ndarray] = {}
+    for model in models:
+        out.update(predict_probabilities(model, images, ctx.device, ctx.config.train.batch_size))
+    return out
+
+
+def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSegmenter]],
+                     boxes: dict[str, Box] | None) -> dict:
+    """Official scores at original size for each shape and for the U+Link ensemble."""
+    cfg = ctx.config
+    images = load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir)
+    per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
+    args = (ctx.val, boxes, ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold)
+    scores = {shape: score_attributes(p, *args) for shape, p in per_shape.items()}
+    if len(per_shape) > 1:
+        scores["ensemble"] = score_attributes(average_probabilities(list(per_shape.values())), *args)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------------- the run
+def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
+    """Train every stage the configured variants need (each once) and score every variant; return metrics."""
+    cfg = ctx.config
+    metrics: dict = {}
+    boxes = None
+    if stage1_only or any(1 in variant_stages(v) for v in cfg.pipeline.variants):
+        segment_net = stage1_segment_net(ctx)
+        boxes, metrics["stage1"] = stage1_boxes(ctx, segment_net)
+        s1 = metrics["stage1"]
+        log(f"stage 1 (validation, original size): Jaccard {s1['jaccard']:.3f}, thresholded Jaccard "
+            f"{s1['threshold_jaccard']:.3f}, Dice {s1['dice']:.3f}")
+        if stage1_only:
+            return metrics
+    agnostic: dict[tuple[str, str], MultiHeadSegmenter] = {}
+    for variant in cfg.pipeline.variants:
+        stages = variant_stages(variant)
+        variant_boxes = boxes if 1 in stages else None
+        kind = "crops" if variant_boxes else "full"
+        models = {}
+        for shape in cfg.model.shapes:
+            start = None
+            if 2 in stages:
+                if (kind, shape) not in agnostic:
+                    agnostic[(kind, shape)] = stage2_agnostic(ctx, shape, variant_boxes)
+                start = agnostic[(kind, shape)]
+            models[shape] = stage3_targets(ctx, variant, shape, variant_boxes, start)
+        metrics[f"stage2-{kind}"] = evaluate_variant(
+            ctx, {s: [m] for (k, s), m in agnostic.items() if k == kind}, variant_boxes
+        ) if 2 in stages else metrics.get(f"stage2-{kind}")
+        metrics[f"variant {variant}"] = evaluate_variant(ctx, models, variant_boxes)
+        _log_variant(variant, metrics[f"variant {variant}"])
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _log_variant(variant: str, scores: dict) -> None:
+    best = scores.get("ensemble") or next(iter(scores.values()))
+    name = "ensemble" if "ensemble" in scores else next(iter(scores))
+    log(f"variant {variant} ({name}, validation, original size): macro Jaccard "
+        f"{best['macro_average']['jaccard']:.3f}, Dice {best['macro_average']['dice']:.3f}; micro Jaccard "
+        f"{best['micro_average']['jaccard']:.3f}")

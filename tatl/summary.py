@@ -1,0 +1,61 @@
+"""`summary.md` of a run: a Table-2-style table of Jaccard and Dice per attribute and average, per variant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MACRO_NOTE = (
+    "Average = macro average (unweighted mean over attributes): the scale of the paper's tables (TATL 0.334 Jaccard "
+    "on ISIC 2018). Micro average = the ISIC 2018 leaderboard's 'overall' (all attributes' normalised confusion "
+    "matrices summed); not comparable with the paper's tables."
+)
+
+
+def _variant_scores(scores: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ensemble if there is one, else the only shape."""
+    if "ensemble" in scores:
+        return "U+Link ensemble", scores["ensemble"]
+    shape, values = next(iter(scores.items()))
+    return shape, values
+
+
+def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str = "TATL run") -> str:
+    lines = [f"# {title}", ""]
+    if "stage1" in metrics:
+        s1 = metrics["stage1"]
+        lines += [
+            "## Stage 1: lesion segmentation (ISIC 2018 Task 1 scores, validation split, original size)",
+            "",
+            "| Jaccard | thresholded Jaccard (< 0.65 -> 0) | Dice | whole-image fallbacks |",
+            "|---|---|---|---|",
+            f"| {s1['jaccard']:.3f} | {s1['threshold_jaccard']:.3f} | {s1['dice']:.3f} | "
+            f"{len(s1.get('whole_image_fallbacks', []))} |",
+            "",
+        ]
+    variants = [k for k in metrics if k.startswith("variant ")]
+    if variants:
+        lines += _table(metrics, variants, attributes)
+    for key in [k for k in metrics if k.startswith("stage2-")]:
+        rows = [f"| {shape} | {v['union']['jaccard']:.3f} | {v['union']['dice']:.3f} |"
+                for shape, v in metrics[key].items()]
+        lines += [f"## Stage 2: attribute-agnostic (abnormal) region, {key[7:]} inputs", "",
+                  "| network | Jaccard | Dice |", "|---|---|---|", *rows, ""]
+    return "\n".join(lines) + "\n"
+
+
+def _table(metrics: dict[str, Any], variants: list[str], attributes: list[str]) -> list[str]:
+    picked = {v: _variant_scores(metrics[v]) for v in variants}
+    header = "| attribute | " + " | ".join(f"stages {v[8:]} Jaccard | stages {v[8:]} Dice" for v in variants) + " |"
+    lines = [
+        "## Stage 3: attribute segmentation (ISIC 2018 Task 2 scores, validation split, original size)",
+        "",
+        "Networks: " + "; ".join(f"stages {v[8:]}: {picked[v][0]}" for v in variants) + ".",
+        "",
+        header,
+        "|---|" + "---|---|" * len(variants),
+    ]
+    for row in [*attributes, "macro_average", "micro_average"]:
+        label = {"macro_average": "**Average (macro)**", "micro_average": "micro (leaderboard)"}.get(row, row)
+        cells = [f"{picked[v][1][row]['jaccard']:.3f} | {picked[v][1][row]['dice']:.3f}" for v in variants]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, "", MACRO_NOTE, ""]

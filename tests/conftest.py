@@ -1,0 +1,35 @@
+"""Test set-up: offline, deterministic, small. Real data in ../shared/data is used when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Nothing may download weights or data at run time in tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data_path(name: str) -> Path:
+    """Path of a folder in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is not present on this machine")
+    return path
+
+
+@pytest.fixture
+def isic_sample() -> Path:
+    """6 real ISIC 2018 images (1022x767) with lesion and pigment_network masks."""
+    return shared_data_path("isic2018-sample")
+
+
+@pytest.fixture
+def ph2() -> Path:
+    """150 PH2 images with expert lesion masks, in the ISIC Task 1 layout."""
+    return shared_data_path("ph2")

@@ -1,0 +1,71 @@
+"""Config: YAML + --set overrides, unknown keys and wrong types are errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from tatl.config import Config, apply_override, from_dict, load_config, save_config, to_dict
+from tatl.errors import ConfigError
+
+
+def test_defaults_follow_the_paper():
+    config = Config()
+    assert (config.train.lr, config.train.momentum, config.train.epochs, config.train.patience) == (0.01, 0.9, 40, 10)
+    assert config.pipeline.crop_margin == 40
+    assert config.model.shapes == ["unet", "linknet"]
+    assert config.model.encoder_name == "paper-efficientnet-b0"
+
+
+def test_yaml_then_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  shapes: [unet]\n")
+    config = load_config(path, ["train.lr=0.1", "pipeline.variants=[3, '1,2,3']", "data.attributes=globules,streaks"])
+    assert config.train.epochs == 3 and config.train.lr == 0.1
+    assert config.model.shapes == ["unet"]
+    assert config.pipeline.variants == ["3", "1,2,3"]
+    assert config.data.attributes == ["globules", "streaks"]
+
+
+def test_round_trip(tmp_path: Path):
+    config = load_config("demo", ["train.seed=7"])
+    save_config(config, tmp_path / "config.yaml")
+    assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(config)
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+        ({"trian": {}}, "unknown key 'trian'"),
+        ({"train": {"epochs": "many"}}, "train.epochs must be int"),
+        ({"train": {"epochs": -1}}, "train.epochs must be >= 1"),
+        ({"train": {"lr": True}}, "train.lr must be float"),
+        ({"model": {"shapes": ["unet", "fpn"]}}, "unknown shape 'fpn'"),
+        ({"pipeline": {"variants": ["2"]}}, "unknown variant '2'"),
+        ({"data": {"image_size": 100}}, "data.image_size must be a positive multiple of 32"),
+        ({"data": {"attributes": ["../x"]}}, "not a valid attribute name"),
+        ({"pipeline": {"encoder_mode": "half"}}, "pipeline.encoder_mode"),
+    ],
+)
+def test_bad_values_name_the_key(values, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        from_dict(values)
+
+
+def test_override_syntax_errors():
+    config = Config()
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        apply_override(config, "train.epochs")
+    with pytest.raises(ConfigError, match="key must be section.key"):
+        apply_override(config, "epochs=3")
+
+
+def test_unknown_preset_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not a config file or a preset"):
+        load_config("nonexistent-preset")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2")
+    with pytest.raises(ConfigError, match="cannot read YAML"):
+        load_config(bad)

@@ -1,0 +1,152 @@
+"""The training loop: shared frozen encoder == one-at-a-time training, frozen stays frozen, resume, faults."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from tatl.checkpoints import load_checkpoint
+from tatl.config import TrainConfig
+from tatl.data.dataset import SegmentationDataset
+from tatl.engine import MultiHeadSegmenter, TrainingDiverged, fit
+
+NAMES = ["a", "b", "c"]
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return smp.Unet("tu-resnet10t", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4))
+
+
+def tiny_data(n: int = 10, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, len(NAMES), size, size), dtype=np.uint8)
+    for i in range(n):
+        for k in range(len(NAMES)):
+            if rng.random() < 0.7:
+                y, x = rng.integers(0, size - 8, 2)
+                masks[i, k, y : y + 8, x : x + 8] = 1
+                images[i, y : y + 8, x : x + 8, k] = 255  # learnable: each target brightens one channel
+    return images, masks
+
+
+def config(**changes) -> TrainConfig:
+    values = dict(epochs=2, patience=5, batch_size=4, lr=0.05, device="cpu", seed=3, augment=True)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def datasets(images, masks, cfg):
+    return (SegmentationDataset(images, masks, augment=cfg.augment, seed=cfg.seed),
+            SegmentationDataset(images, masks, augment=False))
+
+
+def test_shared_frozen_encoder_equals_one_at_a_time(tmp_path: Path):
+    images, masks = tiny_data()
+    cfg = config()
+    base = tiny_model()
+    multi = MultiHeadSegmenter.from_model(copy.deepcopy(base), NAMES)
+    fit(multi, *datasets(images, masks, cfg), cfg, {n: tmp_path / "multi" / n for n in NAMES},
+        train_encoder=False, label="multi")
+    for k, name in enumerate(NAMES):
+        single = MultiHeadSegmenter.from_model(copy.deepcopy(base), [name])
+        fit(single, *datasets(images, masks[:, k : k + 1], cfg), cfg, {name: tmp_path / name},
+            train_encoder=False, label=name)
+        for attr in ("best.pt", "last.pt"):
+            together = load_checkpoint(tmp_path / "multi" / name / attr)["model"]
+            alone = load_checkpoint(tmp_path / name / attr)["model"]
+            assert together.keys() == alone.keys()
+            for key in together:
+                torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_frozen_encoder_weights_and_batchnorm_stats_stay_bit_identical(tmp_path: Path):
+    images, masks = tiny_data()
+    cfg = config(epochs=1)
+    model = MultiHeadSegmenter.from_model(tiny_model(), NAMES)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.heads["a"].state_dict().items()}
+    fit(model, *datasets(images, masks, cfg), cfg, {n: tmp_path / n for n in NAMES},
+        train_encoder=False, label="t")
+    after = model.encoder.state_dict()
+    assert any("running_mean" in k for k in before)
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert any(not torch.equal(v, model.heads["a"].state_dict()[k]) for k, v in head_before.items())
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path):
+    images, masks = tiny_data()
+    straight = MultiHeadSegmenter.from_model(tiny_model(), ["a"])
+    cfg = config(epochs=3)
+    fit(straight, *datasets(images, masks[:, :1], cfg), cfg, {"a": tmp_path / "s"},
+        train_encoder=True, label="s")
+    for epochs in (1, 3):  # stop after epoch 1 (as if killed), then a new process continues to epoch 3
+        resumed = MultiHeadSegmenter.from_model(tiny_model(), ["a"])
+        cfg_part = config(epochs=epochs)
+        fit(resumed, *datasets(images, masks[:, :1], cfg_part), cfg_part, {"a": tmp_path / "r"},
+            train_encoder=True, label="r")
+    final_straight = load_checkpoint(tmp_path / "s" / "last.pt")
+    final_resumed = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert final_straight["epoch"] == final_resumed["epoch"] == 2
+    for key, value in final_straight["model"].items():
+        assert torch.equal(value, final_resumed["model"][key]), key
+    log = (tmp_path / "r" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 3  # header + one row per epoch, no duplicates after the resume
+
+
+def test_early_stopping_stops_a_head_without_improvement(tmp_path: Path):
+    images, masks = tiny_data()
+    cfg = config(epochs=30, patience=2, lr=1e-9, augment=False)  # next to nothing moves, so it soon stops improving
+    model = MultiHeadSegmenter.from_model(tiny_model(), ["a"])
+    progress = fit(model, *datasets(images, masks[:, :1], cfg), cfg, {"a": tmp_path},
+                   train_encoder=True, label="t")
+    assert progress["a"].stopped
+    best_epoch = progress["a"].best_epoch
+    assert len(progress["a"].history) == best_epoch + 1 + 2  # the best epoch, then `patience` epochs without gain
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
+
+
+def test_nan_loss_stops_with_stage_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path: Path):
+    images, masks = tiny_data()
+    cfg = config(epochs=2, augment=False)
+    model = MultiHeadSegmenter.from_model(tiny_model(), ["a"])
+    fit(model, *datasets(images, masks[:, :1], cfg), cfg, {"a": tmp_path}, train_encoder=True, label="ok")
+    good = load_checkpoint(tmp_path / "last.pt")
+    # Resume for a third epoch with a NaN learning rate (resuming applies the configured rate): the first
+    # step poisons the weights, so the second batch's loss is NaN.
+    cfg3 = config(epochs=3, augment=False, lr=float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"stage X: loss of a is nan at epoch 3, batch 2"):
+        fit(MultiHeadSegmenter.from_model(tiny_model(), ["a"]), *datasets(images, masks[:, :1], cfg3), cfg3,
+            {"a": tmp_path}, train_encoder=True, label="stage X")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == good["epoch"]
+
+
+def test_heads_left_at_different_epochs_by_a_kill_resume_to_the_same_result(tmp_path: Path):
+    """A kill between two heads' last.pt writes leaves one head an epoch behind; it catches up alone."""
+    import shutil
+
+    images, masks = tiny_data()
+    cfg1, cfg2 = config(epochs=1), config(epochs=2)
+    base = tiny_model()
+    dirs = {n: tmp_path / "r" / n for n in NAMES}
+    straight_dirs = {n: tmp_path / "s" / n for n in NAMES}
+    fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), NAMES), *datasets(images, masks, cfg2), cfg2,
+        straight_dirs, train_encoder=False, label="s")
+    fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), NAMES), *datasets(images, masks, cfg1), cfg1, dirs,
+        train_encoder=False, label="r")
+    shutil.copy(dirs["b"] / "last.pt", tmp_path / "b-epoch0.pt")
+    fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), NAMES), *datasets(images, masks, cfg2), cfg2, dirs,
+        train_encoder=False, label="r")
+    shutil.copy(tmp_path / "b-epoch0.pt", dirs["b"] / "last.pt")  # as if killed before b's epoch-2 write
+    fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), NAMES), *datasets(images, masks, cfg2), cfg2, dirs,
+        train_encoder=False, label="r")
+    for name in NAMES:
+        resumed, straight = load_checkpoint(dirs[name] / "last.pt"), load_checkpoint(straight_dirs[name] / "last.pt")
+        assert resumed["epoch"] == straight["epoch"] == 1
+        for key, value in straight["model"].items():
+            torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)

