@@ -69,6 +69,7 @@ class PipelineConfig:
     crop_source: str = "predicted"  # training crops from Stage-1 "predicted" masks (paper) or "truth" lesion masks
     min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
     threshold: float = 0.5  # probability above which a pixel is positive
+    tune_thresholds: bool = False  # pick each attribute's threshold on validation; stored in RUN/thresholds.json
 
 
 @dataclass

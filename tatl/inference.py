@@ -17,6 +17,8 @@ from tatl.data.isic import Sample
 from tatl.engine import MultiHeadSegmenter
 from tatl.metrics import Task1Scorer, Task2Scorer
 
+THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
 
 @torch.no_grad()
 def predict_probabilities(
@@ -53,19 +55,46 @@ def score_attributes(
     samples: Sequence[Sample],
     boxes: dict[str, Box] | None,
     sizes: dict[str, tuple[int, int]],
-    threshold: float = 0.5,
+    thresholds: float | dict[str, float] = 0.5,
     binarize_threshold: int | None = None,
 ) -> dict:
     """Official ISIC 2018 Task 2 scores of stage-input probabilities, pasted back at each original size."""
+    per_attribute = thresholds if isinstance(thresholds, dict) else dict.fromkeys(probabilities, thresholds)
     scorer = Task2Scorer(list(probabilities))
+    for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+        scorer.update(attribute, truth, full_size > per_attribute[attribute])
+    return scorer.result()
+
+
+def tune_thresholds(
+    probabilities: dict[str, np.ndarray],
+    samples: Sequence[Sample],
+    boxes: dict[str, Box] | None,
+    sizes: dict[str, tuple[int, int]],
+    grid: Sequence[float] = THRESHOLD_GRID,
+    binarize_threshold: int | None = None,
+) -> dict[str, float]:
+    """Per attribute, the grid threshold with the best official Jaccard on these (validation) images.
+
+    One pass over the images scores every threshold at once; ties go to the threshold nearest 0.5.
+    """
+    scorers = {t: Task2Scorer(list(probabilities)) for t in grid}
+    for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+        for threshold, scorer in scorers.items():
+            scorer.update(attribute, truth, full_size > threshold)
+    results = {t: scorer.result() for t, scorer in scorers.items()}
+    ordered = sorted(grid, key=lambda t: abs(t - 0.5))
+    return {a: max(ordered, key=lambda t: results[t][a]["jaccard"]) for a in probabilities}
+
+
+def _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+    """(attribute, full-size probabilities, full-size truth) for every image and attribute."""
     for index, sample in enumerate(samples):
         size = sizes[sample.image_id]
         box = boxes[sample.image_id] if boxes else whole_image_box(size)
         for attribute, maps in probabilities.items():
-            prediction = full_size_probabilities(maps[index], box, size) > threshold
-            truth = full_size_target(sample, attribute, size, binarize_threshold)
-            scorer.update(attribute, truth, prediction)
-    return scorer.result()
+            full_size = full_size_probabilities(maps[index], box, size)
+            yield attribute, full_size, full_size_target(sample, attribute, size, binarize_threshold)
 
 
 def score_lesions(

@@ -29,7 +29,13 @@ from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import LESION, UNION, SegmentationDataset, full_size_target, load_images, load_masks
 from tatl.data.isic import Sample
 from tatl.engine import MultiHeadSegmenter, fit, resolve_device
-from tatl.inference import average_probabilities, predict_probabilities, score_attributes, score_lesions
+from tatl.inference import (
+    average_probabilities,
+    predict_probabilities,
+    score_attributes,
+    score_lesions,
+    tune_thresholds,
+)
 from tatl.models import build_model
 from tatl.weights import transfer_weights
 
@@ -183,16 +189,21 @@ def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: n
 
 
 def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSegmenter]],
-                     boxes: dict[str, Box] | None) -> dict:
-    """Official scores at original size for each shape and for the U+Link ensemble."""
+                     boxes: dict[str, Box] | None) -> tuple[dict, dict]:
+    """Official scores at original size for each shape and the U+Link ensemble, and the thresholds used."""
     cfg = ctx.config
     images = load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir)
     per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
-    args = (ctx.val, boxes, ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold)
-    scores = {shape: score_attributes(p, *args) for shape, p in per_shape.items()}
     if len(per_shape) > 1:
-        scores["ensemble"] = score_attributes(average_probabilities(list(per_shape.values())), *args)
-    return scores
+        per_shape["ensemble"] = average_probabilities(list(per_shape.values()))
+    where = (ctx.val, boxes, ctx.report.sizes)
+    scores, thresholds = {}, {}
+    for name, probabilities in per_shape.items():
+        thresholds[name] = dict.fromkeys(probabilities, cfg.pipeline.threshold)
+        if cfg.pipeline.tune_thresholds:  # tuned and scored on validation: optimistic, and labelled so
+            thresholds[name] = tune_thresholds(probabilities, *where, binarize_threshold=cfg.data.binarize_threshold)
+        scores[name] = score_attributes(probabilities, *where, thresholds[name], cfg.data.binarize_threshold)
+    return scores, thresholds
 
 
 # ----------------------------------------------------------------------------------------------------- the run
@@ -210,6 +221,7 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
         if stage1_only:
             return metrics
     agnostic: dict[tuple[str, str], MultiHeadSegmenter] = {}
+    thresholds: dict[str, dict] = {}
     for variant in cfg.pipeline.variants:
         stages = variant_stages(variant)
         variant_boxes = boxes if 1 in stages else None
@@ -222,12 +234,13 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
                     agnostic[(kind, shape)] = stage2_agnostic(ctx, shape, variant_boxes)
                 start = agnostic[(kind, shape)]
             models[shape] = stage3_targets(ctx, variant, shape, variant_boxes, start)
-        metrics[f"stage2-{kind}"] = evaluate_variant(
-            ctx, {s: [m] for (k, s), m in agnostic.items() if k == kind}, variant_boxes
-        ) if 2 in stages else metrics.get(f"stage2-{kind}")
-        metrics[f"variant {variant}"] = evaluate_variant(ctx, models, variant_boxes)
+        if 2 in stages and f"stage2-{kind}" not in metrics:
+            stage2_models = {s: [m] for (k, s), m in agnostic.items() if k == kind}
+            metrics[f"stage2-{kind}"], _ = evaluate_variant(ctx, stage2_models, variant_boxes)
+        metrics[f"variant {variant}"], thresholds[variant] = evaluate_variant(ctx, models, variant_boxes)
         _log_variant(variant, metrics[f"variant {variant}"])
-    return {k: v for k, v in metrics.items() if v is not None}
+    write_json(ctx.run_dir / "thresholds.json", {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds})
+    return metrics
 
 
 def _log_variant(variant: str, scores: dict) -> None:

@@ -32,9 +32,26 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
-    """DATA as given, or the synthetic default generated once into the run folder."""
+    """DATA as given, ISIC 2017 Part 2 data converted once into the run folder (ISIC 2018 layout, the four 2017
+    features), or the synthetic default generated once into the run folder."""
     if data != SYNTHETIC:
-        return Path(data)
+        from tatl.config import ATTRIBUTES_2018
+        from tatl.data.isic2017 import ATTRIBUTES_2017, convert_to_isic2018_layout, is_isic2017
+        from tatl.errors import ConfigError
+
+        root = Path(data)
+        if not is_isic2017(root):
+            return root
+        if list(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
+            print(f"note: ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})",
+                  file=sys.stderr)
+            config.data.attributes = list(ATTRIBUTES_2017)
+        unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
+        if unknown:
+            raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
+                              f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
+        print(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}", file=sys.stderr)
+        return convert_to_isic2018_layout(root, run_dir / "isic2017-converted", config.data.binarize_threshold)
     from tatl.data.synth import write_synthetic_dataset
 
     root = run_dir / "synthetic-data"

@@ -6,6 +6,10 @@ and every mask read: unreadable or truncated files, masks missing, of the wrong 
 or with values other than 0 and 255, masks without an image and duplicated ids are errors (exit code 1). Notes
 say what tatl does with unusual but usable files (grey or CMYK images made RGB, an EXIF orientation that is not
 applied because masks refer to the stored pixels). A missing folder is reported on one line (exit code 2).
+
+An ISIC 2017 Part 2 folder (superpixel maps `<id>_superpixels.png` and `<id>_features.json` labels) is recognised
+and checked as such: every superpixel map decoded and matched to its image's size, every JSON to the number of
+superpixels, labels 0/1, exactly the four 2017 features; the table counts rasterised positive pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ examples:
   tatl check-data ISIC2018/ --need-lesion                   # all five attributes and the lesion masks
   tatl check-data soft-masks/ --binarize 128                # accept soft masks, positive = value > 128
   tatl check-data huge/ --max-image-pixels 300000000        # images above Pillow's 89-megapixel guard
+  tatl check-data ISIC2017/training                         # ISIC 2017 Part 2: superpixels and features JSONs
 exit codes: 0 no errors (notes may be printed), 1 data errors, 2 unusable folder or arguments.
 """
 
@@ -59,16 +64,22 @@ def run(args: argparse.Namespace) -> int:
     from tatl.data.checks import check_dataset
     from tatl.data.images import set_max_image_pixels
     from tatl.data.isic import ATTRIBUTES_2018
+    from tatl.data.isic2017 import ATTRIBUTES_2017, check_isic2017, is_isic2017
 
     previous = set_max_image_pixels(args.max_image_pixels) if args.max_image_pixels else None
+    isic2017 = not args.lesion_only and is_isic2017(Path(args.data))  # lesion-only: the ISIC 2018 reading fits
     try:
-        report = check_dataset(
-            Path(args.data),
-            args.attributes or (() if args.lesion_only else ATTRIBUTES_2018),
-            need_lesion=args.need_lesion or args.lesion_only,
-            need_attributes=not args.lesion_only,
-            binarize_threshold=args.binarize,
-        )
+        if isic2017:
+            report = check_isic2017(Path(args.data), args.attributes or ATTRIBUTES_2017,
+                                    need_lesion=args.need_lesion, binarize_threshold=args.binarize)
+        else:
+            report = check_dataset(
+                Path(args.data),
+                args.attributes or (() if args.lesion_only else ATTRIBUTES_2018),
+                need_lesion=args.need_lesion or args.lesion_only,
+                need_attributes=not args.lesion_only,
+                binarize_threshold=args.binarize,
+            )
     finally:  # the limit is process-wide in Pillow: leave it as found when called from Python
         if args.max_image_pixels:
             set_max_image_pixels(previous)
@@ -77,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if report.problems:
         print()
     print(report.summary_table())
-    _print_attribute_hint(report, not args.lesion_only)
+    if not isic2017:  # 2017 labels live in JSONs: its samples list no mask files for the hint to count
+        _print_attribute_hint(report, not args.lesion_only)
     return 1 if report.errors() else 0
 
 

@@ -1,0 +1,97 @@
+"""Predict dermoscopic attribute masks for new images with a trained run (or its ONNX export from `tatl export`).
+
+INPUT is one image or a folder of images (.jpg .jpeg .png .bmp, any size), predicted one at a time. Writes to OUT:
+  <id>_attribute_<name>.png   one per attribute: 8-bit greyscale, 0 or 255, at the image's size (the official ISIC
+                              2018 Task 2 submission format; score it with `tatl evaluate OUT TRUTH`)
+  <id>_segmentation.png       the Stage-1 lesion (variants with Stage 1)
+  <id>_abnormal.png           the Stage-2 attribute-agnostic abnormal region (variants with Stage 2)
+  predictions.json            per image and attribute: present, area as a share of the lesion, maximum probability;
+                              the model, variant, shapes and thresholds used
+  probabilities/              (--probabilities) <id>_attribute_<name>.png, probability x 255, 8-bit
+  overlays/<id>.png           (--overlays) the image beside it annotated, with a legend (and truth vs prediction
+                              per attribute with --truth)
+  scores.json                 (--truth) official ISIC 2018 Task 2 scores, also printed (as `tatl evaluate` does)
+<id> is the file name without extension. Every file is written to a temporary name and renamed, so a killed run
+never leaves half a PNG; existing files of the same name are replaced. An unreadable image is reported by name and
+skipped; the exit code is then 1.
+
+area_fraction = (attribute pixels inside the predicted lesion) / (lesion pixels), so always in [0, 1]. Without
+Stage 1, or when Stage 1 finds no lesion, the lesion is the whole image ("area_reference": "image").
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  tatl predict runs/demo photos/ --out predictions/
+  tatl predict runs/demo ISIC_0000000.jpg --out pred/ --overlays --probabilities
+  tatl predict runs/pn ../shared/data/isic2018-sample/ISIC2018_Task1-2_Training_Input --out pred/ \\
+      --truth ../shared/data/isic2018-sample/ISIC2018_Task2_Training_GroundTruth_v3 --overlays
+  tatl predict runs/demo photos/ --out pred/ --variant 2,3 --tta --device cuda
+  tatl export runs/demo --onnx runs/demo-onnx && tatl predict runs/demo-onnx photos/ --out pred/ --engine onnx
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN", type=Path, help="run folder of `tatl run`, or an ONNX export folder")
+    parser.add_argument("input", metavar="INPUT", type=Path, help="an image, or a folder of images")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the masks and reports (created)")
+    parser.add_argument("--truth", type=Path, metavar="DIR",
+                        help="ground-truth attribute masks: score the prediction officially and draw truth panels")
+    parser.add_argument("--overlays", action="store_true", help="write OUT/overlays/<id>.png for people to look at")
+    parser.add_argument("--overlay-size", type=int, default=768, metavar="PX",
+                        help="longest side of each overlay panel (default 768; never enlarged)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write 8-bit probability maps to OUT/probabilities/")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over horizontal, vertical and both flips (4x the network time)")
+    parser.add_argument("--variant", help="which trained variant: 3, 2,3, 1,3 or 1,2,3 (default 1,2,3 if trained)")
+    parser.add_argument("--engine", choices=["torch", "onnx"],
+                        help="torch for a run folder, onnx (onnxruntime) for an export folder (default: from RUN)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (fp32, channels-last)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from tatl.checkpoints import write_json
+    from tatl.errors import DataError
+    from tatl.predict import load_predictor
+    from tatl.prediction_files import OutputOptions, find_images, predict_image, report, score_against_truth
+
+    images = find_images(args.input)
+    predictor = load_predictor(args.model, args.variant, args.engine, args.device, args.tta)
+    options = OutputOptions(args.out, args.overlays, args.overlay_size, args.probabilities, args.truth)
+    options.prepare()
+    records, failed, seen = {}, {}, {}
+    started = time.perf_counter()
+    for path in tqdm(images, unit="image", file=sys.stderr, disable=None, desc="predict"):
+        try:
+            image_id = options.image_id(path, seen)
+            records[image_id] = predict_image(predictor, path, image_id, options)
+        except DataError as error:
+            failed[str(path)] = str(error)
+            tqdm.write(f"tatl predict: skipped {path}: {str(error).removeprefix(f'{path}: ')}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if not records:
+        raise DataError(f"{args.input}: none of the {len(images)} image file(s) could be predicted (see above)")
+    write_json(args.out / "predictions.json", report(predictor, records, failed, args.tta))
+    print(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
+          f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""), file=sys.stderr)
+    if args.truth:
+        from tatl.metrics import format_scores
+
+        scores = score_against_truth(args.out, args.truth, predictor.settings.attributes)
+        write_json(args.out / "scores.json", scores)
+        print(format_scores(scores))
+        print(json.dumps({"micro_average": scores["micro_average"], "macro_average": scores["macro_average"]}),
+              file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,279 @@
+"""Predict attribute masks for new images with a trained run folder or its ONNX export (`tatl export`).
+
+One image at a time, as `tatl run` evaluates: Stage 1 on the whole image resized to `stage1_size` gives the lesion
+box (+ margin); the box is cropped and resized to `image_size` (the whole image for variants without Stage 1);
+every U/Link network gives its probabilities, the shapes are averaged, and `ImagePrediction.full_size` pastes a
+map back at the image's original size. Networks whose checkpoints hold bit-identical encoders (TATL-FE: the frozen
+Stage-2 encoder under the abnormal-region head and every attribute head) are merged into one `MultiHeadSegmenter`,
+so the encoder runs once per image; any other checkpoint runs as its own network. Merging compares the weights
+themselves, so it never trusts the config: a run whose encoders differ is still predicted correctly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from tatl.checkpoints import load_checkpoint
+from tatl.config import VARIANTS, Config, load_config
+from tatl.data.crops import Box, lesion_box, whole_image_box
+from tatl.data.dataset import LESION, UNION, normalize
+from tatl.data.images import image_size, read_image, set_max_image_pixels
+from tatl.engine import MultiHeadSegmenter, resolve_device
+from tatl.errors import CheckpointError, ConfigError, DataError
+from tatl.inference import average_probabilities, full_size_probabilities
+from tatl.models import build_model
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """Everything inference needs besides the weights; from a run's config.yaml or an export's manifest.json."""
+
+    variant: str
+    attributes: list[str]
+    shapes: list[str]
+    stage1_shape: str
+    stage1_size: int
+    image_size: int
+    threshold: float
+    crop_margin: int
+    min_lesion_fraction: float
+    encoder_mode: str
+    encoder_name: str
+    max_image_pixels: int | None = None
+
+    @property
+    def stages(self) -> set[int]:
+        return {int(stage) for stage in self.variant.split(",")}
+
+
+def settings_from_config(config: Config, variant: str | None) -> PredictionSettings:
+    """The settings of one trained variant: `variant`, else 1,2,3 when trained, else the last variant trained."""
+    trained = config.pipeline.variants
+    variant = variant or ("1,2,3" if "1,2,3" in trained else trained[-1])
+    if variant not in VARIANTS or variant not in trained:
+        raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
+    d, m, p = config.data, config.model, config.pipeline
+    return PredictionSettings(variant, list(d.attributes), list(m.shapes), m.stage1_shape, d.stage1_size,
+                              d.image_size, p.threshold, p.crop_margin, p.min_lesion_fraction, p.encoder_mode,
+                              m.encoder_name, d.max_image_pixels)
+
+
+class Network(Protocol):
+    """One network group: probabilities (B, H, W) per head name for normalised images (B, 3, H, W)."""
+
+    shape: str
+    names: list[str]
+
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]: ...
+
+
+class ProbabilityHeads(nn.Module):
+    """A MultiHeadSegmenter returning a tuple of sigmoid probabilities (B, H, W) in `names` order: what the torch
+    engine runs and what `tatl export` writes, so both engines compute the same function."""
+
+    def __init__(self, model: MultiHeadSegmenter):
+        super().__init__()
+        self.model, self.names = model, list(model.heads)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(x)
+        return tuple(torch.sigmoid(logits[name].float())[:, 0] for name in self.names)
+
+
+class TorchNetwork:
+    def __init__(self, model: MultiHeadSegmenter, shape: str, sources: list[Path], device: torch.device):
+        # fp32 + channels_last: measured the fastest on CPU (DEVELOPERS.md); exact on GPU (no autocast).
+        self.module = ProbabilityHeads(model).eval().to(device, memory_format=torch.channels_last)
+        self.shape, self.names, self.sources, self.device = shape, self.module.names, sources, device
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return {name: p.cpu().numpy() for name, p in zip(self.names, self.module(x), strict=True)}
+
+
+class OnnxNetwork:
+    def __init__(self, path: Path, shape: str, names: list[str], device: str):
+        import onnxruntime
+
+        providers = ["CPUExecutionProvider"]
+        has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        if device == "cuda" and not has_cuda:
+            raise ConfigError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        if device != "cpu" and has_cuda:
+            providers.insert(0, "CUDAExecutionProvider")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: ONNX model listed in {MANIFEST} not found")
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.shape, self.names, self.sources = shape, names, [path]
+
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.names, {"image": x.numpy()})
+        return dict(zip(self.names, outputs, strict=True))
+
+
+@dataclass
+class Networks:
+    stage1: list[Network]  # heads: "lesion"; empty for variants without Stage 1
+    targets: dict[str, list[Network]]  # shape -> networks holding "union" (with Stage 2) and every attribute
+
+
+def checkpoint_paths(run_dir: Path, settings: PredictionSettings, shape: str) -> dict[str, Path]:
+    """{head name: best.pt} of the Stage-2 and Stage-3 networks of one shape, as `tatl run` writes them."""
+    paths = {}
+    if 2 in settings.stages:
+        paths[UNION] = run_dir / f"stage2-{'crops' if 1 in settings.stages else 'full'}" / shape / "best.pt"
+    stage3 = run_dir / f"stage3-v{settings.variant.replace(',', '')}" / shape
+    paths.update({attribute: stage3 / attribute / "best.pt" for attribute in settings.attributes})
+    return paths
+
+
+def load_run_networks(run_dir: Path, settings: PredictionSettings, device: torch.device,
+                      share_encoders: bool = True) -> Networks:
+    """Torch networks of a run folder; with share_encoders, heads on bit-identical encoders share one network."""
+    stage1 = []
+    if 1 in settings.stages:
+        lesion_path = run_dir / "stage1" / settings.stage1_shape / "best.pt"
+        stage1 = _torch_networks(settings, settings.stage1_shape, {LESION: lesion_path}, device, share_encoders)
+    targets = {shape: _torch_networks(settings, shape, checkpoint_paths(run_dir, settings, shape), device,
+                                      share_encoders) for shape in settings.shapes}
+    if share_encoders and settings.encoder_mode == "frozen" and 2 in settings.stages:
+        for shape, networks in targets.items():
+            if len(networks) > 1:  # frozen training cannot change the encoder: a mixed-up or edited run folder
+                print(f"warning: {shape}: frozen-encoder run, but its checkpoints hold {len(networks)} different "
+                      "encoders; running each network on its own", file=sys.stderr)
+    return Networks(stage1, targets)
+
+
+def _torch_networks(settings: PredictionSettings, shape: str, paths: dict[str, Path], device: torch.device,
+                    share_encoders: bool) -> list[Network]:
+    groups: list[tuple[dict[str, torch.Tensor], dict[str, dict]]] = []  # (encoder state, {name: full state})
+    for name, path in paths.items():
+        state = load_checkpoint(path).get("model")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: no 'model' state in this checkpoint")
+        encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
+        group = next((g for g in groups if share_encoders and _same_tensors(g[0], encoder)), None)
+        if group is None:
+            groups.append((encoder, {name: state}))
+        else:
+            group[1][name] = state
+    return [_build_network(settings, shape, states, paths, device) for _, states in groups]
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def _build_network(settings: PredictionSettings, shape: str, states: dict[str, dict], paths: dict[str, Path],
+                   device: torch.device) -> TorchNetwork:
+    model = MultiHeadSegmenter.from_model(build_model(shape, settings.encoder_name), list(states))
+    for name, state in states.items():
+        try:
+            model.load_head_state(name, state)
+        except RuntimeError as error:
+            raise CheckpointError(f"{paths[name]}: does not fit a {shape} {settings.encoder_name} network: "
+                                  f"{str(error).splitlines()[0]}") from None
+    return TorchNetwork(model, shape, [paths[name] for name in states], device)
+
+
+def load_export_networks(export_dir: Path, device: str = "auto") -> tuple[PredictionSettings, Networks]:
+    """Settings and onnxruntime networks of a `tatl export` folder."""
+    try:
+        manifest = json.loads((export_dir / MANIFEST).read_text())
+        settings = PredictionSettings(**manifest["settings"])
+        entries = manifest["networks"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{export_dir / MANIFEST}: not a tatl ONNX manifest ({error})") from None
+    networks = Networks([], {shape: [] for shape in settings.shapes})
+    for entry in entries:
+        network = OnnxNetwork(export_dir / entry["file"], entry["shape"], entry["outputs"], device)
+        (networks.stage1 if entry["outputs"] == [LESION] else networks.targets[entry["shape"]]).append(network)
+    return settings, networks
+
+
+@dataclass
+class ImagePrediction:
+    """Stage-resolution probabilities of one image; `full_size` pastes one map back at the original size."""
+
+    path: Path
+    size: tuple[int, int]  # (width, height)
+    box: Box  # the Stage-1 crop (whole image without Stage 1 or when no lesion was found)
+    lesion_fallback: bool  # Stage 1 found no plausible lesion: whole image used
+    maps: dict[str, np.ndarray]  # "lesion" (stage1_size^2, with Stage 1), "union" (with Stage 2), attributes
+
+    def full_size(self, name: str) -> np.ndarray:
+        box = whole_image_box(self.size) if name == LESION else self.box
+        return full_size_probabilities(self.maps[name], box, self.size)
+
+
+class Predictor:
+    """Loaded networks and their settings; `predict(path)` runs one image."""
+
+    def __init__(self, settings: PredictionSettings, networks: Networks, engine: str, source: Path,
+                 tta: bool = False):
+        self.settings, self.networks, self.engine, self.source, self.tta = settings, networks, engine, source, tta
+
+    def predict(self, path: Path) -> ImagePrediction:
+        s = self.settings
+        size = image_size(path)
+        box, fell_back, maps = whole_image_box(size), False, {}
+        if 1 in s.stages:
+            maps[LESION] = self._probabilities(self.networks.stage1, read_image(path, (s.stage1_size,) * 2))[LESION]
+            box, fell_back = lesion_box(maps[LESION] > s.threshold, size, s.crop_margin, s.min_lesion_fraction)
+        crop = read_image(path, (s.image_size,) * 2, box=box)
+        per_shape = [self._probabilities(networks, crop) for networks in self.networks.targets.values()]
+        maps.update(average_probabilities(per_shape))  # the U+Link ensemble (paper Section 5.3)
+        return ImagePrediction(Path(path), size, box, fell_back, maps)
+
+    def _probabilities(self, networks: list[Network], image: np.ndarray) -> dict[str, np.ndarray]:
+        x = normalize(image)[None]
+        if self.tta:  # one batch of four: as is, flipped left-right, up-down, both
+            x = torch.cat([x, x.flip(3), x.flip(2), x.flip((2, 3))])
+        out: dict[str, np.ndarray] = {}
+        for network in networks:
+            out.update(network(x))
+        if not self.tta:
+            return {name: p[0] for name, p in out.items()}
+        # Flip each prediction back before averaging, in probability space.
+        return {name: (p[0] + p[1][:, ::-1] + p[2][::-1, :] + p[3][::-1, ::-1]) / 4 for name, p in out.items()}
+
+
+def load_predictor(model_dir: Path, variant: str | None = None, engine: str | None = None, device: str = "auto",
+                   tta: bool = False, share_encoders: bool = True) -> Predictor:
+    """A Predictor from a run folder (engine torch) or a `tatl export` folder (engine onnx)."""
+    model_dir = Path(model_dir)
+    is_run, is_export = (model_dir / "config.yaml").is_file(), (model_dir / MANIFEST).is_file()
+    if not (is_run or is_export):
+        raise DataError(f"{model_dir}: neither a run folder (config.yaml) nor an ONNX export ({MANIFEST})")
+    engine = engine or ("torch" if is_run else "onnx")
+    if engine == "onnx" and not is_export:
+        raise ConfigError(f"--engine onnx reads an export folder: run `tatl export {model_dir} --onnx DIR`, then "
+                          f"`tatl predict DIR ...`")
+    if engine == "torch" and not is_run:
+        raise ConfigError(f"{model_dir} is an ONNX export: use --engine onnx or the run folder it was exported from")
+    if engine == "torch":
+        settings = settings_from_config(load_config(model_dir / "config.yaml"), variant)
+        networks = load_run_networks(model_dir, settings, resolve_device(device), share_encoders)
+    else:
+        settings, networks = load_export_networks(model_dir, device)
+        if variant and variant != settings.variant:
+            raise ConfigError(f"--variant {variant}: {model_dir} holds variant {settings.variant} only")
+    if settings.max_image_pixels:
+        set_max_image_pixels(settings.max_image_pixels)
+    return Predictor(settings, networks, engine, model_dir, tta)
+
+
+def settings_dict(settings: PredictionSettings) -> dict:
+    return dataclasses.asdict(settings)

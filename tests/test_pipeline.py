@@ -1,0 +1,133 @@
+"""End to end: `tatl run` on tiny synthetic data writes every promised file; resume; refusals; real data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tatl.cli import main
+from tatl.config import ATTRIBUTES_2018
+
+TINY = [
+    "--config", "demo",
+    "--set", "synth.n=16", "--set", "synth.size=64",
+    "--set", "data.stage1_size=32", "--set", "data.image_size=32",
+    "--set", "train.epochs=1", "--set", "train.batch_size=4",
+    "--set", "model.encoder_name=tu-resnet10t",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["run", "synthetic", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_run_writes_every_file(tiny_run: Path):
+    for name in ("config.yaml", "splits.json", "metrics.json", "summary.md", "stage1/boxes.json"):
+        assert (tiny_run / name).is_file(), name
+    for group in ("stage1/unet", "stage2-crops/unet", "stage2-full/linknet"):
+        for name in ("best.pt", "last.pt", "log.csv", "done.json"):
+            assert (tiny_run / group / name).is_file(), f"{group}/{name}"
+    for variant in ("v3", "v23", "v13", "v123"):
+        for shape in ("unet", "linknet"):
+            for attribute in ATTRIBUTES_2018:
+                for name in ("best.pt", "last.pt", "log.csv"):
+                    assert (tiny_run / f"stage3-{variant}" / shape / attribute / name).is_file()
+
+
+def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"stage1", "variant 3", "variant 2,3", "variant 1,3", "variant 1,2,3"} <= metrics.keys()
+    assert {"jaccard", "threshold_jaccard", "dice"} <= metrics["stage1"].keys()
+    for variant in ("variant 3", "variant 2,3", "variant 1,3", "variant 1,2,3"):
+        assert set(metrics[variant]) == {"unet", "linknet", "ensemble"}
+        for scores in metrics[variant].values():
+            assert set(scores) == {*ATTRIBUTES_2018, "micro_average", "macro_average"}
+            for value in scores.values():
+                assert 0.0 <= value["jaccard"] <= value["dice"] <= 1.0
+    summary = (tiny_run / "summary.md").read_text()
+    assert "| **Average (macro)** |" in summary and "stages 1,2,3 Jaccard" in summary
+
+
+def test_frozen_stage3_shares_the_stage2_encoder(tiny_run: Path):
+    import torch
+
+    from tatl.checkpoints import load_checkpoint
+
+    stage2 = load_checkpoint(tiny_run / "stage2-crops/unet/best.pt")["model"]
+    for attribute in ATTRIBUTES_2018:
+        target = load_checkpoint(tiny_run / f"stage3-v123/unet/{attribute}/best.pt")["model"]
+        encoder_keys = [k for k in stage2 if k.startswith("encoder.")]
+        assert encoder_keys and all(torch.equal(stage2[k], target[k]) for k in encoder_keys)
+
+
+def test_existing_run_folder_is_refused_without_resume(tiny_run: Path, capsys):
+    before = (tiny_run / "metrics.json").read_bytes()
+    assert main(["run", "synthetic", "--out", str(tiny_run), *TINY]) == 2
+    assert "use --resume" in capsys.readouterr().err
+    assert (tiny_run / "metrics.json").read_bytes() == before
+
+
+def test_resume_of_a_finished_run_retrains_nothing_and_gives_the_same_metrics(tiny_run: Path, capsys):
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    assert main(["run", "synthetic", "--out", str(tiny_run), "--resume"]) == 0
+    assert "already trained" in capsys.readouterr().err
+    assert json.loads((tiny_run / "metrics.json").read_text()) == before
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path: Path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert main(["run", "synthetic", "--out", str(target), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_stage1_alone_on_a_lesion_only_dataset(tmp_path: Path, capsys):
+    from tatl.data.synth import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n=12, size=64, seed=1)
+    for mask in (data / "ISIC2018_Task2_Training_GroundTruth_v3").iterdir():
+        mask.unlink()  # lesion masks only, like PH2
+    run = tmp_path / "run"
+    assert main(["run", str(data), "--out", str(run), "--stages", "1", *TINY[2:]]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"stage1"}
+    assert "thresholded Jaccard" in (run / "summary.md").read_text()
+
+
+def test_real_isic_sample_with_pigment_network_only(isic_sample: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["run", str(isic_sample), "--out", str(run), *TINY[2:], "--set", "data.attributes=[pigment_network]",
+            "--set", "model.shapes=[unet]", "--set", "data.val_fraction=0.34"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["variant 1,2,3"]["unet"]) == {"pigment_network", "micro_average", "macro_average"}
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume_gives_the_same_metrics(tmp_path: Path):
+    """Kill `tatl run` hard mid-run, resume it, and compare with an uninterrupted run of the same seed."""
+    args = [*TINY, "--set", "train.epochs=2", "--set", "model.shapes=[unet]", "--variants", "1,2,3"]
+    straight = tmp_path / "straight"
+    assert main(["run", "synthetic", "--out", str(straight), *args]) == 0
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "tatl", "run", "synthetic", "--out", str(killed), *args]
+    for kill_when in ("stage1/unet/last.pt", "stage2-crops/unet/last.pt", "stage3-v123/unet/streaks/last.pt"):
+        process = subprocess.Popen(command + (["--resume"] if (killed / "config.yaml").exists() else []), env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not (killed / kill_when).exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert main(["run", "synthetic", "--out", str(killed), "--resume"]) == 0
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
