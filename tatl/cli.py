@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("tatl.commands.params", "print a Table-5-style parameter count for every shape x backbone"),
     "evaluate": ("tatl.commands.evaluate", "score a folder of predicted masks with the official ISIC metric"),
     "run": ("tatl.commands.run", "train and evaluate the TATL pipeline (stages 1-3, variants, U+Link)"),
+    "predict": ("tatl.commands.predict", "predict attribute masks, overlays and a report for new images"),
+    "export": ("tatl.commands.export", "export a trained run's networks to ONNX for onnxruntime"),
 }
 
 EPILOG = textwrap.dedent(
@@ -33,7 +35,8 @@ EPILOG = textwrap.dedent(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the selected command's module is imported (a fast `tatl --help`, no torch import)."""
     parser = argparse.ArgumentParser(
         prog="tatl",
         description="TATL: Task Agnostic Transfer Learning for skin attribute segmentation.",
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for input errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if name != selected:
+            subparsers.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
             name,
@@ -61,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # Offline by default on a machine without a network: fail fast instead of retrying hub downloads.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

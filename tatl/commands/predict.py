@@ -56,7 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
     import time
 
@@ -65,25 +64,25 @@ def run(args: argparse.Namespace) -> int:
     from tatl.checkpoints import write_json
     from tatl.errors import DataError
     from tatl.predict import load_predictor
-    from tatl.prediction_files import OutputOptions, find_images, predict_image, report, score_against_truth
 
     images = find_images(args.input)
     predictor = load_predictor(args.model, args.variant, args.engine, args.device, args.tta)
     options = OutputOptions(args.out, args.overlays, args.overlay_size, args.probabilities, args.truth)
     options.prepare()
-    records, failed, seen = {}, {}, {}
+    records: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     started = time.perf_counter()
     for path in tqdm(images, unit="image", file=sys.stderr, disable=None, desc="predict"):
         try:
-            image_id = options.image_id(path, seen)
+            image_id = options.image_id(path, records)
             records[image_id] = predict_image(predictor, path, image_id, options)
-        except DataError as error:
-            failed[str(path)] = str(error)
-            tqdm.write(f"tatl predict: skipped {path}: {str(error).removeprefix(f'{path}: ')}", file=sys.stderr)
+        except DataError as error:  # one bad file must not cost the other thousands
+            failed[str(path)] = str(error).removeprefix(f"{path}: ")
+            tqdm.write(f"tatl predict: skipped {path}: {failed[str(path)]}", file=sys.stderr)
     seconds = time.perf_counter() - started
     if not records:
-        raise DataError(f"{args.input}: none of the {len(images)} image file(s) could be predicted (see above)")
-    write_json(args.out / "predictions.json", report(predictor, records, failed, args.tta))
+        raise DataError(f"{args.input}: none of its {len(images)} image file(s) could be predicted (reasons above)")
+    write_json(args.out / "predictions.json", run_report(predictor, records, failed))
     print(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
           f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""), file=sys.stderr)
     if args.truth:
@@ -92,6 +91,180 @@ def run(args: argparse.Namespace) -> int:
         scores = score_against_truth(args.out, args.truth, predictor.settings.attributes)
         write_json(args.out / "scores.json", scores)
         print(format_scores(scores))
-        print(json.dumps({"micro_average": scores["micro_average"], "macro_average": scores["macro_average"]}),
-              file=sys.stderr)
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------- inputs, ids and outputs
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+NOT_INPUTS = ("_segmentation", "_abnormal", "_superpixels")  # masks beside ISIC images, or our own outputs
+
+
+def find_images(input_path: Path) -> list[Path]:
+    """The image itself, or the image files of a folder (not recursive), sorted; DataError when there are none."""
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        from tatl.errors import DataError
+
+        raise DataError(f"{input_path}: no such image or folder")
+    images = sorted(
+        path for path in input_path.iterdir()
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        and "_attribute_" not in path.stem and not path.stem.endswith(NOT_INPUTS)
+    )
+    if not images:
+        from tatl.errors import DataError
+
+        raise DataError(f"{input_path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return images
+
+
+def check_image_id(image_id: str) -> str:
+    """An id that names a file inside OUT: no path separators, not '.', '..' or empty, no NUL; else DataError."""
+    if image_id in ("", ".", "..") or any(c in image_id for c in "/\\\0") or Path(image_id).is_absolute():
+        from tatl.errors import DataError
+
+        raise DataError(f"image id {image_id!r} would write outside the output folder: rename the file")
+    return image_id
+
+
+class OutputOptions:
+    """Where and what to write."""
+
+    def __init__(self, out: Path, overlays: bool, overlay_size: int, probabilities: bool, truth: Path | None):
+        self.out, self.overlays, self.overlay_size = Path(out), overlays, overlay_size
+        self.probabilities, self.truth = probabilities, truth
+
+    def prepare(self) -> None:
+        from tatl.errors import DataError
+
+        if self.out.exists() and not self.out.is_dir():
+            raise DataError(f"{self.out}: output path exists and is not a folder")
+        if self.truth is not None and not self.truth.is_dir():
+            raise DataError(f"--truth {self.truth}: no such folder")
+        if self.overlay_size < 64:
+            raise DataError(f"--overlay-size {self.overlay_size}: use at least 64 pixels")
+        for folder in (self.out, self.out / "overlays", self.out / "probabilities"):
+            for stale in folder.glob(".*.png.*.tmp"):  # left by a killed run; the ISIC scorer would see them
+                stale.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def image_id(self, path: Path, done: dict) -> str:
+        from tatl.errors import DataError
+
+        image_id = check_image_id(path.stem)
+        if image_id in done:
+            raise DataError(f"{path}: same id {image_id!r} as {done[image_id]['file']}; its masks would be replaced")
+        return image_id
+
+    def truth_mask(self, image_id: str, attribute: str, size: tuple[int, int]):
+        """The ground-truth mask (H, W) bool, or None when the truth folder has none of the right size."""
+        import re
+
+        from tatl.metrics import PNG_THRESHOLD, read_score_png
+
+        isic = re.search(r"ISIC_[0-9]{7}", image_id)
+        for stem in dict.fromkeys([image_id, isic.group(0) if isic else image_id]):
+            path = self.truth / f"{stem}_attribute_{attribute}.png"
+            if path.is_file():
+                mask = read_score_png(path) > PNG_THRESHOLD
+                return mask if mask.shape == (size[1], size[0]) else None
+        return None
+
+
+def write_png(path: Path, image) -> None:
+    """Write a PIL image or an (H, W) uint8 array as PNG via a temporary file and a rename."""
+    from PIL import Image
+
+    from tatl.checkpoints import atomic_write_bytes
+
+    image = Image.fromarray(image) if not isinstance(image, Image.Image) else image
+    atomic_write_bytes(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def describe(mask, max_probability: float, reference) -> dict:
+    """present, area_fraction (share of the reference region covered: never above 1) and maximum probability."""
+    import numpy as np
+
+    if reference is None:
+        area = np.count_nonzero(mask) / mask.size
+    else:
+        area = np.count_nonzero(mask & reference) / np.count_nonzero(reference)
+    return {"present": bool(mask.any()), "area_fraction": round(float(area), 6),
+            "max_probability": round(float(max_probability), 6)}
+
+
+def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) -> dict:
+    """Predict one image and write its files; returns its predictions.json record. Holds at most one full-size
+    probability map at a time, plus the full-size lesion mask."""
+    import numpy as np
+
+    from tatl.data.dataset import LESION, UNION
+    from tatl.overlays import Layer, display_size, render, shrink
+
+    prediction = predictor.predict(path)
+    threshold, out = predictor.settings.threshold, options.out
+    record: dict = {"file": str(path), "width": prediction.size[0], "height": prediction.size[1]}
+    shown = display_size(prediction.size, options.overlay_size)
+    lesion = shown_lesion = shown_abnormal = None
+    if LESION in prediction.maps:
+        lesion = prediction.full_size(LESION) > threshold
+        write_png(out / f"{image_id}_segmentation.png", np.where(lesion, 255, 0).astype(np.uint8))
+        record["lesion"] = {"box": list(prediction.box), "whole_image_fallback": prediction.lesion_fallback,
+                            "area_fraction_of_image": round(float(lesion.mean()), 6)}
+        shown_lesion = shrink(lesion, shown) if options.overlays else None
+    reference = lesion if lesion is not None and lesion.any() else None
+    record["area_reference"] = "lesion" if reference is not None else "image"
+    layers: dict[str, Layer] = {}
+    for name in [UNION, *predictor.settings.attributes]:
+        if name not in prediction.maps:
+            continue
+        probabilities = prediction.full_size(name)
+        mask = probabilities > threshold
+        stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
+        write_png(out / f"{stem}.png", np.where(mask, 255, 0).astype(np.uint8))
+        if options.probabilities:
+            write_png(out / "probabilities" / f"{stem}.png", np.rint(probabilities * 255).astype(np.uint8))
+        summary = describe(mask, probabilities.max(), reference)
+        if name == UNION:
+            record["abnormal"] = summary
+            shown_abnormal = shrink(mask, shown) if options.overlays else None
+        else:
+            record.setdefault("attributes", {})[name] = summary
+            if options.overlays:
+                truth = options.truth_mask(image_id, name, prediction.size) if options.truth else None
+                layers[name] = Layer(shrink(mask, shown), **summary,
+                                     truth=None if truth is None else shrink(truth, shown))
+        del probabilities, mask
+    if options.overlays:
+        from tatl.data.images import read_image
+
+        title = f"{image_id}  ({predictor.settings.variant} variant, {' + '.join(predictor.settings.shapes)})"
+        picture = render(read_image(path, size=shown), title, shown_lesion, shown_abnormal, layers,
+                         with_truth=options.truth is not None)
+        write_png(out / "overlays" / f"{image_id}.png", picture)
+    return record
+
+
+def run_report(predictor, records: dict[str, dict], failed: dict[str, str]) -> dict:
+    from tatl.predict import settings_dict
+
+    return {
+        "model": str(predictor.source), "engine": predictor.engine, "tta": predictor.tta,
+        "settings": settings_dict(predictor.settings),
+        "area_fraction": "attribute pixels inside the predicted lesion / lesion pixels (area_reference 'lesion'); "
+                         "/ image pixels when there is no lesion mask (area_reference 'image')",
+        "images": records, "failed": failed,
+    }
+
+
+def score_against_truth(out: Path, truth: Path, attributes: list[str]) -> dict:
+    """Official Task 2 scores of OUT against the truth folder, on the attributes both have."""
+    from tatl.errors import DataError
+    from tatl.metrics import score_task2_folders
+
+    in_truth = {p.stem.rpartition("_attribute_")[2] for p in truth.glob("*_attribute_*.png")}
+    common = sorted(set(attributes) & in_truth)
+    if not common:
+        raise DataError(f"--truth {truth}: no mask of the predicted attributes ({', '.join(attributes)})")
+    return score_task2_folders(out, truth, common)

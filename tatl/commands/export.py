@@ -1,0 +1,133 @@
+"""Export a trained run's inference networks to ONNX, for `tatl predict --engine onnx` or any onnxruntime program.
+
+Writes OUT_DIR/manifest.json and one .onnx file per network group that `tatl predict` runs: stage1_<shape>.onnx
+(output "lesion"), and per U/Link shape either one stage23_<shape>.onnx holding the shared frozen encoder once and
+every decoder (outputs "union" and each attribute: one encoder pass per image, TATL-FE), or, when the encoders
+differ (TATL-NF, variants without Stage 2), stage2_<shape>.onnx and stage3_<shape>_<attribute>.onnx. Each takes
+"image", float32 (batch, 3, height, width), RGB scaled to [0, 1] then normalised with the ImageNet mean and std of
+the manifest; batch, height and width are dynamic (height and width multiples of 32). Outputs are probabilities
+(batch, height, width) after the sigmoid. The manifest lists the files, their outputs and input sizes, the
+normalisation, threshold, crop margin, shapes and attributes: all `tatl predict` needs besides the files. Each
+export is checked against PyTorch on a random image before it is kept. Needs `pip install tatl[onnx]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  tatl export runs/demo --onnx runs/demo-onnx
+  tatl export runs/demo --onnx runs/demo-onnx-v23 --variant 2,3
+  tatl predict runs/demo-onnx photos/ --out predictions/ --engine onnx
+"""
+OPSET = 17
+TOLERANCE = 1e-4  # largest probability difference to PyTorch accepted at export time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN", type=Path, help="run folder written by `tatl run`")
+    parser.add_argument("--onnx", required=True, type=Path, metavar="OUT_DIR", help="folder for the ONNX files")
+    parser.add_argument("--variant", help="which trained variant: 3, 2,3, 1,3 or 1,2,3 (default 1,2,3 if trained)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tatl.checkpoints import write_json
+    from tatl.errors import ConfigError, DataError
+    from tatl.predict import MANIFEST, load_predictor
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"tatl export needs onnx and onnxruntime ({error}): pip install 'tatl[onnx]'") from None
+    if (args.model / MANIFEST).is_file():
+        raise DataError(f"{args.model} is already an ONNX export; give the run folder")
+    predictor = load_predictor(args.model, args.variant, engine="torch", device="cpu")
+    settings = predictor.settings
+    args.onnx.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for network in [*predictor.networks.stage1, *[n for ns in predictor.networks.targets.values() for n in ns]]:
+        size = settings.stage1_size if network in predictor.networks.stage1 else settings.image_size
+        entry = export_network(network, size, args.onnx)
+        entries.append(entry)
+        print(f"wrote {args.onnx / entry['file']} (outputs {', '.join(entry['outputs'])}; max difference to "
+              f"PyTorch {entry['max_difference_to_torch']:.1e})", file=sys.stderr)
+    write_json(args.onnx / MANIFEST, manifest(args.model, settings, entries))
+    print(f"wrote {args.onnx / MANIFEST}; predict with: tatl predict {args.onnx} INPUT --out OUT", file=sys.stderr)
+    return 0
+
+
+def file_name(network) -> str:
+    """stage1_unet, stage2_unet, stage3_unet_globules, stage23_unet (frozen: union and attributes share one file)."""
+    stages = sorted({"1" if n == "lesion" else "2" if n == "union" else "3" for n in network.names})
+    attributes = [n for n in network.names if n not in ("lesion", "union")]
+    suffix = f"_{attributes[0]}" if len(attributes) == 1 else ""
+    return f"stage{''.join(stages)}_{network.shape}{suffix}.onnx"
+
+
+def export_network(network, size: int, out_dir: Path) -> dict:
+    """Export one TorchNetwork (its ProbabilityHeads module) with dynamic batch and size; check it; describe it."""
+    import io
+    import warnings
+
+    import torch
+
+    from tatl.checkpoints import atomic_write_bytes
+    from tatl.errors import CheckpointError
+
+    module = network.module.to(memory_format=torch.contiguous_format)
+    example = torch.randn(1, 3, size, size)
+    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({name: {0: "batch", 1: "height", 2: "width"} for name in network.names})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter (dynamo=False) is deprecated but needs no onnxscript, and handles these
+        # convolutional networks with dynamic sizes exactly (checked below); torch 2.14 still ships it.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=network.names, dynamic_axes=dynamic)
+    data = buffer.getvalue()
+    difference = _difference_to_torch(module, data, network.names, size)
+    name = file_name(network)
+    if difference > TOLERANCE:
+        raise CheckpointError(f"{name}: ONNX export differs from PyTorch by {difference:.2e} (> {TOLERANCE})")
+    atomic_write_bytes(out_dir / name, lambda handle: handle.write(data))
+    return {"file": name, "shape": network.shape, "outputs": network.names, "input_size": size,
+            "sources": [str(p) for p in network.sources], "max_difference_to_torch": difference}
+
+
+def _difference_to_torch(module, data: bytes, names: list[str], size: int) -> float:
+    """Largest probability difference between onnxruntime and PyTorch on a random batch of another size."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, size, size + 32, generator=torch.Generator().manual_seed(0))  # exercises dynamic axes
+    with torch.no_grad():
+        expected = [p.numpy() for p in module(x)]
+    actual = session.run(names, {"image": x.numpy()})
+    return float(max(np.abs(a - e).max() for a, e in zip(actual, expected, strict=True)))
+
+
+def manifest(run_dir: Path, settings, entries: list[dict]) -> dict:
+    from tatl.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from tatl.predict import settings_dict
+
+    return {
+        "format": "tatl-onnx-1",
+        "run": str(run_dir.resolve()),
+        "settings": settings_dict(settings),
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "colour": "RGB",
+                  "normalisation": "(pixel / 255 - mean) / std", "mean": IMAGENET_MEAN.tolist(),
+                  "std": IMAGENET_STD.tolist(), "size_multiple": 32},
+        "outputs": "probabilities (batch, height, width) per named head, after the sigmoid",
+        "pipeline": "stage 1 on the whole image resized to stage1_size -> lesion box + crop_margin -> crop resized "
+                    "to image_size -> mean of the shapes' probabilities -> pasted back at original size -> "
+                    "> threshold",
+        "networks": entries,
+    }
