@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     save_config(config, saved)
     stage1_only = args.stages == "1"
     ctx = prepare_context(args.data, run_dir, config, stage1_only)
+    save_config(ctx.config, saved)  # again: the data may have set values (ISIC 2017 -> its four attributes)
     if not stage1_only and not ctx.train:
         raise DataError(f"{args.data}: no training images left after the split")
     metrics = run_pipeline(ctx, stage1_only=stage1_only)
