@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from tatl.data.images import resize_mask
 
@@ -67,10 +67,20 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of `mask` within `width` pixels of its border (erosion by Pillow's MinFilter)."""
-    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
-    eroded = np.asarray(image.filter(ImageFilter.MinFilter(2 * width + 1))) > 0
-    return mask & ~eroded
+    """The pixels of `mask` within `width` pixels of its border (or of the picture's edge)."""
+    return mask & ~_erode(mask, width)
+
+
+def _erode(mask: np.ndarray, width: int) -> np.ndarray:
+    """Erosion by a (2 width + 1)^2 square, separably along rows then columns: O(pixels x width)."""
+    for axis in (0, 1):
+        padded = np.pad(mask, [(width, width) if a == axis else (0, 0) for a in (0, 1)], constant_values=False)
+        length = mask.shape[axis]
+        eroded = np.ones_like(mask)
+        for offset in range(2 * width + 1):
+            eroded &= padded[offset:offset + length] if axis == 0 else padded[:, offset:offset + length]
+        mask = eroded
+    return mask
 
 
 def _paint(canvas: np.ndarray, mask: np.ndarray, colour: Colour, alpha: float) -> None:

@@ -6,6 +6,8 @@ reading every mask header now.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 from pathlib import Path
 
@@ -16,19 +18,41 @@ from tatl.errors import DataError
 from tatl.pipeline import RunContext
 
 SYNTHETIC = "synthetic"
+_held_locks: dict[Path, object] = {}  # lock files this process holds; the OS releases them when it dies
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"{run_dir}: output path exists and is a file, not a folder")
-    has_content = run_dir.is_dir() and any(run_dir.iterdir())
+    has_content = run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir())
     if resume and not (run_dir / "config.yaml").exists():
         raise DataError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
     if has_content and not resume:
         raise DataError(f"{run_dir}: run folder exists and is not empty; use --resume to continue it or choose "
                         "another --out (nothing was overwritten)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """One run, one writer: an exclusive lock on RUN/.lock, which a killed process cannot leave stuck."""
+    if run_dir.resolve() in _held_locks:
+        return  # this process already holds it (e.g. a resume called from the same Python session)
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise DataError(f"{run_dir}: another tatl process ({owner}) is writing this run folder; wait for it "
+                        "or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _held_locks[run_dir.resolve()] = handle
 
 
 def resolve_data(data: str, run_dir: Path, config: Config) -> Path:

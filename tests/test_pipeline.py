@@ -131,3 +131,26 @@ def test_sigkill_at_several_points_then_resume_gives_the_same_metrics(tmp_path: 
         process.wait()
     assert main(["run", "synthetic", "--out", str(killed), "--resume"]) == 0
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tatl.runs import prepare_run_dir; "
+         "prepare_run_dir(Path(sys.argv[1]), False); print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (run / "config.yaml").write_text("{}\n")
+        from tatl.errors import DataError
+        from tatl.runs import prepare_run_dir
+
+        with pytest.raises(DataError, match="another tatl process"):
+            prepare_run_dir(run, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    from tatl.runs import prepare_run_dir
+
+    prepare_run_dir(run, resume=True)  # the dead holder's lock is gone with it

@@ -172,14 +172,15 @@ class OutputOptions:
         return None
 
 
-def write_png(path: Path, image) -> None:
-    """Write a PIL image or an (H, W) uint8 array as PNG via a temporary file and a rename."""
+def write_png(path: Path, image, compress_level: int = 1) -> None:
+    """Write a PIL image or an (H, W) uint8 array as PNG via a temporary file and a rename. Level 1: binary masks
+    compress almost as well as at the default 6, several times faster."""
     from PIL import Image
 
     from tatl.checkpoints import atomic_write_bytes
 
     image = Image.fromarray(image) if not isinstance(image, Image.Image) else image
-    atomic_write_bytes(path, lambda handle: image.save(handle, format="PNG"))
+    atomic_write_bytes(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
 
 
 def describe(mask, max_probability: float, reference) -> dict:
