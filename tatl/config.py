@@ -21,6 +21,7 @@ from tatl.errors import ConfigError
 ATTRIBUTES_2018 = ["globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks"]
 PRESETS_DIR = Path(__file__).parent / "presets"
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")  # the ablations of Tables 2-3: which stages a variant uses
+INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  # Stage-3 starts (Tables 6-7)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class TrainConfig:
 class PipelineConfig:
     variants: list[str] = field(default_factory=lambda: ["1,2,3"])  # ablations to run: "3", "2,3", "1,3", "1,2,3"
     encoder_mode: str = "frozen"  # Stage 3 encoder: "frozen" (TATL-FE, shared) or "trainable" (TATL-NF)
+    init: str = "tatl"  # Stage 3 start without Stage 2: tatl (configured weights), imagenet, random, augmentation,
+    #                     context-restoration (the baselines of Table 7); variants with Stage 2 always start from it
+    augmentation_copies: int = 4  # init=augmentation: each attribute's training set enlarged to this many copies
     crop_margin: int = 40  # pixels added around the predicted lesion box, in original-image pixels (paper: 40)
     crop_source: str = "predicted"  # training crops from Stage-1 "predicted" masks (paper) or "truth" lesion masks
     min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
@@ -241,6 +245,11 @@ def validate(config: Config) -> None:
     for variant in p.variants:
         _require(variant in VARIANTS, f"pipeline.variants: unknown variant {variant!r} (one of {' '.join(VARIANTS)})")
     _require(p.encoder_mode in ("frozen", "trainable"), f"pipeline.encoder_mode: {p.encoder_mode!r}")
+    _require(p.init in INITS, f"pipeline.init: {p.init!r} (one of {', '.join(INITS)})")
+    with_stage2 = [v for v in p.variants if "2" in v.split(",")]
+    _require(p.init == "tatl" or not with_stage2, f"pipeline.init={p.init} replaces Stage 2, but variants "
+             f"{' '.join(with_stage2)} use it: run variants 3 and/or 1,3 with this init")
+    _require(p.augmentation_copies >= 1, "pipeline.augmentation_copies must be >= 1")
     _require(p.crop_margin >= 0, f"pipeline.crop_margin must be >= 0, got {p.crop_margin}")
     _require(p.crop_source in ("predicted", "truth"), f"pipeline.crop_source: {p.crop_source!r}")
     _require(0 <= p.min_lesion_fraction < 1, "pipeline.min_lesion_fraction must be in [0, 1)")

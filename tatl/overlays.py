@@ -1,7 +1,7 @@
 """Pictures of a prediction for people: the image beside the same image annotated, with a legend.
 
 The annotated panel shows the Stage-1 lesion as a solid white outline, the Stage-2 abnormal (attribute-agnostic)
-region as a dotted white outline, and each attribute as a translucent fill with a solid outline in its own colour
+region as a dashed white outline, and each attribute as a translucent fill with a solid outline in its own colour
 (Okabe-Ito colour-blind-safe palette, chosen to stand out on brown skin). The legend says, per attribute, whether it
 is present, its area as a share of the lesion and its maximum probability. With ground truth, one more panel per
 attribute shows truth in green and prediction in red (overlap yellow), as in the paper's Figure 5, titled with that
@@ -16,7 +16,8 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tatl.data.images import resize_mask
+from tatl.data.crops import crop_mask, whole_image_box
+from tatl.data.images import read_image, resize_mask
 
 Colour = tuple[int, int, int]
 ATTRIBUTE_COLOURS: dict[str, Colour] = {
@@ -42,6 +43,7 @@ class Layer:
     area_fraction: float
     max_probability: float
     truth: np.ndarray | None = None  # ground truth at display size, when known
+    area_of: str = "lesion"  # what area_fraction is a share of: "lesion" or "image"
 
 
 def attribute_colour(name: str, index: int) -> Colour:
@@ -54,10 +56,6 @@ def display_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def shrink(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return resize_mask(mask, size)
-
-
 @cache
 def _font(size: int) -> ImageFont.ImageFont:
     try:
@@ -67,14 +65,14 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of `mask` within `width` pixels of its border (or of the picture's edge)."""
+    """The pixels of `mask` within `width` pixels of its border; the picture's edge is no border (no frame)."""
     return mask & ~_erode(mask, width)
 
 
 def _erode(mask: np.ndarray, width: int) -> np.ndarray:
     """Erosion by a (2 width + 1)^2 square, separably along rows then columns: O(pixels x width)."""
     for axis in (0, 1):
-        padded = np.pad(mask, [(width, width) if a == axis else (0, 0) for a in (0, 1)], constant_values=False)
+        padded = np.pad(mask, [(width, width) if a == axis else (0, 0) for a in (0, 1)], constant_values=True)
         length = mask.shape[axis]
         eroded = np.ones_like(mask)
         for offset in range(2 * width + 1):
@@ -89,7 +87,7 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, colour: Colour, alpha: float) -
 
 def annotate(image: np.ndarray, lesion: np.ndarray | None, abnormal: np.ndarray | None,
              layers: dict[str, Layer]) -> np.ndarray:
-    """The image with attribute fills and outlines, the abnormal region dotted and the lesion outlined."""
+    """The image with attribute fills and outlines, the abnormal region dashed and the lesion outlined."""
     canvas = image.copy()
     width = max(1, round(max(image.shape[:2]) / 320))
     for index, (name, layer) in enumerate(layers.items()):
@@ -98,22 +96,25 @@ def annotate(image: np.ndarray, lesion: np.ndarray | None, abnormal: np.ndarray 
         _paint(canvas, _outline(layer.mask, width), attribute_colour(name, index), 1.0)
     if abnormal is not None:
         rows, cols = np.indices(abnormal.shape)
-        dots = (rows + cols) // (3 * width) % 2 == 0  # dotted: every other run of 3 line widths along diagonals
+        dots = (rows + cols) // (4 * width + 2) % 2 == 0  # dashed: every other run along the diagonals
         _paint(canvas, _outline(abnormal, width) & dots, WHITE, 1.0)
     if lesion is not None:
-        # A white line between two dark rims stays visible on pale skin and on dark lesions alike.
-        _paint(canvas, _outline(lesion, 3 * width), INK, 1.0)
-        _paint(canvas, _outline(lesion, 2 * width) & ~_outline(lesion, width), WHITE, 1.0)
+        # A white line between two thin dark rims stays visible on pale skin and on dark lesions alike.
+        _paint(canvas, _outline(lesion, width + 2), INK, 1.0)
+        _paint(canvas, _outline(lesion, width + 1) & ~_outline(lesion, 1), WHITE, 1.0)
     return canvas
 
 
 def truth_panel(image: np.ndarray, layer: Layer) -> np.ndarray:
-    """Figure-5 style: truth green, prediction red, both yellow, on a dimmed image."""
-    canvas = (image * 0.75).astype(np.uint8)
+    """Figure-5 style: truth green, prediction red, both yellow (translucent, outlined), on a dimmed image."""
+    canvas = (image * 0.8).astype(np.uint8)
     truth = layer.truth if layer.truth is not None else np.zeros_like(layer.mask)
-    _paint(canvas, truth & ~layer.mask, TRUTH, 0.6)
-    _paint(canvas, layer.mask & ~truth, PREDICTED, 0.6)
-    _paint(canvas, layer.mask & truth, BOTH, 0.6)
+    _paint(canvas, truth & ~layer.mask, TRUTH, FILL_ALPHA)
+    _paint(canvas, layer.mask & ~truth, PREDICTED, FILL_ALPHA)
+    _paint(canvas, layer.mask & truth, BOTH, FILL_ALPHA)
+    width = max(1, round(max(image.shape[:2]) / 320))
+    _paint(canvas, _outline(truth, width), TRUTH, 1.0)
+    _paint(canvas, _outline(layer.mask, width), PREDICTED, 1.0)
     return canvas
 
 
@@ -131,14 +132,16 @@ def render(image: np.ndarray, title: str, lesion: np.ndarray | None, abnormal: n
             score = "no ground truth" if layer.truth is None else f"Jaccard {jaccard(layer.truth, layer.mask):.2f}"
             panels.append((f"{name}: {score}", truth_panel(image, layer)))
     height, width = image.shape[:2]
-    font_size = max(12, round(max(width, height) / 40))
+    font_size = max(13, round(max(width, height) / 32))
     caption = font_size + PADDING
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
     legend = _legend_lines(lesion is not None, abnormal is not None, layers, with_truth)
-    legend_height = PADDING + len(legend) * (font_size + 6)
-    sheet = Image.new("RGB", (columns * (width + PADDING) + PADDING,
-                              caption + PADDING + rows * (height + caption) + legend_height), PAPER)
+    sheet_width = columns * (width + PADDING) + PADDING
+    legend_columns = 2 if with_truth and sheet_width >= 40 * font_size else 1
+    legend_rows = -(-len(legend) // legend_columns)
+    legend_height = PADDING + legend_rows * (font_size + 6)
+    sheet = Image.new("RGB", (sheet_width, caption + PADDING + rows * (height + caption) + legend_height), PAPER)
     draw = ImageDraw.Draw(sheet)
     draw.text((PADDING, PADDING // 2), title, fill=INK, font=_font(font_size))
     top = caption + PADDING
@@ -147,21 +150,25 @@ def render(image: np.ndarray, title: str, lesion: np.ndarray | None, abnormal: n
         y = top + (index // columns) * (height + caption)
         draw.text((x, y), label, fill=INK, font=_font(round(font_size * 0.85)))
         sheet.paste(Image.fromarray(pixels), (x, y + caption - 4))
-    _draw_legend(draw, legend, PADDING, top + rows * (height + caption), font_size)
+    legend_top = top + rows * (height + caption)
+    for column in range(legend_columns):
+        lines = legend[column * legend_rows:(column + 1) * legend_rows]
+        _draw_legend(draw, lines, PADDING + column * sheet_width // 2, legend_top, font_size)
     return sheet
 
 
 def _legend_lines(has_lesion: bool, has_abnormal: bool, layers: dict[str, Layer],
                   with_truth: bool) -> list[tuple[Colour | str, str, Colour]]:
-    """(swatch colour or "outline"/"dotted", text, text colour) per legend line."""
+    """(swatch colour or "outline"/"dashed", text, text colour) per legend line."""
     lines: list[tuple[Colour | str, str, Colour]] = []
     if has_lesion:
         lines.append(("outline", "lesion (Stage 1)", INK))
     if has_abnormal:
-        lines.append(("dotted", "abnormal region, any attribute (Stage 2)", INK))
+        lines.append(("dashed", "abnormal region: any attribute (Stage 2)", INK))
     for index, (name, layer) in enumerate(layers.items()):
         if layer.present:
-            text = f"{name}: present, {100 * layer.area_fraction:.1f}% of the lesion, max p {layer.max_probability:.2f}"
+            share = f"{100 * layer.area_fraction:.1f}% of the {layer.area_of}"
+            text = f"{name}: present, {share}, max p {layer.max_probability:.2f}"
         else:
             text = f"{name}: absent (max p {layer.max_probability:.2f})"
         lines.append((attribute_colour(name, index), text, INK if layer.present else GREY))
@@ -180,11 +187,37 @@ def _draw_legend(draw: ImageDraw.ImageDraw, lines: list, left: int, top: int, fo
         if swatch == "outline":
             draw.rectangle(box, fill=(150, 110, 80), outline=INK, width=3)
             draw.rectangle((box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1), outline=WHITE, width=1)
-        elif swatch == "dotted":
+        elif swatch == "dashed":
             draw.rectangle(box, fill=(150, 110, 80))
-            for x in range(box[0], box[2], 4):
-                draw.rectangle((x, y, x + 1, y + 1), fill=WHITE)
-                draw.rectangle((x, box[3] - 1, x + 1, box[3]), fill=WHITE)
+            for x in range(box[0], box[2], 6):
+                draw.rectangle((x, y, x + 2, y + 1), fill=WHITE)
+                draw.rectangle((x, box[3] - 1, x + 2, box[3]), fill=WHITE)
         else:
             draw.rectangle(box, fill=swatch, outline=INK)
         draw.text((left + side + 8, y), text, fill=colour, font=_font(font_size))
+
+
+class OverlayView:
+    """What an overlay of one prediction (a tatl.predict.ImagePrediction) shows: the Stage-1 lesion box, zoomed in
+    as a dermatologist looks, else the whole image; at most max_side pixels on its longer side. Full-size masks
+    are cropped to it and shrunk (a pixel is set when at least half of its area is)."""
+
+    def __init__(self, prediction, max_side: int):
+        whole = whole_image_box(prediction.size)
+        zoom = "lesion" in prediction.maps and not prediction.lesion_fallback and prediction.box != whole
+        self.box = prediction.box if zoom else whole
+        self.what = "Stage-1 lesion crop" if zoom else "whole image"
+        self.path = prediction.path
+        self.size = display_size((self.box[2] - self.box[0], self.box[3] - self.box[1]), max_side)
+
+    def shrink(self, mask: np.ndarray) -> np.ndarray:
+        return resize_mask(crop_mask(mask, self.box), self.size)
+
+    def layer(self, mask: np.ndarray, summary: dict, truth: np.ndarray | None, area_of: str) -> Layer:
+        return Layer(self.shrink(mask), summary["present"], summary["area_fraction"], summary["max_probability"],
+                     truth=None if truth is None else self.shrink(truth), area_of=area_of)
+
+    def render(self, title: str, lesion: np.ndarray | None, abnormal: np.ndarray | None, layers: dict[str, Layer],
+               with_truth: bool) -> Image.Image:
+        image = read_image(self.path, size=self.size, box=self.box)
+        return render(image, title, lesion, abnormal, layers, with_truth=with_truth)

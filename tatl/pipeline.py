@@ -37,6 +37,7 @@ from tatl.inference import (
     tune_thresholds,
 )
 from tatl.models import build_model
+from tatl.pretext import train_context_restoration
 from tatl.weights import transfer_weights
 
 
@@ -120,42 +121,67 @@ def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -
 # ----------------------------------------------------------------------------------------------------- Stage 3
 def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
                    agnostic: MultiHeadSegmenter | None) -> list[MultiHeadSegmenter]:
-    """One Target-Segmenter per attribute, started from Stage 2 (or from the configured encoder weights).
+    """One Target-Segmenter per attribute, started from Stage 2 (or from the configured baseline, `init`).
 
     Returns the trained networks: one multi-head network (frozen, shared encoder) or one network per attribute.
     """
     cfg = ctx.config
     attributes = cfg.data.attributes
-    datasets = [_dataset(ctx, samples, attributes, cfg.data.image_size, boxes, augment=samples is ctx.train)
-                for samples in (ctx.train, ctx.val)]
-    start = agnostic.head_state(UNION) if agnostic is not None else None
+    init = "tatl" if agnostic is not None else cfg.pipeline.init
+    augmented = init == "augmentation"
+    train_set = _dataset(ctx, ctx.train, attributes, cfg.data.image_size, boxes, augment=True, strong=augmented)
+    val_set = _dataset(ctx, ctx.val, attributes, cfg.data.image_size, boxes, augment=False)
+    start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
     shape_dir = ctx.run_dir / f"stage3-v{variant.replace(',', '')}" / shape
     label = f"stage 3 (variant {variant}, {shape}"
     if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
         # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
-        return [_train_group(ctx, shape, start, attributes, *datasets, shape_dir, train_encoder=False,
+        return [_train_group(ctx, shape, start, attributes, train_set, val_set, shape_dir, train_encoder=False,
                              label=label + ", frozen encoder)", head_dirs={a: shape_dir / a for a in attributes})]
-    # TATL-NF and the variants without Stage 2: one whole network per attribute.
-    return [_train_group(ctx, shape, start, [attribute], *datasets, shape_dir / attribute, train_encoder=True,
-                         label=f"{label}, {attribute})") for attribute in attributes]
+    # TATL-NF and the baselines without Stage 2: one whole network per attribute.
+    return [_train_group(ctx, shape, start, [a], train_set, val_set, shape_dir / a, train_encoder=True,
+                         label=f"{label}, {a})", encoder_weights=weights) for a in attributes]
+
+
+def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
+                  agnostic: MultiHeadSegmenter | None) -> tuple[dict | None, str | None]:
+    """(state to start from, or None; encoder weights for a fresh network) for the configured initialisation."""
+    cfg = ctx.config
+    if agnostic is not None:
+        return agnostic.head_state(UNION), None
+    init, configured = cfg.pipeline.init, cfg.model.encoder_weights
+    if init == "random":
+        return None, None
+    if init in ("imagenet", "augmentation"):  # an ImageNet source: the configured one (lite0, a file) or timm's
+        return None, configured if configured not in (None, "none") else "imagenet"
+    if init == "context-restoration":
+        kind = "crops" if boxes else "full"
+        images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.val)]
+        state = train_context_restoration(shape, cfg.model.encoder_name, configured, *images, cfg.train,
+                                          ctx.run_dir / f"pretext-{kind}" / shape)
+        return state, None
+    return None, configured  # "tatl" without Stage 2: the paper's Stage-3-only ablation
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
 def _dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: int, boxes: dict[str, Box] | None,
-             augment: bool) -> SegmentationDataset:
+             augment: bool, strong: bool = False) -> SegmentationDataset:
     images = load_images(samples, size, boxes, ctx.cache_dir)
     masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
                        ctx.config.data.binarize_threshold)
-    return SegmentationDataset(images, masks, augment=augment and ctx.config.train.augment, seed=ctx.config.train.seed)
+    copies = ctx.config.pipeline.augmentation_copies if strong else 1
+    return SegmentationDataset(images, masks, augment=augment and ctx.config.train.augment, seed=ctx.config.train.seed,
+                               copies=copies, strong=strong)
 
 
 def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
-                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None
-                 ) -> MultiHeadSegmenter:
+                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
+                 encoder_weights: str | None = "configured") -> MultiHeadSegmenter:
     """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder."""
     cfg = ctx.config
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
-    model = build_model(shape, cfg.model.encoder_name, cfg.model.encoder_weights if start_state is None else None)
+    weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
+    model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
     if start_state is not None:
         reinitialised = transfer_weights(start_state, model)
         if reinitialised:

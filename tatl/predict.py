@@ -12,11 +12,14 @@ themselves, so it never trusts the config: a run whose encoders differ is still 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ from tatl.inference import average_probabilities, full_size_probabilities
 from tatl.models import build_model
 
 MANIFEST = "manifest.json"
+_TEMPORARY_NUMBERS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -277,3 +281,26 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
 
 def settings_dict(settings: PredictionSettings) -> dict:
     return dataclasses.asdict(settings)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """write(file) into a temporary file beside `path`, then rename: a killed process never leaves half a file.
+
+    Unlike checkpoints (tatl.checkpoints.atomic_write_bytes) there is no fsync per file and the file gets the
+    umask's permissions: outputs are cheap to recreate, come by the thousand and are meant to be shared.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY_NUMBERS)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json_file(path: Path, value: object) -> None:
+    text = json.dumps(value, indent=2) + "\n"
+    write_atomically(path, lambda handle: handle.write(text.encode()))

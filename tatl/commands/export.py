@@ -35,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tatl.checkpoints import write_json
     from tatl.errors import ConfigError, DataError
-    from tatl.predict import MANIFEST, load_predictor
+    from tatl.predict import MANIFEST, load_predictor, write_json_file
 
     try:
         import onnx  # noqa: F401
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         entries.append(entry)
         print(f"wrote {args.onnx / entry['file']} (outputs {', '.join(entry['outputs'])}; max difference to "
               f"PyTorch {entry['max_difference_to_torch']:.1e})", file=sys.stderr)
-    write_json(args.onnx / MANIFEST, manifest(args.model, settings, entries))
+    write_json_file(args.onnx / MANIFEST, manifest(args.model, settings, entries))
     print(f"wrote {args.onnx / MANIFEST}; predict with: tatl predict {args.onnx} INPUT --out OUT", file=sys.stderr)
     return 0
 
@@ -76,8 +75,8 @@ def export_network(network, size: int, out_dir: Path) -> dict:
 
     import torch
 
-    from tatl.checkpoints import atomic_write_bytes
     from tatl.errors import CheckpointError
+    from tatl.predict import write_atomically
 
     module = network.module.to(memory_format=torch.contiguous_format)
     example = torch.randn(1, 3, size, size)
@@ -95,7 +94,7 @@ def export_network(network, size: int, out_dir: Path) -> dict:
     name = file_name(network)
     if difference > TOLERANCE:
         raise CheckpointError(f"{name}: ONNX export differs from PyTorch by {difference:.2e} (> {TOLERANCE})")
-    atomic_write_bytes(out_dir / name, lambda handle: handle.write(data))
+    write_atomically(out_dir / name, lambda handle: handle.write(data))
     return {"file": name, "shape": network.shape, "outputs": network.names, "input_size": size,
             "sources": [str(p) for p in network.sources], "max_difference_to_torch": difference}
 

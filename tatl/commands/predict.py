@@ -61,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from tatl.checkpoints import write_json
     from tatl.errors import DataError
-    from tatl.predict import load_predictor
+    from tatl.predict import load_predictor, write_json_file
 
     images = find_images(args.input)
     predictor = load_predictor(args.model, args.variant, args.engine, args.device, args.tta)
@@ -82,14 +81,14 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if not records:
         raise DataError(f"{args.input}: none of its {len(images)} image file(s) could be predicted (reasons above)")
-    write_json(args.out / "predictions.json", run_report(predictor, records, failed))
+    write_json_file(args.out / "predictions.json", run_report(predictor, records, failed))
     print(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
           f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""), file=sys.stderr)
     if args.truth:
         from tatl.metrics import format_scores
 
         scores = score_against_truth(args.out, args.truth, predictor.settings.attributes)
-        write_json(args.out / "scores.json", scores)
+        write_json_file(args.out / "scores.json", scores)
         print(format_scores(scores))
     return 1 if failed else 0
 
@@ -177,10 +176,10 @@ def write_png(path: Path, image, compress_level: int = 1) -> None:
     compress almost as well as at the default 6, several times faster."""
     from PIL import Image
 
-    from tatl.checkpoints import atomic_write_bytes
+    from tatl.predict import write_atomically
 
     image = Image.fromarray(image) if not isinstance(image, Image.Image) else image
-    atomic_write_bytes(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
+    write_atomically(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
 
 
 def describe(mask, max_probability: float, reference) -> dict:
@@ -201,22 +200,22 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     import numpy as np
 
     from tatl.data.dataset import LESION, UNION
-    from tatl.overlays import Layer, display_size, render, shrink
+    from tatl.overlays import OverlayView
 
     prediction = predictor.predict(path)
     threshold, out = predictor.settings.threshold, options.out
     record: dict = {"file": str(path), "width": prediction.size[0], "height": prediction.size[1]}
-    shown = display_size(prediction.size, options.overlay_size)
+    view = OverlayView(prediction, options.overlay_size) if options.overlays else None
     lesion = shown_lesion = shown_abnormal = None
     if LESION in prediction.maps:
         lesion = prediction.full_size(LESION) > threshold
         write_png(out / f"{image_id}_segmentation.png", np.where(lesion, 255, 0).astype(np.uint8))
         record["lesion"] = {"box": list(prediction.box), "whole_image_fallback": prediction.lesion_fallback,
                             "area_fraction_of_image": round(float(lesion.mean()), 6)}
-        shown_lesion = shrink(lesion, shown) if options.overlays else None
+        shown_lesion = view.shrink(lesion) if view else None
     reference = lesion if lesion is not None and lesion.any() else None
     record["area_reference"] = "lesion" if reference is not None else "image"
-    layers: dict[str, Layer] = {}
+    layers: dict = {}
     for name in [UNION, *predictor.settings.attributes]:
         if name not in prediction.maps:
             continue
@@ -229,21 +228,19 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
         summary = describe(mask, probabilities.max(), reference)
         if name == UNION:
             record["abnormal"] = summary
-            shown_abnormal = shrink(mask, shown) if options.overlays else None
+            shown_abnormal = view.shrink(mask) if view else None
         else:
             record.setdefault("attributes", {})[name] = summary
-            if options.overlays:
+            if view:
                 truth = options.truth_mask(image_id, name, prediction.size) if options.truth else None
-                layers[name] = Layer(shrink(mask, shown), **summary,
-                                     truth=None if truth is None else shrink(truth, shown))
+                layers[name] = view.layer(mask, summary, truth, record["area_reference"])
         del probabilities, mask
-    if options.overlays:
-        from tatl.data.images import read_image
-
-        title = f"{image_id}  ({predictor.settings.variant} variant, {' + '.join(predictor.settings.shapes)})"
-        picture = render(read_image(path, size=shown), title, shown_lesion, shown_abnormal, layers,
-                         with_truth=options.truth is not None)
-        write_png(out / "overlays" / f"{image_id}.png", picture)
+    if view:
+        s = predictor.settings
+        title = (f"{image_id}: {view.what}; TATL variant {s.variant}, {' + '.join(s.shapes)}, "
+                 f"threshold {s.threshold:g}" + (", flip TTA" if predictor.tta else ""))
+        picture = view.render(title, shown_lesion, shown_abnormal, layers, with_truth=options.truth is not None)
+        write_png(out / "overlays" / f"{image_id}.png", picture, compress_level=6)
     return record
 
 

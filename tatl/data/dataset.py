@@ -99,24 +99,32 @@ def _mask_fingerprints(sample: Sample) -> list:
     return [file_fingerprint(p) for p in paths if p is not None]
 
 
-def build_augmentation() -> A.Compose:
-    """Flips, 90-degree rotations and mild colour jitter: dermoscopy has no canonical orientation."""
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
-            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+def build_augmentation(strong: bool = False) -> A.Compose:
+    """Flips, 90-degree rotations and mild colour jitter: dermoscopy has no canonical orientation.
+
+    strong=True adds the paper's augmentation baseline (Section 5.5): random rotation, shift, zoom and brightness.
+    """
+    transforms = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+    ]
+    if strong:
+        transforms += [
+            A.Affine(rotate=(-30, 30), translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.1, p=0.5),
         ]
-    )
+    return A.Compose(transforms)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """Pre-decoded images and masks -> (normalised float image CxHxW, float masks KxHxW)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None, augment: bool = False, seed: int = 0):
-        self.images, self.masks = images, masks
-        self.augmentation = build_augmentation() if augment else None
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, augment: bool = False, seed: int = 0,
+                 copies: int = 1, strong: bool = False):
+        self.images, self.masks, self.copies = images, masks, copies  # copies: an enlarged, augmented set
+        self.augmentation = build_augmentation(strong) if augment or strong else None
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,11 +132,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * self.copies
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = np.asarray(self.images[index])
-        masks = np.asarray(self.masks[index]) if self.masks is not None else np.zeros((0, *image.shape[:2]), np.uint8)
+        item = index % len(self.images)
+        image = np.asarray(self.images[item])
+        masks = np.asarray(self.masks[item]) if self.masks is not None else np.zeros((0, *image.shape[:2]), np.uint8)
         if self.augmentation is not None:
             sample_seed = hash((self.seed, self.epoch, index)) & 0xFFFFFFFF  # ints hash deterministically
             self.augmentation.set_random_state(np.random.default_rng(sample_seed), random.Random(sample_seed))
