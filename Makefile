@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(VENV)/bin/tatl run synthetic --config demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/tatl run synthetic --config demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	$(PY) -m pytest -q

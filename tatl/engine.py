@@ -132,7 +132,7 @@ def fit(
             continue
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # stochastic depth etc.: same per epoch, also after resume
-        train_loss = _train_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
+        train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
                                   amp_dtype, train_encoder, label)
         val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
         for n in active:
@@ -182,9 +182,20 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, cfg: Trai
     return x, y.to(device, non_blocking=True)
 
 
-def _train_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers, scaler, amp_dtype, train_encoder,
+def mask_channels(dataset, names: list[str]) -> dict[str, int]:
+    """Which mask channel each head learns: by name when the dataset names its channels, else by head order."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return {name: index for index, name in enumerate(names)}
+    missing = [name for name in names if name not in targets]
+    if missing:
+        raise ValueError(f"the dataset has no mask for {', '.join(missing)} (it has {', '.join(targets)})")
+    return {name: targets.index(name) for name in names}
+
+
+def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers, scaler, amp_dtype, train_encoder,
                  label) -> dict[str, float]:
-    names = list(model.heads)
+    channel = mask_channels(dataset, list(model.heads))
     model.train()
     if not train_encoder:
         model.encoder.eval()  # frozen: BatchNorm running statistics must not move either
@@ -202,7 +213,7 @@ def _train_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers
         with autocast:
             with nullcontext() if train_encoder else torch.no_grad():
                 features = model.encoder(x)
-            losses = {n: loss_fn(model.heads[n](features), y[:, names.index(n)]) for n in active}
+            losses = {n: loss_fn(model.heads[n](features), y[:, channel[n]]) for n in active}
         for n, loss in losses.items():
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -223,7 +234,7 @@ def _train_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers
 @torch.no_grad()
 def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, threshold) -> dict[str, dict]:
     """Validation loss and official-semantics Jaccard/Dice per head, at the training resolution."""
-    names = list(model.heads)
+    channel = mask_channels(dataset, list(model.heads))
     model.eval()
     scorer = Task2Scorer(active)
     loss_sums = {n: 0.0 for n in active}
@@ -235,7 +246,7 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
             features = model.encoder(x)
             for n in active:
                 logits = model.heads[n](features).float()
-                truth = y[:, names.index(n)]
+                truth = y[:, channel[n]]
                 loss_sums[n] += loss_fn(logits, truth).item() * len(x)
                 scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)

@@ -1,11 +1,14 @@
 """Pictures of a prediction for people: the image beside the same image annotated, with a legend.
 
+They show the Stage-1 lesion box (zoomed in, as a dermatologist looks at a lesion), or the whole image for variants
+without Stage 1 or when Stage 1 found no lesion.
+
 The annotated panel shows the Stage-1 lesion as a solid white outline, the Stage-2 abnormal (attribute-agnostic)
 region as a dashed white outline, and each attribute as a translucent fill with a solid outline in its own colour
 (Okabe-Ito colour-blind-safe palette, chosen to stand out on brown skin). The legend says, per attribute, whether it
 is present, its area as a share of the lesion and its maximum probability. With ground truth, one more panel per
 attribute shows truth in green and prediction in red (overlap yellow), as in the paper's Figure 5, titled with that
-image's Jaccard. Everything is drawn with Pillow at a display size (masks are shrunk with `resize_mask`).
+image's Jaccard. Everything is drawn with Pillow at a display size (masks shrunk by the rule of `resize_mask`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tatl.data.crops import crop_mask, whole_image_box
-from tatl.data.images import read_image, resize_mask
+from tatl.data.images import read_image
 
 Colour = tuple[int, int, int]
 ATTRIBUTE_COLOURS: dict[str, Colour] = {
@@ -211,7 +214,9 @@ class OverlayView:
         self.size = display_size((self.box[2] - self.box[0], self.box[3] - self.box[1]), max_side)
 
     def shrink(self, mask: np.ndarray) -> np.ndarray:
-        return resize_mask(crop_mask(mask, self.box), self.size)
+        """resize_mask's rule (BOX filter, >= half covered) without its int64 temporary of the full-size mask."""
+        crop = np.ascontiguousarray(crop_mask(mask, self.box)).view(np.uint8) * np.uint8(255)
+        return np.asarray(Image.fromarray(crop).resize(self.size, Image.Resampling.BOX)) >= 128
 
     def layer(self, mask: np.ndarray, summary: dict, truth: np.ndarray | None, area_of: str) -> Layer:
         return Layer(self.shrink(mask), summary["present"], summary["area_fraction"], summary["max_probability"],

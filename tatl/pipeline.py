@@ -171,7 +171,7 @@ def _dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: i
                        ctx.config.data.binarize_threshold)
     copies = ctx.config.pipeline.augmentation_copies if strong else 1
     return SegmentationDataset(images, masks, augment=augment and ctx.config.train.augment, seed=ctx.config.train.seed,
-                               copies=copies, strong=strong)
+                               copies=copies, strong=strong, targets=list(targets))
 
 
 def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,

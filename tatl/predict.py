@@ -183,9 +183,12 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def _build_network(settings: PredictionSettings, shape: str, states: dict[str, dict], paths: dict[str, Path],
                    device: torch.device) -> TorchNetwork:
     model = MultiHeadSegmenter.from_model(build_model(shape, settings.encoder_name), list(states))
-    for name, state in states.items():
+    for index, (name, state) in enumerate(states.items()):
         try:
-            model.load_head_state(name, state)
+            if index == 0:
+                model.load_head_state(name, state)
+            else:  # the encoder is the same tensor for tensor: load only the decoder and head
+                model.heads[name].load_state_dict({k: v for k, v in state.items() if not k.startswith("encoder.")})
         except RuntimeError as error:
             raise CheckpointError(f"{paths[name]}: does not fit a {shape} {settings.encoder_name} network: "
                                   f"{str(error).splitlines()[0]}") from None

@@ -150,3 +150,25 @@ def test_heads_left_at_different_epochs_by_a_kill_resume_to_the_same_result(tmp_
         assert resumed["epoch"] == straight["epoch"] == 1
         for key, value in straight["model"].items():
             torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_single_head_learns_its_own_channel_of_a_named_multi_channel_dataset(tmp_path: Path):
+    """TATL-NF trains one network per attribute on the shared dataset: each must read its own mask channel."""
+    images, masks = tiny_data()
+    cfg = config(epochs=1)
+    base = tiny_model()
+    named = SegmentationDataset(images, masks, augment=True, seed=cfg.seed, targets=NAMES)
+    named_val = SegmentationDataset(images, masks, targets=NAMES)
+    for k, name in enumerate(NAMES[1:], start=1):
+        from_named = MultiHeadSegmenter.from_model(copy.deepcopy(base), [name])
+        fit(from_named, named, named_val, cfg, {name: tmp_path / "named" / name}, train_encoder=True, label=name)
+        sliced = MultiHeadSegmenter.from_model(copy.deepcopy(base), [name])
+        fit(sliced, *datasets(images, masks[:, k : k + 1], cfg), cfg, {name: tmp_path / "sliced" / name},
+            train_encoder=True, label=name)
+        a = load_checkpoint(tmp_path / "named" / name / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "sliced" / name / "last.pt")["model"]
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="no mask for d"):
+        fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), ["d"]), named, named_val, cfg, {"d": tmp_path / "d"},
+            train_encoder=True, label="d")

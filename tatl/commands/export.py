@@ -73,6 +73,7 @@ def export_network(network, size: int, out_dir: Path) -> dict:
     import io
     import warnings
 
+    import onnx
     import torch
 
     from tatl.errors import CheckpointError
@@ -90,6 +91,7 @@ def export_network(network, size: int, out_dir: Path) -> dict:
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["image"],
                           output_names=network.names, dynamic_axes=dynamic)
     data = buffer.getvalue()
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     difference = _difference_to_torch(module, data, network.names, size)
     name = file_name(network)
     if difference > TOLERANCE:

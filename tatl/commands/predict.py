@@ -8,8 +8,9 @@ INPUT is one image or a folder of images (.jpg .jpeg .png .bmp, any size), predi
   predictions.json            per image and attribute: present, area as a share of the lesion, maximum probability;
                               the model, variant, shapes and thresholds used
   probabilities/              (--probabilities) <id>_attribute_<name>.png, probability x 255, 8-bit
-  overlays/<id>.png           (--overlays) the image beside it annotated, with a legend (and truth vs prediction
-                              per attribute with --truth)
+  overlays/<id>.png           (--overlays) the Stage-1 lesion crop beside it annotated (lesion outline, abnormal
+                              region dashed, attributes in colour) with a legend; with --truth also one panel per
+                              attribute: truth green, prediction red, both yellow (the paper's Figure 5)
   scores.json                 (--truth) official ISIC 2018 Task 2 scores, also printed (as `tatl evaluate` does)
 <id> is the file name without extension. Every file is written to a temporary name and renamed, so a killed run
 never leaves half a PNG; existing files of the same name are replaced. An unreadable image is reported by name and
@@ -182,6 +183,11 @@ def write_png(path: Path, image, compress_level: int = 1) -> None:
     write_atomically(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
 
 
+def as_grey(mask):
+    """A bool mask as 8-bit 0/255 without a wider temporary (np.where would make an int64 copy)."""
+    return mask.view("uint8") * 255
+
+
 def describe(mask, max_probability: float, reference) -> dict:
     """present, area_fraction (share of the reference region covered: never above 1) and maximum probability."""
     import numpy as np
@@ -209,23 +215,22 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     lesion = shown_lesion = shown_abnormal = None
     if LESION in prediction.maps:
         lesion = prediction.full_size(LESION) > threshold
-        write_png(out / f"{image_id}_segmentation.png", np.where(lesion, 255, 0).astype(np.uint8))
+        write_png(out / f"{image_id}_segmentation.png", as_grey(lesion))
         record["lesion"] = {"box": list(prediction.box), "whole_image_fallback": prediction.lesion_fallback,
                             "area_fraction_of_image": round(float(lesion.mean()), 6)}
         shown_lesion = view.shrink(lesion) if view else None
     reference = lesion if lesion is not None and lesion.any() else None
     record["area_reference"] = "lesion" if reference is not None else "image"
     layers: dict = {}
-    for name in [UNION, *predictor.settings.attributes]:
-        if name not in prediction.maps:
-            continue
+    for name in [UNION] * (2 in predictor.settings.stages) + predictor.settings.attributes:
         probabilities = prediction.full_size(name)
         mask = probabilities > threshold
-        stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
-        write_png(out / f"{stem}.png", np.where(mask, 255, 0).astype(np.uint8))
-        if options.probabilities:
-            write_png(out / "probabilities" / f"{stem}.png", np.rint(probabilities * 255).astype(np.uint8))
         summary = describe(mask, probabilities.max(), reference)
+        stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
+        write_png(out / f"{stem}.png", as_grey(mask))
+        if options.probabilities:  # in place: a 6000 x 4000 map is 96 MB
+            np.rint(np.multiply(probabilities, 255, out=probabilities), out=probabilities)
+            write_png(out / "probabilities" / f"{stem}.png", probabilities.astype(np.uint8))
         if name == UNION:
             record["abnormal"] = summary
             shown_abnormal = view.shrink(mask) if view else None

@@ -122,8 +122,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Pre-decoded images and masks -> (normalised float image CxHxW, float masks KxHxW)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray | None, augment: bool = False, seed: int = 0,
-                 copies: int = 1, strong: bool = False):
+                 copies: int = 1, strong: bool = False, targets: list[str] | None = None):
         self.images, self.masks, self.copies = images, masks, copies  # copies: an enlarged, augmented set
+        self.targets = targets  # the name of each mask channel; the engine matches heads to channels by name
         self.augmentation = build_augmentation(strong) if augment or strong else None
         self.seed, self.epoch = seed, 0
 
