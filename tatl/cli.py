@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("tatl.commands.run", "train and evaluate the TATL pipeline (stages 1-3, variants, U+Link)"),
     "predict": ("tatl.commands.predict", "predict attribute masks, overlays and a report for new images"),
     "export": ("tatl.commands.export", "export a trained run's networks to ONNX for onnxruntime"),
+    "experiment": ("tatl.commands.experiment", "run a backbone x shape x setting x fold x seed grid; Tables 6-7"),
+    "bound": ("tatl.commands.bound", "estimate the generalisation bound (Eq. 6) of each Stage-3 initialisation"),
+    "report": ("tatl.commands.report", "write one self-contained HTML (and Markdown) report of a run folder"),
 }
 
 EPILOG = textwrap.dedent(

@@ -53,9 +53,10 @@ def attribute_colour(name: str, index: int) -> Colour:
     return ATTRIBUTE_COLOURS.get(name, SPARE_COLOURS[index % len(SPARE_COLOURS)])
 
 
-def display_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """(width, height) scaled so the longer side is at most max_side (never enlarged)."""
-    scale = min(1.0, max_side / max(size))
+def display_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is `side`: a small lesion crop is enlarged, so its outlines and
+    text stay readable (masks then show their real pixels as blocks)."""
+    scale = side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
@@ -141,7 +142,9 @@ def render(image: np.ndarray, title: str, lesion: np.ndarray | None, abnormal: n
     rows = -(-len(panels) // columns)
     legend = _legend_lines(lesion is not None, abnormal is not None, layers, with_truth)
     sheet_width = columns * (width + PADDING) + PADDING
-    legend_columns = 2 if with_truth and sheet_width >= 40 * font_size else 1
+    widest = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font(font_size))
+                 for _, text, _ in legend) + 2 * font_size
+    legend_columns = 2 if len(legend) > 4 and 2 * widest < sheet_width else 1
     legend_rows = -(-len(legend) // legend_columns)
     legend_height = PADDING + legend_rows * (font_size + 6)
     sheet = Image.new("RGB", (sheet_width, caption + PADDING + rows * (height + caption) + legend_height), PAPER)
@@ -151,13 +154,20 @@ def render(image: np.ndarray, title: str, lesion: np.ndarray | None, abnormal: n
     for index, (label, pixels) in enumerate(panels):
         x = PADDING + (index % columns) * (width + PADDING)
         y = top + (index // columns) * (height + caption)
-        draw.text((x, y), label, fill=INK, font=_font(round(font_size * 0.85)))
+        draw.text((x, y), label, fill=INK, font=_fitting_font(draw, label, round(font_size * 0.85), width))
         sheet.paste(Image.fromarray(pixels), (x, y + caption - 4))
     legend_top = top + rows * (height + caption)
     for column in range(legend_columns):
         lines = legend[column * legend_rows:(column + 1) * legend_rows]
         _draw_legend(draw, lines, PADDING + column * sheet_width // 2, legend_top, font_size)
     return sheet
+
+
+def _fitting_font(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> ImageFont.ImageFont:
+    """The font of `size`, smaller if needed (down to 8 px) for `text` to fit in `width` pixels."""
+    while size > 8 and draw.textlength(text, font=_font(size)) > width:
+        size -= 1
+    return _font(size)
 
 
 def _legend_lines(has_lesion: bool, has_abnormal: bool, layers: dict[str, Layer],

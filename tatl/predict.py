@@ -11,7 +11,6 @@ themselves, so it never trusts the config: a run whose encoders differ is still 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -55,22 +54,31 @@ class PredictionSettings:
     encoder_mode: str
     encoder_name: str
     max_image_pixels: int | None = None
+    attribute_thresholds: dict[str, float] | None = None  # tuned on validation (pipeline.tune_thresholds)
 
     @property
     def stages(self) -> set[int]:
         return {int(stage) for stage in self.variant.split(",")}
 
+    def threshold_for(self, name: str) -> float:
+        return (self.attribute_thresholds or {}).get(name, self.threshold)
 
-def settings_from_config(config: Config, variant: str | None) -> PredictionSettings:
-    """The settings of one trained variant: `variant`, else 1,2,3 when trained, else the last variant trained."""
+
+def settings_from_config(config: Config, variant: str | None, tuned: dict | None = None) -> PredictionSettings:
+    """The settings of one trained variant: `variant`, else 1,2,3 when trained, else the last variant trained.
+    `tuned`: RUN/thresholds.json, whose per-attribute thresholds of the ensemble (or single shape) are used when
+    the run tuned them."""
     trained = config.pipeline.variants
     variant = variant or ("1,2,3" if "1,2,3" in trained else trained[-1])
     if variant not in VARIANTS or variant not in trained:
         raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
     d, m, p = config.data, config.model, config.pipeline
+    per_attribute = None
+    if tuned and tuned.get("tuned"):
+        per_attribute = tuned.get("variants", {}).get(variant, {}).get("ensemble" if len(m.shapes) > 1 else m.shapes[0])
     return PredictionSettings(variant, list(d.attributes), list(m.shapes), m.stage1_shape, d.stage1_size,
                               d.image_size, p.threshold, p.crop_margin, p.min_lesion_fraction, p.encoder_mode,
-                              m.encoder_name, d.max_image_pixels)
+                              m.encoder_name, d.max_image_pixels, per_attribute)
 
 
 class Network(Protocol):
@@ -119,7 +127,9 @@ class OnnxNetwork:
             providers.insert(0, "CUDAExecutionProvider")
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model listed in {MANIFEST} not found")
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # one knob (--threads) for both engines
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         self.shape, self.names, self.sources = shape, names, [path]
 
     def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -199,7 +209,7 @@ def load_export_networks(export_dir: Path, device: str = "auto") -> tuple[Predic
     """Settings and onnxruntime networks of a `tatl export` folder."""
     try:
         manifest = json.loads((export_dir / MANIFEST).read_text())
-        settings = PredictionSettings(**manifest["settings"])
+        settings = PredictionSettings(**manifest["settings"])  # TypeError on unknown or missing keys
         entries = manifest["networks"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{export_dir / MANIFEST}: not a tatl ONNX manifest ({error})") from None
@@ -271,7 +281,9 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
     if engine == "torch" and not is_run:
         raise ConfigError(f"{model_dir} is an ONNX export: use --engine onnx or the run folder it was exported from")
     if engine == "torch":
-        settings = settings_from_config(load_config(model_dir / "config.yaml"), variant)
+        tuned_path = model_dir / "thresholds.json"
+        tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else None
+        settings = settings_from_config(load_config(model_dir / "config.yaml"), variant, tuned)
         networks = load_run_networks(model_dir, settings, resolve_device(device), share_encoders)
     else:
         settings, networks = load_export_networks(model_dir, device)
@@ -280,10 +292,6 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
     if settings.max_image_pixels:
         set_max_image_pixels(settings.max_image_pixels)
     return Predictor(settings, networks, engine, model_dir, tta)
-
-
-def settings_dict(settings: PredictionSettings) -> dict:
-    return dataclasses.asdict(settings)
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -8,6 +8,9 @@ from pathlib import Path
 # Nothing may download weights or data at run time in tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+# One thread per process: on a busy 2-core machine two OpenMP threads are many times slower than one, and the same
+# thread count in this process and in the subprocesses it starts keeps results bit-comparable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -116,13 +116,14 @@ def _difference_to_torch(module, data: bytes, names: list[str], size: int) -> fl
 
 
 def manifest(run_dir: Path, settings, entries: list[dict]) -> dict:
+    from dataclasses import asdict
+
     from tatl.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-    from tatl.predict import settings_dict
 
     return {
         "format": "tatl-onnx-1",
         "run": str(run_dir.resolve()),
-        "settings": settings_dict(settings),
+        "settings": asdict(settings),
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "colour": "RGB",
                   "normalisation": "(pixel / 255 - mean) / std", "mean": IMAGENET_MEAN.tolist(),
                   "std": IMAGENET_STD.tolist(), "size_multiple": 32},

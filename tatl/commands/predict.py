@@ -23,7 +23,10 @@ Stage 1, or when Stage 1 finds no lesion, the lesion is the whole image ("area_r
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+
+from tatl.errors import DataError  # light: tatl.errors imports nothing
 
 EXAMPLES = """\
 examples:
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ground-truth attribute masks: score the prediction officially and draw truth panels")
     parser.add_argument("--overlays", action="store_true", help="write OUT/overlays/<id>.png for people to look at")
     parser.add_argument("--overlay-size", type=int, default=768, metavar="PX",
-                        help="longest side of each overlay panel (default 768; never enlarged)")
+                        help="longest side of each overlay panel in pixels (default 768)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write 8-bit probability maps to OUT/probabilities/")
     parser.add_argument("--tta", action="store_true",
@@ -54,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch for a run folder, onnx (onnxruntime) for an export folder (default: from RUN)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when available, else CPU (fp32, channels-last)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for the networks (default: PyTorch's). On a machine whose cores are busy "
+                             "with other work, 1 can be many times faster")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,10 +68,15 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from tatl.errors import DataError
     from tatl.predict import load_predictor, write_json_file
 
     images = find_images(args.input)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DataError(f"--threads {args.threads}: use 1 or more")
+        import torch
+
+        torch.set_num_threads(args.threads)
     predictor = load_predictor(args.model, args.variant, args.engine, args.device, args.tta)
     options = OutputOptions(args.out, args.overlays, args.overlay_size, args.probabilities, args.truth)
     options.prepare()
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.truth:
         from tatl.metrics import format_scores
 
-        scores = score_against_truth(args.out, args.truth, predictor.settings.attributes)
+        scores = score_against_truth(args.out, args.truth, predictor.settings.attributes, list(records))
         write_json_file(args.out / "scores.json", scores)
         print(format_scores(scores))
     return 1 if failed else 0
@@ -104,8 +115,6 @@ def find_images(input_path: Path) -> list[Path]:
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
-        from tatl.errors import DataError
-
         raise DataError(f"{input_path}: no such image or folder")
     images = sorted(
         path for path in input_path.iterdir()
@@ -113,8 +122,6 @@ def find_images(input_path: Path) -> list[Path]:
         and "_attribute_" not in path.stem and not path.stem.endswith(NOT_INPUTS)
     )
     if not images:
-        from tatl.errors import DataError
-
         raise DataError(f"{input_path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return images
 
@@ -122,8 +129,6 @@ def find_images(input_path: Path) -> list[Path]:
 def check_image_id(image_id: str) -> str:
     """An id that names a file inside OUT: no path separators, not '.', '..' or empty, no NUL; else DataError."""
     if image_id in ("", ".", "..") or any(c in image_id for c in "/\\\0") or Path(image_id).is_absolute():
-        from tatl.errors import DataError
-
         raise DataError(f"image id {image_id!r} would write outside the output folder: rename the file")
     return image_id
 
@@ -136,22 +141,18 @@ class OutputOptions:
         self.probabilities, self.truth = probabilities, truth
 
     def prepare(self) -> None:
-        from tatl.errors import DataError
-
         if self.out.exists() and not self.out.is_dir():
             raise DataError(f"{self.out}: output path exists and is not a folder")
         if self.truth is not None and not self.truth.is_dir():
             raise DataError(f"--truth {self.truth}: no such folder")
-        if self.overlay_size < 64:
-            raise DataError(f"--overlay-size {self.overlay_size}: use at least 64 pixels")
+        if not 128 <= self.overlay_size <= 4096:
+            raise DataError(f"--overlay-size {self.overlay_size}: use 128 to 4096 pixels")
         for folder in (self.out, self.out / "overlays", self.out / "probabilities"):
             for stale in folder.glob(".*.png.*.tmp"):  # left by a killed run; the ISIC scorer would see them
                 stale.unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
 
     def image_id(self, path: Path, done: dict) -> str:
-        from tatl.errors import DataError
-
         image_id = check_image_id(path.stem)
         if image_id in done:
             raise DataError(f"{path}: same id {image_id!r} as {done[image_id]['file']}; its masks would be replaced")
@@ -159,15 +160,15 @@ class OutputOptions:
 
     def truth_mask(self, image_id: str, attribute: str, size: tuple[int, int]):
         """The ground-truth mask (H, W) bool, or None when the truth folder has none of the right size."""
-        import re
-
         from tatl.metrics import PNG_THRESHOLD, read_score_png
 
-        isic = re.search(r"ISIC_[0-9]{7}", image_id)
-        for stem in dict.fromkeys([image_id, isic.group(0) if isic else image_id]):
+        for stem in dict.fromkeys([image_id, scorer_id(image_id)]):
             path = self.truth / f"{stem}_attribute_{attribute}.png"
             if path.is_file():
-                mask = read_score_png(path) > PNG_THRESHOLD
+                try:
+                    mask = read_score_png(path) > PNG_THRESHOLD
+                except DataError:  # a broken truth mask costs its panel, not the prediction
+                    return None
                 return mask if mask.shape == (size[1], size[0]) else None
         return None
 
@@ -197,7 +198,7 @@ def describe(mask, max_probability: float, reference) -> dict:
     else:
         area = np.count_nonzero(mask & reference) / np.count_nonzero(reference)
     return {"present": bool(mask.any()), "area_fraction": round(float(area), 6),
-            "max_probability": round(float(max_probability), 6)}
+            "max_probability": float(max_probability)}
 
 
 def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) -> dict:
@@ -224,7 +225,7 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     layers: dict = {}
     for name in [UNION] * (2 in predictor.settings.stages) + predictor.settings.attributes:
         probabilities = prediction.full_size(name)
-        mask = probabilities > threshold
+        mask = probabilities > predictor.settings.threshold_for(name)
         summary = describe(mask, probabilities.max(), reference)
         stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
         write_png(out / f"{stem}.png", as_grey(mask))
@@ -243,31 +244,51 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     if view:
         s = predictor.settings
         title = (f"{image_id}: {view.what}; TATL variant {s.variant}, {' + '.join(s.shapes)}, "
-                 f"threshold {s.threshold:g}" + (", flip TTA" if predictor.tta else ""))
+                 + ("tuned thresholds" if s.attribute_thresholds else f"threshold {s.threshold:g}")
+                 + (", flip TTA" if predictor.tta else ""))
         picture = view.render(title, shown_lesion, shown_abnormal, layers, with_truth=options.truth is not None)
         write_png(out / "overlays" / f"{image_id}.png", picture, compress_level=6)
     return record
 
 
 def run_report(predictor, records: dict[str, dict], failed: dict[str, str]) -> dict:
-    from tatl.predict import settings_dict
+    from dataclasses import asdict
 
     return {
         "model": str(predictor.source), "engine": predictor.engine, "tta": predictor.tta,
-        "settings": settings_dict(predictor.settings),
+        "settings": asdict(predictor.settings),
         "area_fraction": "attribute pixels inside the predicted lesion / lesion pixels (area_reference 'lesion'); "
                          "/ image pixels when there is no lesion mask (area_reference 'image')",
         "images": records, "failed": failed,
     }
 
 
-def score_against_truth(out: Path, truth: Path, attributes: list[str]) -> dict:
-    """Official Task 2 scores of OUT against the truth folder, on the attributes both have."""
-    from tatl.errors import DataError
+def scorer_id(stem: str) -> str:
+    """The image id the ISIC scorer reads from a file name: its ISIC_nnnnnnn, else the whole stem."""
+    match = re.search(r"ISIC_[0-9]{7}", stem)
+    return match.group(0) if match else stem
+
+
+def score_against_truth(out: Path, truth: Path, attributes: list[str], image_ids: list[str]) -> dict:
+    """Official Task 2 scores (tatl.metrics.score_task2_folders) of OUT against the truth masks of the images
+    predicted now, on the attributes both have: a truth folder may hold more images (a subset was predicted)."""
+    import shutil
+    import sys
+    import tempfile
+
     from tatl.metrics import score_task2_folders
 
-    in_truth = {p.stem.rpartition("_attribute_")[2] for p in truth.glob("*_attribute_*.png")}
-    common = sorted(set(attributes) & in_truth)
-    if not common:
-        raise DataError(f"--truth {truth}: no mask of the predicted attributes ({', '.join(attributes)})")
-    return score_task2_folders(out, truth, common)
+    wanted = {scorer_id(i) for i in image_ids}
+    kept = [p for p in sorted(truth.glob("*_attribute_*.png")) if p.stem.rpartition("_attribute_")[2] in attributes
+            and scorer_id(p.stem.rpartition("_attribute_")[0]) in wanted]
+    if not kept:
+        raise DataError(f"--truth {truth}: no mask of the predicted images and attributes ({', '.join(attributes)})")
+    with tempfile.TemporaryDirectory(prefix="tatl-truth-") as folder:
+        for path in kept:  # the subset of the truth folder that this prediction answers
+            try:
+                (Path(folder) / path.name).symlink_to(path.resolve())
+            except OSError:  # no symlinks (some Windows set-ups)
+                shutil.copyfile(path, Path(folder) / path.name)
+        scored = {scorer_id(p.stem.rpartition("_attribute_")[0]) for p in kept}
+        print(f"scoring {len(scored)} of the {len(image_ids)} predicted image(s) against {truth}", file=sys.stderr)
+        return score_task2_folders(out, Path(folder), sorted({p.stem.rpartition("_attribute_")[2] for p in kept}))

@@ -1,0 +1,329 @@
+"""The generalisation bound of Proposition 1 (paper Section 4.4, Eq. 6-8; Section 5.6, Figure 4).
+
+For an initialisation w and an attribute with m training samples z_i:
+
+    R_S(w)   = 1/m sum_i l(w, z_i)                                   the empirical risk (Eq. 1 loss, in [0, 1])
+    gamma    = 1/m sum_i ||Hessian_w l(w, z_i)||_2 + sqrt(R_S(w))    (Eq. 8)
+    gamma+-  = gamma +- m^(-1/4)                                     (Eq. 7)
+    bound    = (1 + 1/(c gamma-)) R_S^(c gamma+ / (1 + c gamma+)) sqrt(log K) / m^(1 / (1 + c gamma+))   (Eq. 6)
+
+The spectral norm of a symmetric Hessian is its largest |eigenvalue|. Power iteration on Hessian-vector products
+(double backward) converges to the eigenvector of the eigenvalue of largest MAGNITUDE, whatever its sign (a
+non-convex loss has negative ones); ||H v|| for the unit iterate v estimates that magnitude from below and never
+decreases from one iteration to the next, so it is what we report (the Rayleigh quotient v^T H v carries the sign
+and stalls when +lambda and -lambda tie). BatchNorm runs in eval mode, so a sample's loss depends on that sample
+only. The bound needs gamma- > 0; otherwise it is reported as undefined.
+
+Which samples: by default the training images in which the attribute is present (a non-empty mask at the stage
+input), m differing per attribute as in the paper's Table 1 counts and its remark that Streaks and Negative Network
+have "fewer samples"; `samples="all"` takes every training image, empty masks included, as Stage 3 trains on.
+`max_samples` estimates the two means on a seeded random subset, for speed; the bound keeps the attribute's full m,
+since the subset only estimates means over the m samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tatl.checkpoints import load_checkpoint, write_json
+from tatl.config import VARIANTS, Config, load_config
+from tatl.data.crops import Box
+from tatl.data.dataset import load_images, load_masks, normalize
+from tatl.data.images import image_size
+from tatl.data.isic import Sample, find_samples
+from tatl.data.splits import read_splits
+from tatl.errors import ConfigError, DataError, TatlError
+from tatl.losses import TatlLoss
+from tatl.models import build_model
+from tatl.weights import transfer_weights
+
+Initialisation = Callable[[], dict[str, Tensor]]  # returns the state dict of a whole single network
+
+
+# ------------------------------------------------------------------------------------------------- the formula
+@dataclass
+class BoundTerms:
+    m: int
+    risk: float
+    hessian_norm: float  # mean spectral norm of the per-sample Hessians
+    gamma: float
+    gamma_minus: float
+    gamma_plus: float
+    bound: float | None  # None: undefined (gamma- <= 0)
+
+
+def generalization_bound(risk: float, hessian_norm: float, m: int, c: float = 0.01, k: int = 4) -> BoundTerms:
+    """Eq. 6-8 (without the O()'s constant) for one initialisation and attribute."""
+    gamma = hessian_norm + math.sqrt(risk)
+    gamma_minus, gamma_plus = gamma - m ** -0.25, gamma + m ** -0.25
+    bound = None
+    if gamma_minus > 0:
+        exponent = c * gamma_plus / (1 + c * gamma_plus)
+        bound = (1 + 1 / (c * gamma_minus)) * risk**exponent * math.sqrt(math.log(k)) / m ** (1 / (1 + c * gamma_plus))
+    return BoundTerms(m, risk, hessian_norm, gamma, gamma_minus, gamma_plus, bound)
+
+
+# ----------------------------------------------------------------------------------------------- the curvature
+def hessian_spectral_norm(loss: Tensor, params: list[Tensor], iterations: int = 20, tolerance: float = 1e-3,
+                          seed: int = 0) -> float:
+    """||Hessian of loss w.r.t. params||_2 by power iteration on Hessian-vector products (double backward)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    # A parameter whose gradient is constant (or absent) has an all-zero Hessian row and column: leave it out.
+    pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None and g.requires_grad]
+    if not pairs:
+        return 0.0
+    grads, params = [g for g, _ in pairs], [p for _, p in pairs]
+    generator = torch.Generator().manual_seed(seed)
+    vector = _unit([torch.randn(p.shape, generator=generator).to(p) for p in params])
+    estimate = 0.0
+    for _ in range(iterations):
+        product = torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True, allow_unused=True)
+        product = [torch.zeros_like(p) if h is None else h for h, p in zip(product, params, strict=True)]
+        norm = math.sqrt(sum(float(h.pow(2).sum()) for h in product))
+        if norm == 0.0:
+            return 0.0
+        previous, estimate = estimate, norm
+        vector = [h / norm for h in product]
+        if abs(estimate - previous) <= tolerance * estimate:
+            break
+    return estimate
+
+
+def _unit(vectors: list[Tensor]) -> list[Tensor]:
+    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in vectors))
+    return [v / norm for v in vectors]
+
+
+def per_sample_estimates(model: nn.Module, images: np.ndarray, masks: np.ndarray, device: torch.device,
+                         iterations: int = 20, tolerance: float = 1e-3,
+                         wrt: str = "all") -> tuple[list[float], list[float]]:
+    """(Eq. 1 loss, Hessian spectral norm) of each sample; wrt "decoder" leaves the encoder's weights out."""
+    model.to(device).eval()  # BatchNorm from running statistics: each sample's loss is its own
+    params = [p for name, p in model.named_parameters() if wrt == "all" or not name.startswith("encoder.")]
+    loss_fn = TatlLoss()
+    losses, norms = [], []
+    for index in range(len(images)):
+        x = normalize(images[index])[None].to(device)
+        y = torch.from_numpy(masks[index].astype(np.float32))[None].to(device)
+        loss = loss_fn(model(x), y)
+        losses.append(float(loss))
+        norms.append(hessian_spectral_norm(loss, params, iterations, tolerance, seed=index))
+    return losses, norms
+
+
+# ------------------------------------------------------------------------------------- reading a finished run
+@dataclass
+class FinishedRun:
+    """A `tatl run` folder: its config, split, data and Stage-1 boxes."""
+
+    run_dir: Path
+    config: Config
+    data_root: Path | None  # None: not found (pass data=...)
+    samples: dict[str, Sample]  # id -> sample, empty without data
+    train: list[str]
+    val: list[str]
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.run_dir / "cache" if self.config.data.cache else None
+
+    def boxes(self) -> dict[str, Box] | None:
+        path = self.run_dir / "stage1" / "boxes.json"
+        if not path.is_file():
+            return None
+        return {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
+
+    def stage_inputs(self, ids: list[str], boxes: dict[str, Box] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, S, S, 3) and attribute masks (N, A, S, S) at image_size, as Stage 3 reads them (cached)."""
+        samples = [self.samples[i] for i in ids]
+        sizes = {s.image_id: image_size(s.image_path) for s in samples}
+        d = self.config.data
+        images = load_images(samples, d.image_size, boxes, self.cache_dir)
+        masks = load_masks(samples, d.attributes, d.image_size, boxes, sizes, self.cache_dir, d.binarize_threshold)
+        return images, masks
+
+
+def open_run(run_dir: Path, data: str | Path | None = None, need_data: bool = True) -> FinishedRun:
+    """Read RUN/config.yaml and splits.json and find the data: `data` as given to `tatl run`, else the synthetic
+    or converted ISIC 2017 data kept in the run folder."""
+    from tatl.runs import _train_val, resolve_data
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    train, val = _train_val(read_splits(run_dir / "splits.json"), config)
+    root = None
+    if data is not None:
+        root = resolve_data(str(data), run_dir, config)
+    else:
+        root = next((run_dir / n for n in ("synthetic-data", "isic2017-converted") if (run_dir / n).is_dir()), None)
+    if root is None:
+        if need_data:
+            raise DataError(f"{run_dir}: its data folder is not stored in the run; pass --data DIR (the DATA of "
+                            "`tatl run`)")
+        return FinishedRun(run_dir, config, None, {}, train, val)
+    samples = {s.image_id: s for s in find_samples(root, config.data.attributes)}
+    missing = [i for i in train + val if i not in samples]
+    if missing:
+        raise DataError(f"{root}: does not hold the run's images ({', '.join(missing[:3])} ...); wrong --data?")
+    return FinishedRun(run_dir, config, root, samples, train, val)
+
+
+# ------------------------------------------------------------------------------------------ initialisations
+def weights_name(encoder_weights: str | None) -> str:
+    """How a configured encoder start is called in tables: random, imagenet, lite0 or the weights file's name."""
+    if encoder_weights in (None, "", "none"):
+        return "random"
+    return encoder_weights if encoder_weights in ("imagenet", "lite0") else Path(encoder_weights).name
+
+
+def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Initialisation]:
+    """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2) and the configured encoder."""
+    m = run.config.model
+    stage2 = run.run_dir / f"stage2-{'crops' if '1' in variant.split(',') else 'full'}" / shape / "best.pt"
+
+    def tatl() -> dict[str, Tensor]:
+        return load_checkpoint(stage2)["model"]
+
+    def configured() -> dict[str, Tensor]:
+        torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline._train_group gives Stage 3
+        return build_model(shape, m.encoder_name, m.encoder_weights).state_dict()
+
+    found = {"tatl": tatl} if stage2.is_file() else {}
+    return {**found, weights_name(m.encoder_weights): configured}
+
+
+# --------------------------------------------------------------------------------------------- the estimate
+@dataclass
+class BoundSettings:
+    variant: str = "1,2,3"
+    shape: str | None = None  # None: the run's first shape
+    c: float = 0.01
+    k: int = 4
+    iterations: int = 20
+    tolerance: float = 1e-3
+    max_samples: int | None = None
+    samples: str = "present"  # "present": images showing the attribute; "all": every training image
+    wrt: str = "all"  # Hessian w.r.t. "all" weights or the "decoder" (+ head) only, what TATL-FE trains
+    device: str = "cpu"
+
+
+def estimate_bounds(run: FinishedRun, settings: BoundSettings) -> dict:
+    """{"settings", "attributes": {attribute: {init: BoundTerms dict | {"skipped": reason}}}}."""
+    if settings.samples not in ("present", "all") or settings.wrt not in ("all", "decoder"):
+        raise ConfigError("samples must be present or all, and wrt all or decoder")
+    shape = settings.shape or run.config.model.shapes[0]
+    if settings.variant not in VARIANTS or shape not in run.config.model.shapes:
+        raise ConfigError(f"variant {settings.variant} / shape {shape}: variants are {', '.join(VARIANTS)}; this "
+                          f"run trained the shapes {', '.join(run.config.model.shapes)}")
+    boxes = run.boxes() if "1" in settings.variant.split(",") else None
+    if "1" in settings.variant.split(",") and boxes is None:
+        raise DataError(f"{run.run_dir / 'stage1' / 'boxes.json'}: missing; variant {settings.variant} needs it")
+    images, masks = run.stage_inputs(run.train, boxes)
+    starts = _starting_states(initialisations(run, shape, settings.variant))
+    result: dict = {"settings": {**asdict(settings), "shape": shape}, "initialisations": list(starts),
+                    "attributes": {}}
+    for index, attribute in enumerate(run.config.data.attributes):
+        rows = _which_samples(masks[:, index], settings, run.config.train.seed)
+        m = len(rows[0])
+        result["attributes"][attribute] = per_init = {}
+        for name, state in starts.items():
+            if m == 0:
+                per_init[name] = {"m": 0, "skipped": "no training sample"}
+                continue
+            model = build_model(shape, run.config.model.encoder_name)
+            transfer_weights(state, model)
+            print(f"bound: {attribute}, {name}: {len(rows[1])} of m = {m} samples", file=sys.stderr, flush=True)
+            losses, norms = per_sample_estimates(model, images[rows[1]], masks[rows[1], index],
+                                                 torch.device(settings.device), settings.iterations,
+                                                 settings.tolerance, settings.wrt)
+            terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), m, settings.c, settings.k)
+            per_init[name] = {**asdict(terms), "estimated_on": len(rows[1])}
+    return result
+
+
+def _starting_states(inits: dict[str, Initialisation]) -> dict[str, dict[str, Tensor]]:
+    """The states that can be had: e.g. imagenet weights offline and not cached are left out, with a note."""
+    out = {}
+    for name, make in inits.items():
+        try:
+            out[name] = make()
+        except TatlError as error:
+            print(f"bound: initialisation {name} left out: {error}", file=sys.stderr)
+    return out
+
+
+def _which_samples(masks: np.ndarray, settings: BoundSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the attribute's m training rows, the rows the means are estimated on)."""
+    rows = np.arange(len(masks))
+    if settings.samples == "present":
+        rows = rows[masks.reshape(len(masks), -1).any(axis=1)]
+    used = rows
+    if settings.max_samples is not None and len(rows) > settings.max_samples:
+        used = np.sort(np.random.default_rng(seed).choice(rows, settings.max_samples, replace=False))
+    return rows, used
+
+
+# ---------------------------------------------------------------------------------------------- the outputs
+def bound_markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"Generalisation bound (Eq. 6) at the Stage-3 initial weights: variant {s['variant']}, {s['shape']}, "
+             f"c = {s['c']}, K = {s['k']}; samples: {s['samples']}; Hessian w.r.t. {s['wrt']} weights, "
+             f"{s['iterations']} power iterations.", "",
+             "| attribute | initialisation | m | R_S | mean Hessian norm | gamma | bound x100 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for attribute, per_init in result["attributes"].items():
+        for name, t in per_init.items():
+            if "skipped" in t:
+                lines.append(f"| {attribute} | {name} | {t['m']} | | | | {t['skipped']} |")
+                continue
+            bound = "undefined (gamma- <= 0)" if t["bound"] is None else f"{100 * t['bound']:.2f}"
+            lines.append(f"| {attribute} | {name} | {t['m']} | {t['risk']:.4f} | {t['hessian_norm']:.4g} | "
+                         f"{t['gamma']:.4f} | {bound} |")
+    return "\n".join(lines) + "\n"
+
+
+def bound_chart(result: dict, path: Path) -> None:
+    """Figure 4: bound x100, one group per attribute, one bar per initialisation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attributes, inits = list(result["attributes"]), result["initialisations"]
+    width = 0.8 / max(1, len(inits))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(attributes), 3.6), dpi=110)
+    for index, name in enumerate(inits):
+        values = [result["attributes"][a].get(name, {}).get("bound") for a in attributes]
+        xs = np.arange(len(attributes)) + (index - (len(inits) - 1) / 2) * width
+        heights = [0.0 if v is None else 100 * v for v in values]
+        bars = axes.bar(xs, heights, width, label=name)
+        axes.bar_label(bars, labels=["n/a" if v is None else f"{100 * v:.1f}" for v in values], fontsize=7)
+    axes.set_xticks(np.arange(len(attributes)), [a.replace("_", " ") for a in attributes], fontsize=8)
+    axes.set_ylabel("bound x100")
+    axes.set_title(f"Eq. 6 bound at the initial weights (variant {result['settings']['variant']}, "
+                   f"{result['settings']['shape']})", fontsize=9)
+    axes.legend(title="initialisation", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_bound(run_dir: Path, result: dict) -> Path:
+    """RUN/bound/bound.json, bound.md and bound.png; returns the folder."""
+    folder = Path(run_dir) / "bound"
+    folder.mkdir(exist_ok=True)
+    write_json(folder / "bound.json", result)
+    (folder / "bound.md").write_text(bound_markdown(result))
+    bound_chart(result, folder / "bound.png")
+    return folder
