@@ -307,3 +307,12 @@ def test_tiny_run_on_2017_data_scores_the_four_features(synthetic2017, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     scores = metrics["variant 1,2,3"]["unet"]
     assert set(scores) - {"micro_average", "macro_average"} == set(ATTRIBUTES_2017)
+    # predict writes the 2017 submission format next to the 2018 masks, and the 2017 scorer reads it
+    from tatl.metrics2017 import score_isic2017
+
+    images = next(p for p in data.iterdir() if p.is_dir() and p.name.endswith("_Data"))
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(images), "--out", str(out)]) == 0
+    assert len(list(out.glob("ISIC_*_features.json"))) == 10
+    official = score_isic2017(out, data)
+    assert set(official["features"]) == set(ATTRIBUTES_2017)

@@ -207,6 +207,7 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     import numpy as np
 
     from tatl.data.dataset import LESION, UNION
+    from tatl.data.isic2017 import ATTRIBUTES_2017, superpixel_means, write_features_json
     from tatl.overlays import OverlayView
 
     prediction = predictor.predict(path)
@@ -223,8 +224,12 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     reference = lesion if lesion is not None and lesion.any() else None
     record["area_reference"] = "lesion" if reference is not None else "image"
     layers: dict = {}
+    superpixels = _superpixels_beside(path)  # ISIC 2017: also write the per-superpixel submission format
+    features_2017: dict = {}
     for name in [UNION] * (2 in predictor.settings.stages) + predictor.settings.attributes:
         probabilities = prediction.full_size(name)
+        if superpixels is not None and name in ATTRIBUTES_2017:
+            features_2017[name] = superpixel_means(superpixels, probabilities).clip(0.0, 1.0).tolist()
         mask = probabilities > predictor.settings.threshold_for(name)
         summary = describe(mask, probabilities.max(), reference)
         stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
@@ -241,6 +246,9 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
                 truth = options.truth_mask(image_id, name, prediction.size) if options.truth else None
                 layers[name] = view.layer(mask, summary, truth, record["area_reference"])
         del probabilities, mask
+    if features_2017:
+        write_features_json(out / f"{image_id}_features.json", features_2017)
+        record["isic2017_features_file"] = f"{image_id}_features.json"
     if view:
         s = predictor.settings
         title = (f"{image_id}: {view.what}; TATL variant {s.variant}, {' + '.join(s.shapes)}, "
@@ -249,6 +257,14 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
         picture = view.render(title, shown_lesion, shown_abnormal, layers, with_truth=options.truth is not None)
         write_png(out / "overlays" / f"{image_id}.png", picture, compress_level=6)
     return record
+
+
+def _superpixels_beside(path: Path):
+    """The ISIC 2017 superpixel map next to an image (ISIC_<id>_superpixels.png), if there is one."""
+    from tatl.data.isic2017 import read_superpixels
+
+    candidate = path.with_name(f"{path.stem}_superpixels.png")
+    return read_superpixels(candidate) if candidate.is_file() else None
 
 
 def run_report(predictor, records: dict[str, dict], failed: dict[str, str]) -> dict:
