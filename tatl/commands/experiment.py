@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [job for job in jobs if not job.is_finished(out)]
     print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} finished before (skipped), {len(todo)} to run", file=sys.stderr)
     arguments = {job.name: job_args(job, out, data, grid.base_config) for job in todo}
+    record.data_folder = data
     progress = Progress(record, len(todo))
     try:
         if ray is not None:
@@ -140,6 +141,7 @@ class GridRecord:
     def __init__(self, grid, jobs: list, out: Path) -> None:
         self.grid, self.jobs, self.out = grid, jobs, out
         self.status = {job.name: "finished" if job.is_finished(out) else "pending" for job in jobs}
+        self.data_folder: str | None = None  # the folder the jobs read, once resolved
         self.details: dict[str, dict[str, Any]] = {job.name: {} for job in jobs}
         for job in jobs:
             self.details[job.name]["skipped"] = self.status[job.name] == "finished"  # finished before this run
@@ -156,7 +158,8 @@ class GridRecord:
         counts = {s: sum(v == s for v in self.status.values()) for s in ("finished", "failed", "running", "pending")}
         entries = [{**vars(job), "status": self.status[job.name], "run_dir": str(job.run_dir(self.out)),
                     "log": str(job.log_path(self.out)), **self.details[job.name]} for job in self.jobs]
-        write_json(self.out / "grid.json", {"grid": self.grid.resolved(), "counts": counts, "jobs": entries})
+        write_json(self.out / "grid.json", {"grid": self.grid.resolved(), "data_folder": self.data_folder,
+                                            "counts": counts, "jobs": entries})
 
 
 class Progress:
