@@ -61,7 +61,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog=getattr(module, "EXAMPLES", None),
         )
-        sub.add_argument("--debug", action="store_true", help="show full tracebacks for input errors")
+        # SUPPRESS: no default here, so `tatl --debug COMMAND` (before the command) is not reset to False.
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks for input errors")
         module.add_arguments(sub)
         sub.set_defaults(_module=module)
     return parser

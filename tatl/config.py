@@ -8,6 +8,7 @@ Presets (`demo`, `paper`) are YAML files in `tatl/presets/`, selected with `--co
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tatl.errors import ConfigError
 ATTRIBUTES_2018 = ["globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks"]
 PRESETS_DIR = Path(__file__).parent / "presets"
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")  # the ablations of Tables 2-3: which stages a variant uses
+MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
 INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  # Stage-3 starts (Tables 6-7)
 
 
@@ -138,13 +140,15 @@ def apply_override(config: Config, override: str) -> None:
     try:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+        raise ConfigError(f"--set {override!r}: value is not valid YAML ({str(error).splitlines()[0]})") from None
     _update(config, {parts[0]: {parts[1]: value}}, "--set", prefix="")
 
 
 def _resolve_config_path(path_or_preset: str | Path) -> Path:
     path = Path(path_or_preset)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a YAML config file")
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         return path
@@ -208,7 +212,11 @@ def _check_type(value: Any, hint: Any, name: str, source: str) -> Any:
         return float(value)
     elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. a variant written as 3 in YAML
-    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) <= MAX_INT:
+            return value
+        raise ConfigError(f"{source}: {name} is too large ({value}; at most {MAX_INT})")
+    elif isinstance(value, hint) and hint is not int:  # bools are ints to Python, not to a config
         return value
     raise ConfigError(f"{source}: {name} must be {_type_name(hint)}, got {value!r}")
 
@@ -231,14 +239,18 @@ def validate(config: Config) -> None:
     _require(d.n_folds >= 2, f"data.n_folds must be >= 2, got {d.n_folds}")
     _require(d.fold is None or 0 <= d.fold < d.n_folds, f"data.fold must be in [0, {d.n_folds}), got {d.fold}")
     _require(d.binarize_threshold is None or 0 <= d.binarize_threshold < 255, "data.binarize_threshold: 0..254")
+    _require(d.max_image_pixels is None or d.max_image_pixels > 0,
+             f"data.max_image_pixels must be a number of pixels > 0 (null: Pillow's), got {d.max_image_pixels}")
     _require(len(m.shapes) > 0, "model.shapes must name unet and/or linknet")
     for shape in [*m.shapes, m.stage1_shape]:
         _require(shape in ("unet", "linknet"), f"model.shapes: unknown shape {shape!r} (unet, linknet)")
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     _require(t.patience >= 1, f"train.patience must be >= 1, got {t.patience}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be a finite number > 0, got {t.lr}")
     _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _require(math.isfinite(t.weight_decay) and t.weight_decay >= 0,
+             f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
     _require(t.monitor in ("jaccard", "dice", "loss"), f"train.monitor: {t.monitor!r} (jaccard, dice, loss)")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device: {t.device!r} (auto, cpu, cuda)")
     _require(t.num_workers >= 0, "train.num_workers must be >= 0")
@@ -254,7 +266,8 @@ def validate(config: Config) -> None:
     _require(p.crop_source in ("predicted", "truth"), f"pipeline.crop_source: {p.crop_source!r}")
     _require(0 <= p.min_lesion_fraction < 1, "pipeline.min_lesion_fraction must be in [0, 1)")
     _require(0 < p.threshold < 1, f"pipeline.threshold must be in (0, 1), got {p.threshold}")
-    _require(config.synth.n >= 1 and config.synth.size >= 32, "synth.n >= 1 and synth.size >= 32")
+    _require(config.synth.n >= 1, f"synth.n must be >= 1, got {config.synth.n}")
+    _require(config.synth.size >= 32, f"synth.size must be >= 32, got {config.synth.size}")
 
 
 def _require(condition: bool, message: str) -> None:

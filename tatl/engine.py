@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from tatl.checkpoints import atomic_write_bytes, load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
-from tatl.errors import TatlError
+from tatl.errors import CheckpointError, TatlError
 from tatl.losses import TatlLoss
 from tatl.metrics import Task2Scorer
 
@@ -75,9 +75,17 @@ class MultiHeadSegmenter(nn.Module):
         state.update(self.heads[name].state_dict())
         return {k: v.detach().clone().cpu() for k, v in state.items()}
 
-    def load_head_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+    def load_head_state(self, name: str, state: dict[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
+        """Load one target's single-network state; a state of another architecture is a CheckpointError."""
+        from tatl.weights import describe_differences, state_differences
+
         encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         head_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        for part, module in ((encoder_state, self.encoder), (head_state, self.heads[name])):
+            differences = state_differences(part, module.state_dict())
+            if any(differences.values()):
+                raise CheckpointError(f"{source}: does not fit the {name!r} network: "
+                                      f"{describe_differences(differences)}")
         self.encoder.load_state_dict(encoder_state, strict=True)
         self.heads[name].load_state_dict(head_state, strict=True)
 
@@ -142,7 +150,7 @@ def fit(
         summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
         print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}", file=sys.stderr)
     for n in names:
-        model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"])
+        model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"], head_dirs[n] / "best.pt")
     return progress
 
 
@@ -281,7 +289,7 @@ def _resume(model, name, optimizer, progress, path: Path, device: torch.device, 
     if not path.exists():
         return
     state = load_checkpoint(path, map_location=device)
-    model.load_head_state(name, state["model"])
+    model.load_head_state(name, state["model"], path)
     optimizer.load_state_dict(state["optimizer"])
     for group in optimizer.param_groups:
         group["lr"] = lr  # the configured rate wins, so a diverged run can resume with a lower one

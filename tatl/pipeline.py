@@ -191,7 +191,8 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
     done = group_dir / "done.json"
     if done.exists():
         for name in names:
-            group.load_head_state(name, load_checkpoint(head_dirs[name] / "best.pt")["model"])
+            best = head_dirs[name] / "best.pt"
+            group.load_head_state(name, load_checkpoint(best)["model"], best)
         log(f"{label}: already trained, reusing {group_dir}")
         return group
     started = time.perf_counter()

@@ -12,12 +12,19 @@ import sys
 from pathlib import Path
 
 from tatl.config import Config
-from tatl.data.checks import check_dataset, require_valid
+from tatl.data.checks import DataReport, check_dataset, require_valid
+from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
-from tatl.errors import DataError
+from tatl.errors import ConfigError, DataError
 from tatl.pipeline import RunContext
 
 SYNTHETIC = "synthetic"
+# Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
+RESUME_FIXED = (
+    "model.encoder_name", "model.stage1_shape", "pipeline.encoder_mode", "data.attributes", "data.stage1_size",
+    "data.image_size", "data.val_fraction", "data.n_folds", "data.fold",
+)
+RESUME_FIXED_SYNTHETIC = ("synth.n", "synth.size", "synth.seed")  # the run's synthetic-data/ is reused as it is
 _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS releases them when it dies
 
 
@@ -25,13 +32,20 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"{run_dir}: output path exists and is a file, not a folder")
-    has_content = run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir())
+    content = {p.name for p in run_dir.iterdir()} - {".lock"} if run_dir.is_dir() else set()
+    if content == {"config.yaml"} and not resume:  # a run stopped by its checks before anything else was written
+        print(f"note: {run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
+              "starting afresh", file=sys.stderr)
+        content = set()
     if resume and not (run_dir / "config.yaml").exists():
         raise DataError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
-    if has_content and not resume:
+    if content and not resume:
         raise DataError(f"{run_dir}: run folder exists and is not empty; use --resume to continue it or choose "
                         "another --out (nothing was overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, no permission, read-only file system
+        raise DataError(f"{run_dir}: cannot create the run folder ({error.strerror or error})") from None
     lock_run_dir(run_dir)
 
 
@@ -39,7 +53,10 @@ def lock_run_dir(run_dir: Path) -> None:
     """One run, one writer: an exclusive lock on RUN/.lock, which a killed process cannot leave stuck."""
     if run_dir.resolve() in _held_locks:
         return  # this process already holds it (e.g. a resume called from the same Python session)
-    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the life of the process
+    except OSError as error:
+        raise DataError(f"{run_dir}: cannot write in the run folder ({error.strerror or error})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -55,13 +72,58 @@ def lock_run_dir(run_dir: Path) -> None:
     _held_locks[run_dir.resolve()] = handle
 
 
+def check_data_path(data: str) -> None:
+    """A dataset folder that is missing or a file is named before anything is written."""
+    root = Path(data)
+    if data != SYNTHETIC and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a dataset folder" if root.exists()
+                        else f"{root}: dataset folder does not exist")
+
+
+def check_model_settings(config: Config) -> None:
+    """Refuse, before any data is read, the model settings that would fail when the first network is built: an
+    unknown encoder, encoder weights that are missing, unsafe or do not fit it, an unavailable device."""
+    from tatl.engine import resolve_device
+    from tatl.models import build_model, check_encoder_name
+    from tatl.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
+
+    m = config.model
+    check_encoder_name(m.encoder_name)
+    source = parse_encoder_weights(m.encoder_weights)
+    if source == "lite0":
+        check_lite0_fits(m.encoder_name)
+        lite0_weights_path()
+    elif isinstance(source, Path):  # loaded once now: an unsafe, damaged or unfitting file is named at once
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the run's random state
+            build_model(m.stage1_shape, m.encoder_name, source)
+    resolve_device(config.train.device)
+
+
+def check_resume_settings(saved: Config, config: Config, run_dir: Path, data: str) -> None:
+    """--resume continues the networks of the saved config: refuse changes that would not fit its checkpoints
+    (another encoder) or would silently mix two experiments (other images, sizes, split or encoder mode).
+
+    A run that stopped before its split was written (e.g. on a data error) has trained nothing: any change goes,
+    except to the synthetic data it may have generated."""
+    keys = RESUME_FIXED if (run_dir / "splits.json").exists() else ()
+    if data == SYNTHETIC and (run_dir / "synthetic-data").exists():
+        keys += RESUME_FIXED_SYNTHETIC
+    for key in keys:
+        section, name = key.split(".")
+        before, after = getattr(getattr(saved, section), name), getattr(getattr(config, section), name)
+        if before != after:
+            raise ConfigError(f"--resume: {key} is {before!r} in {run_dir / 'config.yaml'}, not {after!r}: the run "
+                              f"was started with {before!r}; start a new run (another --out) to change it")
+
+
 def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
     """DATA as given, ISIC 2017 Part 2 data converted once into the run folder (ISIC 2018 layout, the four 2017
     features), or the synthetic default generated once into the run folder."""
     if data != SYNTHETIC:
         from tatl.config import ATTRIBUTES_2018
         from tatl.data.isic2017 import ATTRIBUTES_2017, convert_to_isic2018_layout, is_isic2017
-        from tatl.errors import ConfigError
 
         root = Path(data)
         if not is_isic2017(root):
@@ -95,6 +157,8 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     needs_lesion = stage1_only or any("1" in v.split(",") for v in config.pipeline.variants)
     report = check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=not stage1_only,
                            binarize_threshold=config.data.binarize_threshold)
+    if not stage1_only:
+        _require_attribute_masks(report)
     require_valid(report)
     print(report.summary_table(), file=sys.stderr)
     splits = _splits(run_dir, report.presence, config)
@@ -104,6 +168,20 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     if missing:
         raise DataError(f"{run_dir / 'splits.json'}: ids not in {root}: {', '.join(missing[:5])}")
     return RunContext(config, run_dir, report, [by_id[i] for i in train], [by_id[i] for i in val])
+
+
+def _require_attribute_masks(report: DataReport) -> None:
+    """An attribute with no mask in the whole dataset is a wrong name in data.attributes, not N missing files."""
+    found = {name for sample in report.samples for name in sample.attribute_mask_paths}
+    absent = [name for name in report.attributes if name not in found]
+    if not absent or not report.samples:
+        return
+    example = f"{report.samples[0].image_id}{ATTRIBUTE_INFIX}{absent[0]}.png"
+    present = attribute_names(report.root)
+    raise ConfigError(
+        f"data.attributes: no image in {report.root} has a mask for {', '.join(absent)} (e.g. {example}); the "
+        f"dataset has masks for {', '.join(present) or 'no attribute'}: set data.attributes to those you want"
+    )
 
 
 def _splits(run_dir: Path, presence: dict, config: Config) -> dict:

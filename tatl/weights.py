@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tatl.checkpoints import unsafe_pickle_reason
 from tatl.errors import CheckpointError, ConfigError
 
 WEIGHTS_HELP = "none (default), imagenet (needs the Hugging Face hub), lite0 (offline), or a .pt/.pth/.safetensors path"
@@ -116,6 +117,9 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        unsafe = unsafe_pickle_reason(error)
+        if unsafe:
+            raise CheckpointError(f"{path}: weights file refused: {unsafe}") from error
         raise CheckpointError(
             f"{path}: refused, the file is not a plain tensor pickle (it may hold objects that would run code, or "
             f"be damaged): {str(error).splitlines()[0]}"

@@ -154,3 +154,16 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path
     from tatl.runs import prepare_run_dir
 
     prepare_run_dir(run, resume=True)  # the dead holder's lock is gone with it
+
+
+def test_a_checkpoint_of_another_architecture_in_the_run_is_a_clear_error(tiny_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock"))
+    foreign = run / "stage3-v123" / "linknet" / "globules" / "best.pt"  # a Link decoder where a U decoder belongs
+    shutil.copy(foreign, run / "stage3-v123" / "unet" / "globules" / "best.pt")
+    assert main(["run", "synthetic", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "stage3-v123/unet/globules/best.pt: does not fit the 'globules' network" in err
+    assert "Traceback" not in err

@@ -36,27 +36,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tatl.checkpoints import write_json
     from tatl.config import load_config, save_config
     from tatl.errors import ConfigError, DataError
-    from tatl.pipeline import log, run_pipeline
-    from tatl.runs import prepare_context, prepare_run_dir
-    from tatl.summary import summary_markdown
 
     run_dir: Path = args.out
-    prepare_run_dir(run_dir, args.resume)
     overrides = list(args.overrides)
     if args.variants:
         overrides.append("pipeline.variants=[" + ", ".join(f'"{v}"' for v in args.variants) + "]")
     if args.device:
         overrides.append(f"train.device={args.device}")
     saved = run_dir / "config.yaml"
-    if args.resume and saved.exists():
+    if not args.resume:  # before the heavy imports: a typo fails at once, and a bad config creates no folder
+        config = load_config(args.config, overrides)
+    from tatl.checkpoints import write_json
+    from tatl.pipeline import log, run_pipeline
+    from tatl.runs import check_data_path, check_model_settings, check_resume_settings, prepare_context, prepare_run_dir
+    from tatl.summary import summary_markdown
+
+    if args.resume:
+        prepare_run_dir(run_dir, resume=True)  # the run folder's lock first, then its config
         if args.config:
             raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
         config = load_config(saved, overrides)
-    else:
-        config = load_config(args.config, overrides)
+        check_resume_settings(load_config(saved), config, run_dir, args.data)
+    check_model_settings(config)  # an unknown encoder or unusable weights file: named before any data is read
+    check_data_path(args.data)
+    if not args.resume:
+        prepare_run_dir(run_dir, resume=False)
     save_config(config, saved)
     stage1_only = args.stages == "1"
     ctx = prepare_context(args.data, run_dir, config, stage1_only)

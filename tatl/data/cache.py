@@ -91,11 +91,11 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def _cache_error(folder: Path, error: OSError, array: np.ndarray) -> DataError:
-    megabytes = array.nbytes / 1e6
+    size = f"{array.nbytes / 1e6:.0f} MB" if array.nbytes >= 1e6 else f"{array.nbytes / 1e3:.0f} kB"
     if error.errno == errno.ENOSPC:
-        reason = f"disk full while writing {megabytes:.0f} MB of decoded images"
+        reason = f"disk full while writing {size} of decoded images"
     else:
-        reason = f"cannot write {megabytes:.0f} MB of decoded images ({error.strerror or error})"
+        reason = f"cannot write {size} of decoded images ({error.strerror or error})"
     return DataError(
         f"{folder}: cache folder: {reason}; free some space or choose another cache folder, or run with the cache "
         "disabled (--set data.cache=false: slower epochs, no disk use)"

@@ -104,10 +104,13 @@ def check_dataset(
 
 
 def require_valid(report: DataReport) -> None:
-    """DataError listing the errors (file and reason), the first SHOWN_ERRORS then how many more."""
+    """DataError naming the file and reason of each error (one line for one error), the first SHOWN_ERRORS then how
+    many more."""
     errors = report.errors()
     if not errors:
         return
+    if len(errors) == 1:  # one line: the file and the reason
+        raise DataError(f"{errors[0]} (the only data error in {report.root})")
     shown = "\n".join(f"  {problem}" for problem in errors[:SHOWN_ERRORS])
     more = f"\n  and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else ""
     raise DataError(

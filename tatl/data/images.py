@@ -29,6 +29,7 @@ the scorer's rule with 128).
 from __future__ import annotations
 
 import math
+import re
 import struct
 import warnings
 from collections.abc import Iterable, Iterator
@@ -94,7 +95,12 @@ def _open(path: Path) -> Iterator[Image.Image]:
             _refuse_bomb(path, image.size)
             yield image
     except Image.DecompressionBombError as error:
-        raise ImageFileError(path, f"too many pixels ({error}); {RAISE_LIMIT_HINT}") from error
+        # Pillow raises this itself above twice its limit, naming twice the limit: name the limit the user set.
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{found.group(1)} pixels" if found else "the image"
+        limit = Image.MAX_IMAGE_PIXELS
+        reason = f"too many pixels: {pixels} is more than twice the decompression-bomb limit of {limit}"
+        raise ImageFileError(path, f"{reason}; {RAISE_LIMIT_HINT}") from error
     except _DECODE_ERRORS as error:
         raise ImageFileError(path, _unreadable_reason(path, error)) from error
 

@@ -91,6 +91,13 @@ def scan_dataset(root: Path, attributes: Sequence[str] = ATTRIBUTES_2018) -> Sca
     return _pair(Scan(root, layout), images, lesions, attribute_masks)
 
 
+def attribute_names(root: Path) -> list[str]:
+    """Every attribute name with at least one `<id>_attribute_<name>` mask under `root`, sorted."""
+    folders, _ = _dataset_folders(Path(root))
+    found = {match.group("name") for path in _files(folders) if (match := _ANY_ATTRIBUTE.match(path.stem))}
+    return sorted(found)
+
+
 def no_image_reason() -> str:
     return f"looked for {', '.join(IMAGE_EXTENSIONS)} files not named *{LESION_SUFFIX} or *{ATTRIBUTE_INFIX}*"
 
