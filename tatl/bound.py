@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tatl.checkpoints import load_checkpoint, write_json
+from tatl.checkpoints import load_checkpoint
 from tatl.config import VARIANTS, Config, load_config
 from tatl.data.crops import Box
 from tatl.data.dataset import load_images, load_masks, normalize
 from tatl.data.images import image_size
 from tatl.data.isic import Sample, find_samples
 from tatl.data.splits import read_splits
+from tatl.engine import resolve_device
 from tatl.errors import ConfigError, DataError, TatlError
 from tatl.losses import TatlLoss
 from tatl.models import build_model
@@ -115,7 +116,7 @@ def per_sample_estimates(model: nn.Module, images: np.ndarray, masks: np.ndarray
         x = normalize(images[index])[None].to(device)
         y = torch.from_numpy(masks[index].astype(np.float32))[None].to(device)
         loss = loss_fn(model(x), y)
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
         norms.append(hessian_spectral_norm(loss, params, iterations, tolerance, seed=index))
     return losses, norms
 
@@ -136,10 +137,11 @@ class FinishedRun:
     def cache_dir(self) -> Path | None:
         return self.run_dir / "cache" if self.config.data.cache else None
 
-    def boxes(self) -> dict[str, Box] | None:
+    def boxes(self) -> dict[str, Box]:
+        """The Stage-1 lesion boxes of every image, as Stage 2 and 3 cropped them."""
         path = self.run_dir / "stage1" / "boxes.json"
         if not path.is_file():
-            return None
+            raise DataError(f"{path}: missing (Stage 1 was not run); choose a variant without stage 1")
         return {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
 
     def stage_inputs(self, ids: list[str], boxes: dict[str, Box] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -162,11 +164,8 @@ def open_run(run_dir: Path, data: str | Path | None = None, need_data: bool = Tr
         raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
     config = load_config(run_dir / "config.yaml")
     train, val = _train_val(read_splits(run_dir / "splits.json"), config)
-    root = None
-    if data is not None:
-        root = resolve_data(str(data), run_dir, config)
-    else:
-        root = next((run_dir / n for n in ("synthetic-data", "isic2017-converted") if (run_dir / n).is_dir()), None)
+    kept = (run_dir / name for name in ("synthetic-data", "isic2017-converted") if (run_dir / name).is_dir())
+    root = resolve_data(str(data), run_dir, config) if data is not None else next(kept, None)
     if root is None:
         if need_data:
             raise DataError(f"{run_dir}: its data folder is not stored in the run; pass --data DIR (the DATA of "
@@ -206,7 +205,7 @@ def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Ini
 # --------------------------------------------------------------------------------------------- the estimate
 @dataclass
 class BoundSettings:
-    variant: str = "1,2,3"
+    variant: str | None = None  # whose inputs and Stage 2; None: 1,2,3 if trained, else the last variant trained
     shape: str | None = None  # None: the run's first shape
     c: float = 0.01
     k: int = 4
@@ -215,40 +214,44 @@ class BoundSettings:
     max_samples: int | None = None
     samples: str = "present"  # "present": images showing the attribute; "all": every training image
     wrt: str = "all"  # Hessian w.r.t. "all" weights or the "decoder" (+ head) only, what TATL-FE trains
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when available
+
+    def __post_init__(self) -> None:
+        if self.samples not in ("present", "all") or self.wrt not in ("all", "decoder"):
+            raise ConfigError(f"samples {self.samples!r}, wrt {self.wrt!r}: use present or all, and all or decoder")
+        if self.iterations < 1 or self.c <= 0 or self.k < 2 or (self.max_samples is not None and self.max_samples < 1):
+            raise ConfigError("iterations and max_samples must be at least 1, c positive and K at least 2")
 
 
 def estimate_bounds(run: FinishedRun, settings: BoundSettings) -> dict:
-    """{"settings", "attributes": {attribute: {init: BoundTerms dict | {"skipped": reason}}}}."""
-    if settings.samples not in ("present", "all") or settings.wrt not in ("all", "decoder"):
-        raise ConfigError("samples must be present or all, and wrt all or decoder")
+    """{"settings", "initialisations", "attributes": {attribute: {init: BoundTerms + "estimated_on", or "m" and
+    "skipped"}}}."""
+    trained = run.config.pipeline.variants
+    variant = settings.variant or ("1,2,3" if "1,2,3" in trained else trained[-1])
     shape = settings.shape or run.config.model.shapes[0]
-    if settings.variant not in VARIANTS or shape not in run.config.model.shapes:
-        raise ConfigError(f"variant {settings.variant} / shape {shape}: variants are {', '.join(VARIANTS)}; this "
-                          f"run trained the shapes {', '.join(run.config.model.shapes)}")
-    boxes = run.boxes() if "1" in settings.variant.split(",") else None
-    if "1" in settings.variant.split(",") and boxes is None:
-        raise DataError(f"{run.run_dir / 'stage1' / 'boxes.json'}: missing; variant {settings.variant} needs it")
-    images, masks = run.stage_inputs(run.train, boxes)
-    starts = _starting_states(initialisations(run, shape, settings.variant))
-    result: dict = {"settings": {**asdict(settings), "shape": shape}, "initialisations": list(starts),
-                    "attributes": {}}
+    if variant not in VARIANTS or shape not in run.config.model.shapes:
+        raise ConfigError(f"variant {variant}, shape {shape}: variants are {', '.join(VARIANTS)}; this run trained "
+                          f"the shapes {', '.join(run.config.model.shapes)}")
+    images, masks = run.stage_inputs(run.train, run.boxes() if "1" in variant.split(",") else None)
+    starts = _starting_states(initialisations(run, shape, variant))
+    result: dict = {"settings": {**asdict(settings), "variant": variant, "shape": shape},
+                    "initialisations": list(starts), "attributes": {}}
     for index, attribute in enumerate(run.config.data.attributes):
-        rows = _which_samples(masks[:, index], settings, run.config.train.seed)
-        m = len(rows[0])
+        rows, used = _which_samples(masks[:, index], settings, run.config.train.seed)
         result["attributes"][attribute] = per_init = {}
         for name, state in starts.items():
-            if m == 0:
+            if not len(rows):
                 per_init[name] = {"m": 0, "skipped": "no training sample"}
                 continue
             model = build_model(shape, run.config.model.encoder_name)
             transfer_weights(state, model)
-            print(f"bound: {attribute}, {name}: {len(rows[1])} of m = {m} samples", file=sys.stderr, flush=True)
-            losses, norms = per_sample_estimates(model, images[rows[1]], masks[rows[1], index],
-                                                 torch.device(settings.device), settings.iterations,
+            print(f"bound: {attribute}, {name}: {len(used)} of m = {len(rows)} samples", file=sys.stderr, flush=True)
+            losses, norms = per_sample_estimates(model, images[used], masks[used, index],
+                                                 resolve_device(settings.device), settings.iterations,
                                                  settings.tolerance, settings.wrt)
-            terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), m, settings.c, settings.k)
-            per_init[name] = {**asdict(terms), "estimated_on": len(rows[1])}
+            terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), len(rows), settings.c,
+                                         settings.k)
+            per_init[name] = {**asdict(terms), "estimated_on": len(used)}
     return result
 
 
@@ -272,58 +275,3 @@ def _which_samples(masks: np.ndarray, settings: BoundSettings, seed: int) -> tup
     if settings.max_samples is not None and len(rows) > settings.max_samples:
         used = np.sort(np.random.default_rng(seed).choice(rows, settings.max_samples, replace=False))
     return rows, used
-
-
-# ---------------------------------------------------------------------------------------------- the outputs
-def bound_markdown(result: dict) -> str:
-    s = result["settings"]
-    lines = [f"Generalisation bound (Eq. 6) at the Stage-3 initial weights: variant {s['variant']}, {s['shape']}, "
-             f"c = {s['c']}, K = {s['k']}; samples: {s['samples']}; Hessian w.r.t. {s['wrt']} weights, "
-             f"{s['iterations']} power iterations.", "",
-             "| attribute | initialisation | m | R_S | mean Hessian norm | gamma | bound x100 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for attribute, per_init in result["attributes"].items():
-        for name, t in per_init.items():
-            if "skipped" in t:
-                lines.append(f"| {attribute} | {name} | {t['m']} | | | | {t['skipped']} |")
-                continue
-            bound = "undefined (gamma- <= 0)" if t["bound"] is None else f"{100 * t['bound']:.2f}"
-            lines.append(f"| {attribute} | {name} | {t['m']} | {t['risk']:.4f} | {t['hessian_norm']:.4g} | "
-                         f"{t['gamma']:.4f} | {bound} |")
-    return "\n".join(lines) + "\n"
-
-
-def bound_chart(result: dict, path: Path) -> None:
-    """Figure 4: bound x100, one group per attribute, one bar per initialisation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    attributes, inits = list(result["attributes"]), result["initialisations"]
-    width = 0.8 / max(1, len(inits))
-    figure, axes = plt.subplots(figsize=(1.6 + 1.4 * len(attributes), 3.6), dpi=110)
-    for index, name in enumerate(inits):
-        values = [result["attributes"][a].get(name, {}).get("bound") for a in attributes]
-        xs = np.arange(len(attributes)) + (index - (len(inits) - 1) / 2) * width
-        heights = [0.0 if v is None else 100 * v for v in values]
-        bars = axes.bar(xs, heights, width, label=name)
-        axes.bar_label(bars, labels=["n/a" if v is None else f"{100 * v:.1f}" for v in values], fontsize=7)
-    axes.set_xticks(np.arange(len(attributes)), [a.replace("_", " ") for a in attributes], fontsize=8)
-    axes.set_ylabel("bound x100")
-    axes.set_title(f"Eq. 6 bound at the initial weights (variant {result['settings']['variant']}, "
-                   f"{result['settings']['shape']})", fontsize=9)
-    axes.legend(title="initialisation", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def write_bound(run_dir: Path, result: dict) -> Path:
-    """RUN/bound/bound.json, bound.md and bound.png; returns the folder."""
-    folder = Path(run_dir) / "bound"
-    folder.mkdir(exist_ok=True)
-    write_json(folder / "bound.json", result)
-    (folder / "bound.md").write_text(bound_markdown(result))
-    bound_chart(result, folder / "bound.png")
-    return folder

@@ -73,5 +73,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(run_dir / "metrics.json", metrics)
     (run_dir / "summary.md").write_text(summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}"))
     log(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'summary.md'}")
+    from tatl.report import write_report
+
+    log(f"wrote {write_report(run_dir, ctx.report.root)}")
     print((run_dir / "summary.md").read_text())
     return 0

@@ -1,0 +1,330 @@
+"""One report of a run folder: `DIR/report.html` (self-contained: inline style, images as base64 PNG, no script)
+and `DIR/report.md` with its pictures in `DIR/report/`.
+
+A report is a list of sections, each a list of blocks (Table, Figure, Text), built once and rendered twice, so the
+HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run (RUN/metrics.json)
+or, later, an experiment grid (DIR/grid.json). Optional parts (the data, the bound, the overlays) that cannot be
+built say why in the report instead of failing it: a report written at the end of a long run must not lose it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tatl.errors import DataError, TatlError
+
+MICRO_NOTE = ("Average (macro) = unweighted mean over attributes, the scale of the paper's Tables 2-3. Micro = all "
+              "attributes' confusion matrices summed: the ISIC 2018 leaderboard's 'overall', not comparable with them.")
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+@dataclass
+class Figure:
+    name: str  # file stem in DIR/report/
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Text:
+    text: str
+
+
+Block = Table | Figure | Text
+Section = tuple[str, list[Block]]
+
+
+def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 3) -> Path:
+    """Write DIR/report.html and DIR/report.md (+ DIR/report/*.png); returns the HTML's path."""
+    folder = Path(run_dir)
+    if (folder / "metrics.json").is_file():
+        title, sections = f"TATL run {folder}", run_sections(folder, data, overlays)
+    elif (folder / "grid.json").is_file():
+        title, sections = f"TATL experiments {folder}", grid_sections(folder)
+    else:
+        raise DataError(f"{folder}: neither a finished run (metrics.json) nor an experiment grid (grid.json)")
+    pictures = folder / "report"
+    pictures.mkdir(exist_ok=True)
+    for block in (b for _, blocks in sections for b in blocks if isinstance(b, Figure)):
+        (pictures / f"{block.name}.png").write_bytes(block.png)
+    (folder / "report.md").write_text(render_markdown(title, sections))
+    (folder / "report.html").write_text(render_html(title, sections))
+    return folder / "report.html"
+
+
+def grid_sections(grid_dir: Path) -> list[Section]:
+    raise DataError(f"{grid_dir / 'grid.json'}: reports of experiment grids are not supported yet")
+
+
+# ------------------------------------------------------------------------------------------------ a run's parts
+def run_sections(run_dir: Path, data: str | Path | None, overlays: int) -> list[Section]:
+    from tatl.bound import open_run
+
+    run = open_run(run_dir, data, need_data=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    presence = _optional(lambda: attribute_presence(run), {})
+    return [
+        ("Configuration", [config_table(run_dir)]),
+        ("Data", data_blocks(run, presence)),
+        ("Training curves", curve_figures(run_dir)),
+        ("Results", result_tables(metrics, run.config.data.attributes)),
+        ("Generalisation bound", bound_blocks(run_dir)),
+        ("Predictions on validation images", _optional(lambda: overlay_figures(run, presence, overlays), None)),
+        ("Networks", [parameter_table(run.config)]),
+    ]
+
+
+def _optional(build: Callable, default):
+    """build(), or, when the run lacks what it needs, `default` (None: a Text saying why)."""
+    try:
+        return build()
+    except (TatlError, OSError) as error:
+        return [Text(f"Not available: {error}")] if default is None else default
+
+
+def config_table(run_dir: Path) -> Table:
+    import yaml
+
+    values = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rows = [[f"{section}.{key}", json.dumps(value)] for section, keys in values.items() for key, value in keys.items()]
+    return Table("config.yaml (fully resolved)", ["key", "value"], rows)
+
+
+def attribute_presence(run) -> dict[str, set[str]]:
+    """Image id -> attributes with a non-empty full-size mask, for the train and validation images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tatl.data.images import read_mask
+
+    if not run.samples:
+        raise DataError("the run's data folder is not known (tatl report DIR --data DATA)")
+
+    def present(image_id: str) -> set[str]:
+        paths = run.samples[image_id].attribute_mask_paths
+        return {a for a, p in paths.items() if read_mask(p, None, run.config.data.binarize_threshold).any()}
+
+    ids = run.train + run.val
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PNG inflating releases the GIL
+        return dict(zip(ids, pool.map(present, ids), strict=True))
+
+
+def data_blocks(run, presence: dict[str, set[str]]) -> list[Block]:
+    sizes = [["train", str(len(run.train))], ["validation", str(len(run.val))],
+             ["total", str(len(run.train) + len(run.val))]]
+    splits = Table("Images and split", ["", "images"], [["data folder", str(run.data_root or "not known")], *sizes])
+    if not presence:
+        return [splits, Text("Per-attribute counts need the data folder: tatl report DIR --data DATA.")]
+    rows = []
+    for attribute in run.config.data.attributes:
+        train, val = (sum(attribute in presence[i] for i in ids) for ids in (run.train, run.val))
+        share = 100 * (train + val) / max(1, len(presence))
+        rows.append([attribute, str(train), str(val), f"{share:.1f}%"])
+    counts = Table("Images showing each attribute (non-empty mask)", ["attribute", "train", "validation", "share"],
+                   rows)
+    return [splits, counts]
+
+
+# -------------------------------------------------------------------------------------------- training curves
+CURVES = (("train_loss", "training loss"), ("loss", "validation loss"), ("jaccard", "validation Jaccard"))
+
+
+def curve_figures(run_dir: Path) -> list[Block]:
+    """One figure per stage group (stage folder / shape): a line per head, from every log.csv."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for stage in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(("stage", "pretext"))):
+        for log in sorted(stage.rglob("log.csv")):
+            parts = log.parent.relative_to(run_dir).parts
+            head = "/".join(parts[2:]) or parts[-1]
+            groups.setdefault("/".join(parts[:2]), {})[head] = list(csv.DictReader(log.read_text().splitlines()))
+    figures = [_curve_figure(group, heads) for group, heads in groups.items()]
+    return [f for f in figures if f is not None] or [Text("No log.csv found.")]
+
+
+def _curve_figure(group: str, heads: dict[str, list[dict]]) -> Figure | None:
+    columns = [(c, label) for c, label in CURVES if any(c in rows[0] for rows in heads.values() if rows)]
+    if not columns:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 1.4, 2.5), dpi=100, squeeze=False)
+    for axis, (column, label) in zip(axes[0], columns, strict=True):
+        for head, rows in heads.items():
+            epochs = [int(r["epoch"]) + 1 for r in rows if r.get(column) not in (None, "")]
+            values = [float(r[column]) for r in rows if r.get(column) not in (None, "")]
+            axis.plot(epochs, values, marker="o", markersize=3, label=head)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs, not 0.96 ... 1.04
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("epoch", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.suptitle(group, fontsize=10)
+    return Figure("curves-" + re.sub(r"[^A-Za-z0-9]+", "-", group), _png(figure), f"Training curves of {group}")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- result tables
+def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
+    blocks: list[Block] = []
+    if "stage1" in metrics:
+        s1 = metrics["stage1"]
+        blocks.append(Table("Stage 1: lesion segmentation (ISIC 2018 Task 1 scores, validation, original size)",
+                            ["Jaccard", "thresholded Jaccard", "Dice", "whole-image fallbacks"],
+                            [[f"{s1['jaccard']:.3f}", f"{s1['threshold_jaccard']:.3f}", f"{s1['dice']:.3f}",
+                              str(len(s1.get("whole_image_fallbacks", [])))]]))
+    for key in (k for k in metrics if k.startswith("stage2-")):
+        rows = [[shape, f"{v['union']['jaccard']:.3f}", f"{v['union']['dice']:.3f}"]
+                for shape, v in metrics[key].items()]
+        blocks.append(Table(f"Stage 2: abnormal region (union of attributes), {key[7:]} inputs",
+                            ["network", "Jaccard", "Dice"], rows))
+    variants = [k for k in metrics if k.startswith("variant ")]
+    networks = list(dict.fromkeys(n for v in variants for n in metrics[v]))
+    for network in networks:
+        shown = [v for v in variants if network in metrics[v]]
+        header = ["attribute"] + [f"stages {v[8:]} {score}" for v in shown for score in ("Jaccard", "Dice")]
+        rows = []
+        for row in [*attributes, "macro_average", "micro_average"]:
+            label = {"macro_average": "Average (macro)", "micro_average": "micro (ISIC leaderboard)"}.get(row, row)
+            rows.append([label] + [f"{metrics[v][network][row][s]:.3f}" for v in shown for s in ("jaccard", "dice")])
+        name = "U+Link ensemble" if network == "ensemble" else network
+        last = network == networks[-1]  # the note once, under the last table
+        blocks.append(Table(f"Stage 3 (Table 2/3 style): {name}, ISIC 2018 Task 2 scores, validation, original size",
+                            header, rows, MICRO_NOTE if last else ""))
+    return blocks or [Text("metrics.json holds no scores.")]
+
+
+def bound_blocks(run_dir: Path) -> list[Block]:
+    from tatl.commands.bound import BOUND_HEADER, bound_caption, bound_rows
+
+    folder = run_dir / "bound"
+    if not (folder / "bound.json").is_file():
+        return [Text(f"Not estimated: run `tatl bound {run_dir}` first.")]
+    result = json.loads((folder / "bound.json").read_text())
+    blocks: list[Block] = [Table("Bound terms per attribute and initialisation", BOUND_HEADER, bound_rows(result),
+                                 bound_caption(result))]
+    if (folder / "bound.png").is_file():
+        blocks.insert(0, Figure("bound", (folder / "bound.png").read_bytes(), "Figure 4 style: bound x100"))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------- overlays, parameters
+def overlay_figures(run, presence: dict[str, set[str]], count: int, side: int = 240) -> list[Block]:
+    """Figure-5 style pictures of the validation images showing the most attributes: `tatl predict --overlays
+    --truth` run on them (into a scratch folder), so they look exactly like that command's."""
+    import tempfile
+
+    from tatl.commands.predict import OutputOptions, predict_image
+    from tatl.predict import load_predictor
+
+    if not run.samples:
+        raise DataError("the run's data folder is not known (tatl report DIR --data DATA)")
+    predictor = load_predictor(run.run_dir, device="cpu")
+    figures: list[Block] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for image_id in sorted(run.val, key=lambda i: (-len(presence.get(i, ())), i))[:count]:
+            sample = run.samples[image_id]
+            truth = next(iter(sample.attribute_mask_paths.values()), None)
+            options = OutputOptions(Path(scratch), True, side, False, truth.parent if truth else None)
+            options.prepare()
+            predict_image(predictor, sample.image_path, image_id, options)
+            png = (Path(scratch) / "overlays" / f"{image_id}.png").read_bytes()
+            figures.append(Figure(f"overlay-{image_id}", png, f"{image_id} (validation)"))
+    s = predictor.settings
+    caption = (f"Variant {s.variant}, {' + '.join(s.shapes)}: truth green, prediction red, both yellow; the abnormal "
+               "region (Stage 2) dashed, the lesion (Stage 1) outlined.")
+    return [Text(caption), *figures]
+
+
+def parameter_table(config) -> Table:
+    """Keras-style counts (BatchNorm statistics included, as the paper's Table 5) and nn.Parameters."""
+    from tatl.models import build_model, count_parameters
+
+    m, attributes, mode = config.model, len(config.data.attributes), config.pipeline.encoder_mode
+    rows = []
+    for role, shape in [("Segment-Net (Stage 1)", m.stage1_shape), *[("one U/Link network", s) for s in m.shapes]]:
+        model = build_model(shape, m.encoder_name)
+        total, encoder = count_parameters(model), count_parameters(model.encoder)
+        stage3 = encoder + attributes * (total - encoder) if mode == "frozen" else attributes * total
+        rows.append([role, shape, m.encoder_name, f"{total:,}", f"{count_parameters(model, False):,}",
+                     f"{encoder:,}", "" if role.startswith("Segment") else f"{stage3:,}"])
+    header = ["network", "shape", "encoder", "Keras-style", "nn.Parameters", "of which encoder",
+              f"Stage 3, {attributes} attributes ({mode} encoder)"]
+    return Table("Parameters", header, rows, "Stage 3 of variants with Stage 2 and a frozen encoder (TATL-FE) "
+                 "shares one encoder among the attribute decoders; otherwise each attribute has a whole network.")
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+def render_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for heading, blocks in sections:
+        lines += [f"## {heading}", ""]
+        for block in blocks:
+            if isinstance(block, Table):
+                cells = [[c.replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
+                lines += [f"**{block.title}**", "", "| " + " | ".join(cells[0]) + " |",
+                          "|" + "---|" * len(block.header), *("| " + " | ".join(r) + " |" for r in cells[1:]), ""]
+                lines += [block.note, ""] if block.note else []
+            elif isinstance(block, Figure):
+                lines += [f"![{block.caption}](report/{block.name}.png)", ""]
+            else:
+                lines += [block.text, ""]
+    return "\n".join(lines)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}"
+         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:2px 8px;"
+         "font-size:13px}th{background:#eee}td{text-align:right}td:first-child{text-align:left}"
+         "caption{font-weight:bold;text-align:left;padding:4px 0;white-space:nowrap}img{max-width:100%}"
+         ".note{color:#555;font-size:13px}")
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>"]
+    for heading, blocks in sections:
+        parts.append(f"<h2>{e(heading)}</h2>")
+        for block in blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{e(c)}</th>" for c in block.header)
+                body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+                parts.append(f"<table><caption>{e(block.title)}</caption><tr>{head}</tr>{body}</table>")
+                parts.append(f"<p class='note'>{e(block.note)}</p>" if block.note else "")
+            elif isinstance(block, Figure):
+                data = base64.b64encode(block.png).decode()
+                parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{e(block.caption)}'>"
+                             f"<figcaption>{e(block.caption)}</figcaption></figure>")
+            else:
+                parts.append(f"<p>{e(block.text)}</p>")
+    return "".join(parts) + "</body></html>\n"

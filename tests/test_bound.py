@@ -1,0 +1,135 @@
+"""The generalisation bound (Eq. 6-8): power iteration against closed-form Hessians, the formula on hand values,
+and `tatl bound` on a tiny trained run."""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tatl.bound import generalization_bound, hessian_spectral_norm, initialisations, open_run
+from tatl.cli import main
+from tatl.errors import DataError
+
+TINY_RUN = [
+    "run", "synthetic", "--config", "demo", "--set", "synth.n=16", "--set", "synth.size=64",
+    "--set", "data.stage1_size=32", "--set", "data.image_size=32", "--set", "train.epochs=1",
+    "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]", "--variants", "1,2,3",
+]
+
+
+def tiny_trained_run(tmp_path_factory) -> Path:
+    """One tiny trained run per test session, shared by the modules that need one (train once, ~30 s)."""
+    run = tmp_path_factory.getbasetemp() / "tiny-trained-run"
+    if not (run / "metrics.json").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        assert main([*TINY_RUN[:2], "--out", str(run), *TINY_RUN[2:]]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    started = time.perf_counter()
+    run = tiny_trained_run(tmp_path_factory)
+    print(f"tiny run ready in {time.perf_counter() - started:.0f} s")
+    return run
+
+
+def test_power_iteration_finds_the_largest_magnitude_eigenvalue_of_a_quadratic():
+    generator = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.tensor([-5.0, 3.0, 2.0, 1.0, 0.5, -0.1], dtype=torch.float64)  # the largest |.| is negative
+    a = rotation @ torch.diag(eigenvalues) @ rotation.T
+    x = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
+    loss = 0.5 * x @ a @ x  # Hessian = A
+    assert hessian_spectral_norm(loss, [x], iterations=200, tolerance=1e-10) == pytest.approx(5.0, rel=1e-3)
+
+
+def test_power_iteration_matches_the_mse_hessian_of_a_linear_model_over_several_tensors():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(40, 5, generator=generator, dtype=torch.float64)
+    targets = torch.randn(40, 1, generator=generator, dtype=torch.float64)
+    model = torch.nn.Linear(5, 1).double()
+    loss = ((model(features) - targets) ** 2).mean()
+    design = torch.cat([features, torch.ones(40, 1, dtype=torch.float64)], dim=1)  # the bias is a 6th weight
+    expected = torch.linalg.eigvalsh(2 * design.T @ design / 40).abs().max().item()  # H = 2 X^T X / n
+    found = hessian_spectral_norm(loss, list(model.parameters()), iterations=500, tolerance=1e-10)
+    assert found == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_loss_without_curvature_has_norm_zero():
+    x = torch.randn(4, requires_grad=True)
+    assert hessian_spectral_norm((3 * x).sum(), [x]) == 0.0
+
+
+def test_bound_formula_on_hand_values():
+    terms = generalization_bound(risk=0.25, hessian_norm=1.5, m=16, c=0.01, k=4)
+    assert (terms.gamma, terms.gamma_minus, terms.gamma_plus) == pytest.approx((2.0, 1.5, 2.5))
+    # (1 + 1/0.015) * 0.25^(0.025/1.025) * sqrt(ln 4) / 16^(1/1.025)
+    expected = 67.666667 * 0.96675318 * 1.17741002 / 14.9537874
+    assert terms.bound == pytest.approx(expected, rel=1e-6)
+    assert terms.bound == pytest.approx(5.1507079, rel=1e-6)
+
+
+def test_bound_is_undefined_when_gamma_minus_is_not_positive():
+    terms = generalization_bound(risk=0.0, hessian_norm=0.1, m=16)  # gamma 0.1 <= m^(-1/4) = 0.5
+    assert terms.gamma_minus < 0 and terms.bound is None
+
+
+def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny_run: Path):
+    assert main(["bound", str(tiny_run), "--iterations", "2", "--max-samples", "1", "--device", "cpu"]) == 0
+    for name in ("bound.json", "bound.md", "bound.png"):
+        assert (tiny_run / "bound" / name).is_file(), name
+    result = json.loads((tiny_run / "bound" / "bound.json").read_text())
+    assert result["initialisations"] == ["tatl", "random"]
+    finished = open_run(tiny_run)
+    _, masks = finished.stage_inputs(finished.train, finished.boxes())
+    present = masks.reshape(*masks.shape[:2], -1).any(axis=2).sum(axis=0)
+    for index, (attribute, per_init) in enumerate(result["attributes"].items()):
+        for terms in per_init.values():
+            assert terms["m"] == present[index]  # m: the training images showing the attribute
+            if terms["m"]:
+                values = [terms[k] for k in ("risk", "hessian_norm", "gamma", "bound")]
+                assert all(math.isfinite(v) for v in values), (attribute, terms)
+                assert 0 <= terms["risk"] <= 1 and terms["estimated_on"] == 1
+    table = (tiny_run / "bound" / "bound.md").read_text()
+    assert "| attribute | initialisation | m | R_S | mean Hessian norm | gamma | bound x100 |" in table
+
+
+def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_run: Path):
+    from tatl.checkpoints import load_checkpoint
+
+    inits = initialisations(open_run(tiny_run), "unet", "1,2,3")
+    stage2 = load_checkpoint(tiny_run / "stage2-crops" / "unet" / "best.pt")["model"]
+    assert all(torch.equal(inits["tatl"]()[k], v) for k, v in stage2.items())
+    first, second = inits["random"](), inits["random"]()  # seeded: the same start Stage 3 of variant 1,3 gets
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["decoder.blocks.0.conv1.0.weight"], stage2["decoder.blocks.0.conv1.0.weight"])
+    assert list(initialisations(open_run(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
+
+
+def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
+    for name in ("config.yaml", "splits.json"):
+        shutil.copy(tiny_run / name, tmp_path / name)
+    with pytest.raises(DataError, match="--data"):
+        open_run(tmp_path)
+    assert np.array_equal(open_run(tmp_path, tiny_run / "synthetic-data").train, open_run(tiny_run).train)
+
+
+def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
+    from dataclasses import asdict
+
+    from tatl.commands.bound import bound_markdown
+
+    undefined = {**asdict(generalization_bound(risk=0.0, hessian_norm=0.1, m=16)), "estimated_on": 16}
+    result = {"settings": {"variant": "1,2,3", "shape": "unet", "c": 0.01, "k": 4, "samples": "present",
+                           "wrt": "all", "iterations": 20},
+              "initialisations": ["tatl"],
+              "attributes": {"streaks": {"tatl": undefined}, "globules": {"tatl": {"m": 0, "skipped": "no sample"}}}}
+    table = bound_markdown(result)
+    assert "| streaks | tatl | 16 | 0.0000 | 0.1 | 0.1000 | undefined (gamma- <= 0) |" in table
+    assert "| globules | tatl | 0 |  |  |  | no sample |" in table
