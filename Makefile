@@ -27,6 +27,8 @@ test-fast: venv
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_stage3.py
 
 lint: venv
 	$(VENV)/bin/ruff check tatl tests benchmarks
