@@ -15,11 +15,17 @@ from typing import Any
 
 import torch
 
+from tatl import distributed
 from tatl.errors import CheckpointError, DataError
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call write(file_object) on a temp file next to `path`, fsync, then rename it to `path`."""
+    """Call write(file_object) on a temp file next to `path`, fsync, then rename it to `path`.
+
+    Under torchrun only rank 0 writes: every rank holds the same state, and N writers of one file would only race.
+    """
+    if not distributed.is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -62,6 +62,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers; images are pre-decoded, so 0 is usually fastest on CPU
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and on GPU tensor cores
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); CPU stays fp32
+    compile: bool = False  # torch.compile every network (opt-in: minutes of compiling; does not pay on AVX2 CPUs)
 
 
 @dataclass

@@ -11,11 +11,13 @@ Files: each head's folder gets `best.pt` and `last.pt` (a plain model state in t
 optimizer, epoch, early-stopping counters and history, config), both replaced atomically, and `log.csv`. `last.pt`
 is all a resume needs: heads on a frozen encoder are independent, so after a kill between two heads' writes each
 head simply continues from its own last epoch, with the same batches (they depend on seed and epoch only).
+
+Under torchrun (tatl.distributed) the same loop runs on every rank: each takes a slice of every batch, the training
+forward is wrapped in DistributedDataParallel, validation sums are added up across ranks, and rank 0 writes.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import math
@@ -30,64 +32,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tatl import distributed
 from tatl.checkpoints import atomic_write_bytes, load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
-from tatl.errors import CheckpointError, TatlError
+from tatl.errors import TatlError
 from tatl.losses import TatlLoss
 from tatl.metrics import Task2Scorer
+from tatl.multihead import MultiHeadSegmenter, TrainingForward
 
 
 class TrainingDiverged(TatlError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class DecoderHead(nn.Module):
-    """A decoder and its segmentation head: what each target owns in a multi-head segmenter."""
-
-    def __init__(self, decoder: nn.Module, segmentation_head: nn.Module):
-        super().__init__()
-        self.decoder, self.segmentation_head = decoder, segmentation_head
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.segmentation_head(self.decoder(features))
-
-
-class MultiHeadSegmenter(nn.Module):
-    """One encoder, one DecoderHead per target name. forward(x) -> {name: logits (B,1,H,W)}."""
-
-    def __init__(self, encoder: nn.Module, heads: dict[str, DecoderHead]):
-        super().__init__()
-        self.encoder, self.heads = encoder, nn.ModuleDict(heads)
-
-    @classmethod
-    def from_model(cls, model: nn.Module, names: list[str]) -> MultiHeadSegmenter:
-        """Every head starts as a copy of `model`'s decoder and head (Stage 3 starts all targets from Stage 2)."""
-        heads = {n: DecoderHead(copy.deepcopy(model.decoder), copy.deepcopy(model.segmentation_head)) for n in names}
-        return cls(model.encoder, heads)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.encoder(x)
-        return {name: head(features) for name, head in self.heads.items()}
-
-    def head_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The state of one target as a single network (keys encoder.*, decoder.*, segmentation_head.*)."""
-        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        state.update(self.heads[name].state_dict())
-        return {k: v.detach().clone().cpu() for k, v in state.items()}
-
-    def load_head_state(self, name: str, state: dict[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
-        """Load one target's single-network state; a state of another architecture is a CheckpointError."""
-        from tatl.weights import describe_differences, state_differences
-
-        encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-        head_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-        for part, module in ((encoder_state, self.encoder), (head_state, self.heads[name])):
-            differences = state_differences(part, module.state_dict())
-            if any(differences.values()):
-                raise CheckpointError(f"{source}: does not fit the {name!r} network: "
-                                      f"{describe_differences(differences)}")
-        self.encoder.load_state_dict(encoder_state, strict=True)
-        self.heads[name].load_state_dict(head_state, strict=True)
 
 
 @dataclass
@@ -127,6 +82,15 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     model.encoder.requires_grad_(train_encoder)
+    if train_encoder and distributed.is_distributed():
+        example = train_set[0][0][None]  # augmentation is seeded per (seed, epoch, index): no random state moves
+        unused = distributed.freeze_unused_parameters(model, _to_device(example, example, device, cfg)[0])
+        if unused and distributed.is_main_process():
+            print(f"[{label}] the encoder never uses {len(unused)} parameter(s) ({', '.join(unused[:3])}"
+                  f"{' ...' if len(unused) > 3 else ''}): not trained, not synchronised", file=sys.stderr)
+    if cfg.compile:  # in place: the state dict keys stay those of the plain modules
+        for module in (model.encoder, *model.heads.values()):
+            module.compile()
     optimizers = {n: _optimizer(model, n, train_encoder, cfg) for n in names}
     progress = {n: HeadProgress() for n in names}
     for n in names:
@@ -140,15 +104,18 @@ def fit(
             continue
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # stochastic depth etc.: same per epoch, also after resume
+        step_model = distributed.training_forward(model, active, train_encoder, device)  # the heads still training
         train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
-                                  amp_dtype, train_encoder, label)
+                                     amp_dtype, train_encoder, label, step_model)
         val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
         for n in active:
             row = {"epoch": epoch, "train_loss": train_loss[n], **val[n], "seconds": time.perf_counter() - started}
             _update_progress(progress[n], row, cfg)
-        _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
-        summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
-        print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}", file=sys.stderr)
+        if distributed.is_main_process():
+            _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
+            summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
+            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}", file=sys.stderr)
+        distributed.barrier()  # the other ranks read best.pt below: wait until rank 0 has written it
     for n in names:
         model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"], head_dirs[n] / "best.pt")
     return progress
@@ -170,17 +137,16 @@ def _amp_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
 
 
 def _loader(dataset, cfg: TrainConfig, epoch: int | None, device: torch.device) -> torch.utils.data.DataLoader:
+    """Training (epoch given): this rank's share of each shuffled batch. Evaluation: this rank's images, in order."""
     if epoch is None:
-        order = list(range(len(dataset)))
+        mine = list(distributed.rank_slice(len(dataset)))
+        batches = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
     else:  # the order depends on (seed, epoch) only, so a resumed run replays the same batches
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(len(dataset), generator=generator).tolist()
-    if epoch is not None and len(order) % cfg.batch_size == 1 and len(order) > 1:
-        order = order[:-1]  # a final batch of one image breaks BatchNorm in training mode
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+        batches = distributed.rank_batches(order, cfg.batch_size)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
+                                       pin_memory=device.type == "cuda")
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, cfg: TrainConfig):
@@ -202,7 +168,9 @@ def mask_channels(dataset, names: list[str]) -> dict[str, int]:
 
 
 def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers, scaler, amp_dtype, train_encoder,
-                 label) -> dict[str, float]:
+                    label, step_model: nn.Module | None = None) -> dict[str, float]:
+    """One epoch of every active head; `step_model` runs the forward (default: TrainingForward, no DDP)."""
+    step_model = step_model or TrainingForward(model, active, train_encoder)
     channel = mask_channels(dataset, list(model.heads))
     model.train()
     if not train_encoder:
@@ -212,22 +180,23 @@ def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimiz
     totals = {n: 0.0 for n in active}
     seen = 0
     bar = tqdm(_loader(dataset, cfg, epoch, device), desc=f"{label} {epoch + 1}", leave=False, file=sys.stderr,
-               disable=None)
+               disable=None if distributed.is_main_process() else True)
     for batch_index, (x, y) in enumerate(bar):
         x, y = _to_device(x, y, device, cfg)
         for n in active:
             optimizers[n].zero_grad(set_to_none=True)
         autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with autocast:
-            with nullcontext() if train_encoder else torch.no_grad():
-                features = model.encoder(x)
-            losses = {n: loss_fn(model.heads[n](features), y[:, channel[n]]) for n in active}
-        for n, loss in losses.items():
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{label}: loss of {n} is {loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}; the last "
-                    f"good checkpoint is kept: rerun with --resume and a lower rate, e.g. --set train.lr={cfg.lr / 10}"
-                )
+            logits = step_model(x)
+            losses = {n: loss_fn(logits[n], y[:, channel[n]]) for n in active}
+        diverged = [n for n, loss in losses.items() if not torch.isfinite(loss)]
+        if distributed.any_rank(bool(diverged)):  # every rank stops, not only the one that saw it
+            value = losses[diverged[0]].item() if diverged else "not finite on another rank"
+            raise TrainingDiverged(
+                f"{label}: loss of {', '.join(diverged) or 'a head'} is {value} at epoch {epoch + 1}, batch "
+                f"{batch_index + 1}; the last good checkpoint is kept: rerun with --resume and a lower rate, e.g. "
+                f"--set train.lr={cfg.lr / 10}"
+            )
         scaler.scale(sum(losses.values())).backward()  # decoders are disjoint: each gets only its own gradient
         for n in active:
             scaler.step(optimizers[n])
@@ -236,6 +205,9 @@ def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimiz
             totals[n] += losses[n].item() * len(x)
         seen += len(x)
         bar.set_postfix(loss=f"{sum(losses.values()).item() / len(losses):.4f}")
+    if distributed.is_distributed():  # the epoch's loss over every rank's images, as one process would log it
+        sums = distributed.all_reduce_sum(torch.tensor([*(totals[n] for n in active), seen], dtype=torch.float64))
+        totals, seen = dict(zip(active, sums[:-1].tolist(), strict=True)), sums[-1].item()
     return {n: totals[n] / max(seen, 1) for n in active}
 
 
@@ -258,6 +230,10 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
                 loss_sums[n] += loss_fn(logits, truth).item() * len(x)
                 scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)
+    if distributed.is_distributed():  # each rank scored its share of the images: add the sums up
+        scorer.set_totals(distributed.all_reduce_sum(torch.from_numpy(scorer.totals())).numpy())
+        sums = distributed.all_reduce_sum(torch.tensor([*(loss_sums[n] for n in active), seen], dtype=torch.float64))
+        loss_sums, seen = dict(zip(active, sums[:-1].tolist(), strict=True)), sums[-1].item()
     scores = scorer.result()
     return {n: {"loss": loss_sums[n] / max(seen, 1), **scores[n]} for n in active}
 

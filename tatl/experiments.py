@@ -29,6 +29,7 @@ SETTING_KEYS = ("set", "variant")  # the mapping form of a setting; the list for
 AXIS_KEYS = {"model.encoder_name": "backbones", "model.shapes": "shapes", "data.fold": "folds", "train.seed": "seeds"}
 SHAPE_LABELS = {"unet": "U-shape", "linknet": "Link-shape"}
 AVERAGES = {"macro_average": "macro", "micro_average": "micro"}  # macro = the paper's tables; micro = leaderboard
+Columns = list[tuple[str, str, str]]  # a table's columns: (header, shape, score key of results_rows)
 
 
 @dataclass(frozen=True)
@@ -273,39 +274,50 @@ def _cell(values: list[float], expected: int) -> str:
     return text + (f" (n={len(values)})" if len(values) != expected else "")
 
 
-def table(rows: list[dict], grid: Grid, columns: list[tuple[str, str, str]], title: str, note: str):
-    """Markdown and CSV rows: one row per backbone x setting; columns (header, shape, score key)."""
+def table_cells(rows: list[dict], grid: Grid, columns: Columns) -> tuple[list[list[str]], list[dict]]:
+    """One row per backbone x setting: its cells (backbone, setting, "mean ± std" per column) and its CSV row (mean,
+    std, n per column); columns are (header, shape, score key). The report shows the same cells as table6/7.md."""
     expected = len(grid.folds) * len(grid.seeds)
-    md = [f"# {title}", "", note, "", "| backbone | setting | " + " | ".join(c[0] for c in columns) + " |",
-          "|---|---|" + "---|" * len(columns)]
-    csv_rows = []
+    cell_rows, csv_rows = [], []
     for backbone, setting in itertools.product(grid.backbones, [s.name for s in grid.settings]):
         mine = [r for r in rows if r["backbone"] == backbone and r["setting"] == setting and r["finished"]]
-        cells, csv_row = [], {"backbone": backbone, "setting": setting}
+        cells, csv_row = [backbone, setting], {"backbone": backbone, "setting": setting}
         for header, shape, key in columns:
             values = [r[key] for r in mine if r["shape"] == shape and key in r]
             cells.append(_cell(values, expected))
             mean, std = mean_std(values)
             csv_row.update({f"{header} mean": mean, f"{header} std": std, f"{header} n": len(values)})
-        md.append(f"| {backbone} | {setting} | " + " | ".join(cells) + " |")
+        cell_rows.append(cells)
         csv_rows.append(csv_row)
+    return cell_rows, csv_rows
+
+
+def table(rows: list[dict], grid: Grid, columns: Columns, title: str, note: str):
+    """Markdown and CSV rows: one row per backbone x setting; columns (header, shape, score key)."""
+    cell_rows, csv_rows = table_cells(rows, grid, columns)
+    md = [f"# {title}", "", note, "", "| backbone | setting | " + " | ".join(c[0] for c in columns) + " |",
+          "|---|---|" + "---|" * len(columns), *("| " + " | ".join(cells) + " |" for cells in cell_rows)]
     return "\n".join(md) + "\n", csv_rows
 
 
-def write_tables(grid: Grid, jobs: list[Job], out: Path) -> list[Path]:
-    """table6.md/.csv, table7.md/.csv and results.csv in `out`; return the paths written."""
-    rows, attributes = results_rows(jobs, out)
+def table_specs(grid: Grid, attributes: list[str]) -> list[tuple[str, Columns, str, str]]:
+    """(file stem, columns, title, note) of Tables 6 and 7."""
     spread = (f"Cells: mean ± sample standard deviation over {len(grid.folds)} fold(s) x {len(grid.seeds)} seed(s) "
               "of each job's validation fold (official ISIC 2018 Task 2 scores at original size); (n=k): only k "
               "jobs finished; –: none.")
     table6 = [(f"{a} {SHAPE_LABELS[s]} Dice", s, f"{a} dice") for a in attributes for s in grid.shapes]
     table7 = [(f"{SHAPE_LABELS[s]} {metric.capitalize()}", s, f"macro {metric}")
               for s in grid.shapes for metric in ("dice", "jaccard")]
-    written = []
-    for name, columns, title, note in (
-            ("table6", table6, "Table 6: Dice per attribute and shape", spread),
+    return [("table6", table6, "Table 6: Dice per attribute and shape", spread),
             ("table7", table7, "Table 7: macro average over attributes", spread + " Macro = unweighted mean over "
-             "attributes, the scale of the paper's tables (not the ISIC leaderboard's micro 'overall').")):
+             "attributes, the scale of the paper's tables (not the ISIC leaderboard's micro 'overall').")]
+
+
+def write_tables(grid: Grid, jobs: list[Job], out: Path) -> list[Path]:
+    """table6.md/.csv, table7.md/.csv and results.csv in `out`; return the paths written."""
+    rows, attributes = results_rows(jobs, out)
+    written = []
+    for name, columns, title, note in table_specs(grid, attributes):
         markdown, csv_rows = table(rows, grid, columns, title, note)
         written += [_write_text(out / f"{name}.md", markdown), _write_csv(out / f"{name}.csv", csv_rows)]
     return [*written, _write_csv(out / "results.csv", rows)]

@@ -14,8 +14,8 @@ import torch
 from tatl.data.crops import Box, paste_back, whole_image_box
 from tatl.data.dataset import SegmentationDataset, full_size_target
 from tatl.data.isic import Sample
-from tatl.engine import MultiHeadSegmenter
 from tatl.metrics import Task1Scorer, Task2Scorer
+from tatl.multihead import MultiHeadSegmenter
 
 THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -118,6 +118,18 @@ class Task2Scorer:
             parts.clear()
         return self._sums[attribute].copy()
 
+    def totals(self) -> np.ndarray:
+        """Everything `result` depends on, one row per attribute: the normalised (TP, FP, FN, TN) sums and the
+        image count. Rows add up: the totals of two scorers over disjoint images are those of one over both."""
+        return np.array([[*self.normalised_matrix(n), self.image_counts[n]] for n in self.attributes])
+
+    def set_totals(self, totals: np.ndarray) -> None:
+        """Replace the sums with `totals` (e.g. the sum over torchrun processes of their `totals()`)."""
+        for name, row in zip(self.attributes, np.asarray(totals, dtype=np.float64), strict=True):
+            self._device_sums[name].clear()
+            self._sums[name] = row[:4].copy()
+            self.image_counts[name] = int(round(row[4]))
+
     def result(self) -> dict[str, dict[str, float]]:
         """{attribute: {"jaccard", "dice"}, ..., "micro_average": {...}, "macro_average": {...}}."""
         unseen = [name for name, count in self.image_counts.items() if count == 0]

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tatl import distributed
 from tatl.checkpoints import load_checkpoint, write_json
 from tatl.config import Config, to_dict
 from tatl.data.checks import DataReport
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import LESION, UNION, SegmentationDataset, full_size_target, load_images, load_masks
 from tatl.data.isic import Sample
-from tatl.engine import MultiHeadSegmenter, fit, resolve_device
+from tatl.engine import fit, resolve_device
 from tatl.inference import (
     average_probabilities,
     predict_probabilities,
@@ -37,6 +38,7 @@ from tatl.inference import (
     tune_thresholds,
 )
 from tatl.models import build_model
+from tatl.multihead import MultiHeadSegmenter
 from tatl.pretext import train_context_restoration
 from tatl.weights import transfer_weights
 
@@ -61,7 +63,8 @@ class RunContext:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if distributed.is_main_process():  # under torchrun every rank runs the same stages: rank 0 speaks for them
+        print(message, file=sys.stderr, flush=True)
 
 
 def variant_stages(variant: str) -> set[int]:

@@ -29,10 +29,11 @@ from tatl.config import VARIANTS, Config, load_config
 from tatl.data.crops import Box, lesion_box, whole_image_box
 from tatl.data.dataset import LESION, UNION, normalize
 from tatl.data.images import image_size, read_image, set_max_image_pixels
-from tatl.engine import MultiHeadSegmenter, resolve_device
+from tatl.engine import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
 from tatl.inference import average_probabilities, full_size_probabilities
 from tatl.models import build_model
+from tatl.multihead import MultiHeadSegmenter
 
 MANIFEST = "manifest.json"
 _TEMPORARY_NUMBERS = itertools.count()

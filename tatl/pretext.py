@@ -20,6 +20,7 @@ from tatl.checkpoints import load_checkpoint, save_checkpoint, write_json
 from tatl.config import TrainConfig
 from tatl.data.dataset import normalize
 from tatl.engine import resolve_device
+from tatl.errors import TatlError
 from tatl.models import build_model
 
 
@@ -67,7 +68,7 @@ def train_context_restoration(
     model = build_model(shape, encoder_name, encoder_weights, classes=3).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set, val_set = RestorationDataset(train_images, cfg.seed), RestorationDataset(val_images, cfg.seed + 1)
-    best, bad_epochs = float("inf"), 0
+    best, bad_epochs, best_state = float("inf"), 0, None
     for epoch in range(cfg.epochs):
         train_set.set_epoch(epoch)
         model.train()
@@ -83,14 +84,16 @@ def train_context_restoration(
               file=sys.stderr)
         if val_loss < best:
             best, bad_epochs = val_loss, 0
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_checkpoint({"model": state, "epoch": epoch, "best_score": -val_loss}, best_path)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            save_checkpoint({"model": best_state, "epoch": epoch, "best_score": -val_loss}, best_path)
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
                 break
+    if best_state is None:
+        raise TatlError(f"context restoration ({shape}): the validation loss was never finite; try a lower train.lr")
     write_json(out_dir / "done.json", {"best_val_mse": best})
-    return load_checkpoint(best_path)["model"]
+    return best_state  # from memory: under torchrun only rank 0 writes best.pt
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@ and `DIR/report.md` with its pictures in `DIR/report/`.
 
 A report is a list of sections, each a list of blocks (Table, Figure, Text), built once and rendered twice, so the
 HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run (RUN/metrics.json)
-or, later, an experiment grid (DIR/grid.json). Optional parts (the data, the bound, the overlays) that cannot be
-built say why in the report instead of failing it: a report written at the end of a long run must not lose it.
+or an experiment grid (DIR/grid.json; its sections are in tatl.grid_report). Optional parts (the data, the bound,
+the overlays) that cannot be built say why in the report instead of failing it: a report written at the end of a
+long run must not lose it.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 
 
 
 def grid_sections(grid_dir: Path) -> list[Section]:
-    raise DataError(f"{grid_dir / 'grid.json'}: reports of experiment grids are not supported yet")
+    from tatl.grid_report import grid_sections as sections  # imports this module: only when a grid is reported
+
+    return sections(grid_dir)
 
 
 # ------------------------------------------------------------------------------------------------ a run's parts

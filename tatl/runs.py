@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from tatl import distributed
 from tatl.config import Config
 from tatl.data.checks import DataReport, check_dataset, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
@@ -160,7 +161,8 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     if not stage1_only:
         _require_attribute_masks(report)
     require_valid(report)
-    print(report.summary_table(), file=sys.stderr)
+    if distributed.is_main_process():
+        print(report.summary_table(), file=sys.stderr)
     splits = _splits(run_dir, report.presence, config)
     by_id = {s.image_id: s for s in report.samples}
     train, val = _train_val(splits, config)

@@ -11,7 +11,8 @@ import torch
 from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset
-from tatl.engine import MultiHeadSegmenter, TrainingDiverged, fit
+from tatl.engine import TrainingDiverged, fit
+from tatl.multihead import MultiHeadSegmenter
 
 NAMES = ["a", "b", "c"]
 

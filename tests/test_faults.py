@@ -1,7 +1,7 @@
 """Untrusted files are harmless, a run writes only inside --out, and the same config and seed give the same bytes.
 
-Not repeated here: a SIGKILL at several points then --resume (tests/test_pipeline.py) and a NaN loss stopping the
-stage with the last good checkpoint kept (tests/test_engine.py).
+Not repeated here: SIGKILL at several points then --resume (tests/test_kills.py, tests/test_distributed.py) and a
+NaN loss stopping the stage with the last good checkpoint kept (tests/test_engine.py).
 """
 
 from __future__ import annotations

@@ -99,6 +99,6 @@ def test_a_run_whose_data_is_unknown_still_gets_a_report(reported_run: Path, tmp
 def test_folders_that_are_not_runs_are_refused(tmp_path: Path):
     with pytest.raises(DataError, match="neither a finished run"):
         write_report(tmp_path)
-    (tmp_path / "grid.json").write_text("{}")
-    with pytest.raises(DataError, match="not supported yet"):
+    (tmp_path / "grid.json").write_text("{}")  # a grid folder's report: tests/test_grid_report.py
+    with pytest.raises(DataError, match="not a grid record"):
         write_report(tmp_path)

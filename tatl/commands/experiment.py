@@ -7,7 +7,8 @@ again resumes the grid (a started job continues with --resume); a failing job is
 while the others go on (exit code 1). `--workers N` runs N jobs at once on this machine, `--ray ADDRESS` runs each
 job as a Ray task on a cluster (pip install 'tatl[ray]'; OUT and the data on a filesystem every node sees). Writes
 OUT/grid.json (grid, jobs, status), results.csv (one row per job), table6.md/.csv (Dice per attribute and shape,
-rows backbone x setting) and table7.md/.csv (macro Dice and Jaccard per shape), mean ± std over folds and seeds.
+rows backbone x setting) and table7.md/.csv (macro Dice and Jaccard per shape), mean ± std over folds and seeds,
+and OUT/report.html (+ report.md), the page `tatl report OUT` rebuilds.
 """
 
 from __future__ import annotations
@@ -268,4 +269,15 @@ def _aggregate(grid, jobs: list, out: Path, record: GridRecord) -> int:
     paths = write_tables(grid, jobs, out)
     print((out / "table7.md").read_text())
     print("wrote " + ", ".join(str(p) for p in [out / "grid.json", *paths]), file=sys.stderr)
+    write_grid_report(out)
     return 0
+
+
+def write_grid_report(out: Path) -> None:
+    """OUT/report.html and report.md; a failure is printed, never fails the grid (the tables are written)."""
+    from tatl.report import write_report
+
+    try:
+        print(f"wrote {write_report(out)} and {out / 'report.md'}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - the report only views the tables: hours of jobs must not fail on it
+        print(f"report not written: {type(error).__name__}: {error}", file=sys.stderr)

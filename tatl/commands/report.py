@@ -1,9 +1,10 @@
-"""Write one report of a run folder: DIR/report.html (self-contained, images embedded) and DIR/report.md.
+"""Write one report of a run or grid folder: DIR/report.html (self-contained, images embedded) and DIR/report.md.
 
 The report holds the resolved configuration, the data (split sizes, images showing each attribute), training
 curves of every network (training and validation loss, validation Jaccard per epoch), the Table-2/3-style scores of
 each variant for each shape and the U+Link ensemble, the generalisation bound if `tatl bound` was run, Figure-5-style
 overlays of a few validation images (truth green, prediction red) and the parameter counts of the networks.
+For a `tatl experiment` grid folder: the grid, each job's status, Tables 6-7 and a chart of macro Dice per setting.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ EXAMPLES = """\
 examples:
   tatl report runs/demo                          # writes runs/demo/report.html, report.md and report/*.png
   tatl report runs/pn --data ../shared/data/isic2018-sample --overlays 6
+  tatl report grids/example                      # an experiment grid folder (tatl experiment ... --out DIR)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="DIR", type=Path, help="a finished `tatl run` folder")
+    parser.add_argument("folder", metavar="DIR", type=Path, help="a finished `tatl run` folder, or a `tatl "
+                        "experiment` grid folder (for which --data and --overlays do nothing)")
     parser.add_argument("--data", help="the DATA given to `tatl run` (default: the synthetic or converted ISIC 2017 "
                         "data kept in the run); without it, no per-attribute counts and no overlays")
     parser.add_argument("--overlays", type=int, default=3, metavar="N",

@@ -32,49 +32,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", choices=["1", "1,2,3"], default="1,2,3",
                         help="1: train the Segment-Net alone (lesion-only data, ISIC Task 1 scores)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (train.compile=true)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tatl.config import load_config, save_config
-    from tatl.errors import ConfigError, DataError
+    from tatl import distributed
 
-    run_dir: Path = args.out
+    config = _resolved_config(args)  # before the heavy imports: a typo fails at once, and creates no folder
+    distributed.setup(config.train.device)  # under torchrun: join the other processes (a no-op otherwise)
+    try:
+        return _train_and_score(args, config)
+    finally:
+        distributed.teardown()
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.variants:
         overrides.append("pipeline.variants=[" + ", ".join(f'"{v}"' for v in args.variants) + "]")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    saved = run_dir / "config.yaml"
-    if not args.resume:  # before the heavy imports: a typo fails at once, and a bad config creates no folder
-        config = load_config(args.config, overrides)
-    from tatl.checkpoints import write_json
-    from tatl.pipeline import log, run_pipeline
-    from tatl.runs import check_data_path, check_model_settings, check_resume_settings, prepare_context, prepare_run_dir
-    from tatl.summary import summary_markdown
+    if args.compile:
+        overrides.append("train.compile=true")
+    return overrides
 
-    if args.resume:
-        prepare_run_dir(run_dir, resume=True)  # the run folder's lock first, then its config
-        if args.config:
-            raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
-        config = load_config(saved, overrides)
-        check_resume_settings(load_config(saved), config, run_dir, args.data)
+
+def _resolved_config(args: argparse.Namespace):
+    """The run's config: defaults + --config + --set, or, with --resume, the saved one + --set (checked)."""
+    from tatl.config import load_config
+    from tatl.errors import ConfigError, DataError
+
+    if not args.resume:
+        return load_config(args.config, _overrides(args))
+    saved = args.out / "config.yaml"
+    if args.config:
+        raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
+    if not saved.is_file():
+        raise DataError(f"{args.out}: nothing to resume (no config.yaml); start a new run without --resume")
+    from tatl.runs import check_resume_settings
+
+    config = load_config(saved, _overrides(args))
+    check_resume_settings(load_config(saved), config, args.out, args.data)
+    return config
+
+
+def _train_and_score(args: argparse.Namespace, config) -> int:
+    from tatl import distributed
+    from tatl.checkpoints import write_json
+    from tatl.config import save_config
+    from tatl.errors import DataError
+    from tatl.pipeline import log, run_pipeline
+    from tatl.runs import check_data_path, check_model_settings, prepare_context, prepare_run_dir
+
+    run_dir: Path = args.out
+    saved = run_dir / "config.yaml"
     check_model_settings(config)  # an unknown encoder or unusable weights file: named before any data is read
     check_data_path(args.data)
-    if not args.resume:
-        prepare_run_dir(run_dir, resume=False)
-    save_config(config, saved)
     stage1_only = args.stages == "1"
-    ctx = prepare_context(args.data, run_dir, config, stage1_only)
-    save_config(ctx.config, saved)  # again: the data may have set values (ISIC 2017 -> its four attributes)
+
+    def prepare():
+        if distributed.is_main_process():  # the folder, its lock and config; the data generated or converted
+            prepare_run_dir(run_dir, resume=args.resume)
+            save_config(config, saved)
+        ctx = prepare_context(args.data, run_dir, config, stage1_only)  # the other ranks read rank 0's split
+        if distributed.is_main_process():
+            save_config(ctx.config, saved)  # again: the data may have set values (ISIC 2017 -> its four features)
+        return ctx
+
+    ctx = distributed.main_process_first(prepare)
     if not stage1_only and not ctx.train:
         raise DataError(f"{args.data}: no training images left after the split")
     metrics = run_pipeline(ctx, stage1_only=stage1_only)
+    if not distributed.is_main_process():
+        return 0
     write_json(run_dir / "metrics.json", metrics)
-    (run_dir / "summary.md").write_text(summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}"))
+    (run_dir / "summary.md").write_text(_summary(metrics, config, run_dir))
     log(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'summary.md'}")
     from tatl.report import write_report
 
     log(f"wrote {write_report(run_dir, ctx.report.root)}")
     print((run_dir / "summary.md").read_text())
     return 0
+
+
+def _summary(metrics: dict, config, run_dir: Path) -> str:
+    from tatl.summary import summary_markdown
+
+    return summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}")

@@ -1,0 +1,168 @@
+"""Training on several processes: `torchrun --nproc_per_node=N -m tatl run ...` (one machine or many).
+
+torchrun starts N copies of `tatl run` and tells each its RANK, LOCAL_RANK and WORLD_SIZE. Every rank runs the same
+pipeline on the same data and split; what changes under torchrun:
+
+- each global batch of `train.batch_size` images is cut into WORLD_SIZE equal slices, one per rank, and
+  DistributedDataParallel averages the gradients, so one step sees the same images as a single process would;
+- validation images are dealt out to the ranks and the official-metric sums and losses are added up across them;
+- rank 0 alone writes the run folder (checkpoints, logs, JSON, the report); the others wait for it where they read
+  what it wrote, and every error is raised on every rank, so no rank is left waiting on a dead one.
+
+BatchNorm normalises each rank's slice on its own (SyncBatchNorm needs CUDA), so N processes match one process with
+the same global batch to a tolerance, not bit for bit. Outside torchrun (WORLD_SIZE unset or 1) every function here
+is a no-op and `tatl run` is a plain single process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tatl.errors import ConfigError, TatlError
+from tatl.multihead import MultiHeadSegmenter, TrainingForward
+
+T = TypeVar("T")
+TIMEOUT = timedelta(minutes=60)  # a rank may wait this long for rank 0 (e.g. while it generates or checks the data)
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device_name: str) -> None:
+    """Join the process group torchrun describes: NCCL when the run trains on CUDA, else gloo (CPU)."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's GPU
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over all ranks (float64 on the CPU, so gloo and NCCL both take it)."""
+    if not is_distributed():
+        return values
+    reduced = values.detach().to(device=_collective_device(), dtype=torch.float64).clone()
+    dist.all_reduce(reduced)
+    return reduced.to(values.device)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on at least one (a diverged loss must stop every rank at once)."""
+    return bool(all_reduce_sum(torch.tensor([float(flag)])).item() > 0) if is_distributed() else flag
+
+
+def main_process_first(work: Callable[[], T]) -> T:
+    """Run `work` on rank 0, then on the other ranks (which then read what rank 0 wrote, e.g. the data and split).
+
+    An error on rank 0 is raised on every rank with rank 0's message, so the others stop instead of waiting."""
+    if not is_distributed():
+        return work()
+    error: Exception | None = None
+    result = None
+    if is_main_process():
+        try:
+            result = work()
+        except Exception as caught:  # any failure: the other ranks must hear of it, not wait for a message
+            error = caught
+    message = [f"{type(error).__name__}: {error}" if error else None]
+    dist.broadcast_object_list(message, src=0, device=_collective_device())
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise TatlError(f"rank 0 stopped: {message[0]}")
+    return work() if not is_main_process() else result
+
+
+def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """This rank's share of each global batch of `order`: slice `rank` of `world_size` equal slices.
+
+    Every rank gets the same number of batches of the same size (DDP needs that). With one process this is just
+    `order` cut into batches; with N, the epoch's order is first cut to a multiple of N (at most N-1 images of the
+    epoch are left out, different ones each epoch since the order is reshuffled)."""
+    world, me = world_size(), rank()
+    if batch_size % world:
+        raise ConfigError(f"train.batch_size={batch_size} must be a multiple of the {world} torchrun processes "
+                          "(each process takes an equal slice of every batch)")
+    order = order[: len(order) - len(order) % world]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == world < batch_size:
+        batches.pop()  # a last share of one image breaks BatchNorm in training mode
+    share = [len(batch) // world for batch in batches]
+    return [batch[me * n : (me + 1) * n] for batch, n in zip(batches, share, strict=True)]
+
+
+def rank_slice(count: int) -> range:
+    """The indices of `count` evaluation items this rank handles: every world_size-th, from its rank."""
+    return range(rank(), count, world_size())
+
+
+def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
+                     device: torch.device) -> nn.Module:
+    """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks)."""
+    forward = TrainingForward(model, names, train_encoder)
+    if not is_distributed():
+        return forward
+    return nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def freeze_unused_parameters(model: MultiHeadSegmenter, example: torch.Tensor) -> list[str]:
+    """Stop asking for gradients of encoder parameters the forward never reaches (smp's efficientnet-b0 keeps a
+    head conv it never calls): DDP waits forever for gradients that never come. Returns their names.
+
+    Found with one eval-mode pass on one image (eval: the BatchNorm statistics do not move) and kept out of the
+    run's random stream."""
+    trainable = [(name, p) for name, p in model.encoder.named_parameters() if p.requires_grad]
+    if not trainable:
+        return []
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]):
+        model.eval()
+        output = sum(logits.float().sum() for logits in model(example[:1]).values())
+        grads = torch.autograd.grad(output, [p for _, p in trainable], allow_unused=True)
+    model.train(was_training)
+    unused = [(name, p) for (name, p), grad in zip(trainable, grads, strict=True) if grad is None]
+    for _, parameter in unused:
+        parameter.requires_grad_(False)
+    return [name for name, _ in unused]
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo moves CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,0 +1,90 @@
+"""A segmenter with one encoder and several decoders: how TATL-FE trains every attribute on one shared encoder.
+
+Every stage's network is a MultiHeadSegmenter: Stage 1 and 2 have one head ("lesion", "union"), a frozen-encoder
+Stage 3 one head per attribute, a trainable-encoder Stage 3 one network per attribute. Each head's state reads and
+writes in the single-network key format (encoder.*, decoder.*, segmentation_head.*) of tatl.models, so checkpoints
+do not depend on how the heads were grouped in training.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tatl.errors import CheckpointError
+
+
+class DecoderHead(nn.Module):
+    """A decoder and its segmentation head: what each target owns in a multi-head segmenter."""
+
+    def __init__(self, decoder: nn.Module, segmentation_head: nn.Module):
+        super().__init__()
+        self.decoder, self.segmentation_head = decoder, segmentation_head
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.segmentation_head(self.decoder(features))
+
+
+class MultiHeadSegmenter(nn.Module):
+    """One encoder, one DecoderHead per target name. forward(x) -> {name: logits (B,1,H,W)}."""
+
+    def __init__(self, encoder: nn.Module, heads: dict[str, DecoderHead]):
+        super().__init__()
+        self.encoder, self.heads = encoder, nn.ModuleDict(heads)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, names: list[str]) -> MultiHeadSegmenter:
+        """Every head starts as a copy of `model`'s decoder and head (Stage 3 starts all targets from Stage 2)."""
+        heads = {n: DecoderHead(copy.deepcopy(model.decoder), copy.deepcopy(model.segmentation_head)) for n in names}
+        return cls(model.encoder, heads)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def head_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The state of one target as a single network (keys encoder.*, decoder.*, segmentation_head.*)."""
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update(self.heads[name].state_dict())
+        return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+    def load_head_state(self, name: str, state: dict[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
+        """Load one target's single-network state; a state of another architecture is a CheckpointError."""
+        from tatl.weights import describe_differences, state_differences
+
+        encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+        head_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        for part, module in ((encoder_state, self.encoder), (head_state, self.heads[name])):
+            differences = state_differences(part, module.state_dict())
+            if any(differences.values()):
+                raise CheckpointError(f"{source}: does not fit the {name!r} network: "
+                                      f"{describe_differences(differences)}")
+        self.encoder.load_state_dict(encoder_state, strict=True)
+        self.heads[name].load_state_dict(head_state, strict=True)
+
+
+class TrainingForward(nn.Module):
+    """One training step's forward as a module of its own, so DistributedDataParallel can wrap it: the encoder
+    (under no_grad when frozen: no activations kept for a backward that never reaches it) and the heads still
+    training. Only what is trained is registered, so DDP averages exactly the gradients that exist."""
+
+    def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool):
+        super().__init__()
+        self.heads = nn.ModuleDict({name: model.heads[name] for name in names})
+        if train_encoder:
+            self.encoder = model.encoder
+        else:
+            self.__dict__["frozen_encoder"] = model.encoder  # a plain attribute: not DDP's to synchronise
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if "encoder" in self._modules:
+            features = self.encoder(x)
+        else:
+            with torch.no_grad():
+                features = self.frozen_encoder(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+

@@ -1,0 +1,81 @@
+"""Run under torchrun by tests/test_distributed.py: `tatl.engine.fit` on a tiny network without BatchNorm.
+
+Without BatchNorm, N processes each taking 1/N of every batch compute exactly the update one process computes on the
+whole batch (the loss is a per-image mean), so the test can ask for equality, not a tolerance. The encoder carries a
+parameter its forward never uses, as smp's efficientnet-b0 does, which DDP must survive.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT frozen|trainable
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tatl import distributed
+from tatl.config import TrainConfig
+from tatl.data.dataset import SegmentationDataset
+from tatl.engine import evaluate_heads, fit
+from tatl.losses import TatlLoss
+from tatl.multihead import DecoderHead, MultiHeadSegmenter
+
+NAMES = ["a", "b"]
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.down = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.never_called = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = F.relu(self.stem(x))
+        return [x, a, F.relu(self.down(a))]
+
+
+class TinyDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.out = nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, features):
+        _, a, b = features
+        return F.relu(self.out(torch.cat([F.interpolate(F.relu(self.up(b)), scale_factor=2), a], 1)))
+
+
+def data(n: int = 20, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, len(NAMES), size, size), dtype=np.uint8)
+    for i in range(n):
+        for k in range(len(NAMES)):
+            y, x = rng.integers(0, size - 6, 2)
+            masks[i, k, y : y + 6, x : x + 6] = 1
+            images[i, y : y + 6, x : x + 6, k] = 255
+    return images, masks
+
+
+def main(out: Path, mode: str) -> None:
+    distributed.setup("cpu")
+    torch.manual_seed(0)
+    names = NAMES if mode == "frozen" else NAMES[:1]
+    heads = {name: DecoderHead(TinyDecoder(), nn.Conv2d(8, 1, 1)) for name in names}
+    model = MultiHeadSegmenter(TinyEncoder(), heads)
+    images, masks = data()
+    train_set = SegmentationDataset(images, masks, augment=True, seed=1, targets=NAMES)
+    val_set = SegmentationDataset(images[:7], masks[:7], targets=NAMES)  # 7: the ranks get 4 and 3 images
+    cfg = TrainConfig(epochs=3, patience=5, batch_size=4, lr=0.05, device="cpu", seed=3, channels_last=False)
+    progress = fit(model, train_set, val_set, cfg, {n: out / "heads" / n for n in names},
+                   train_encoder=mode == "trainable", label=f"ddp {mode}")
+    val = evaluate_heads(model, names, val_set, cfg, torch.device("cpu"), TatlLoss(), None, 0.5)
+    result = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "val": val,
+              "history": {n: p.history for n, p in progress.items()}, "world": distributed.world_size()}
+    torch.save(result, out / f"rank{distributed.rank()}.pt")
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
