@@ -29,6 +29,9 @@ bench: venv
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_stage3.py
+	$(PY) benchmarks/bench_infer.py
+	$(PY) benchmarks/bench_flops.py
+	$(PY) benchmarks/bench_memory.py
 
 lint: venv
 	$(VENV)/bin/ruff check tatl tests benchmarks

@@ -21,9 +21,10 @@ from common import machine, median_seconds, write_result
 from tatl.config import ATTRIBUTES_2018, TrainConfig
 from tatl.data.dataset import SegmentationDataset
 from tatl.data.synth import render_sample
-from tatl.engine import MultiHeadSegmenter, train_one_epoch
+from tatl.engine import train_one_epoch
 from tatl.losses import TatlLoss
 from tatl.models import build_model
+from tatl.multihead import MultiHeadSegmenter
 
 
 def synthetic_arrays(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:

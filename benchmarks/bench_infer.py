@@ -1,0 +1,193 @@
+"""Inference per image: tatl's pipeline (Predictor.predict) versus every network run separately from the image.
+
+Both do the same work for variant 1,2,3 with U+Link: the Stage-1 lesion Segment-Net on the whole image, the lesion
+box (+ margin), the crop, then the Stage-2 abnormal region and the five attributes for each shape, averaged over
+U and Link. They are given the same weights (one run folder) and must give the same probabilities (the largest
+difference is printed). The work is counted the same way: stage-resolution maps, no paste-back, no files.
+
+- separate: each of the 13 networks on its own, as 13 independent scripts would run them: the JPEG fully decoded
+  (then cropped and resized) for every network, fp32 NCHW, each attribute network with its own encoder pass.
+- tatl, no sharing: `load_predictor(share_encoders=False)`: tatl's reader (JPEG draft mode, one decode per stage)
+  and channels_last, but each network with its own encoder pass.
+- tatl: `load_predictor`, as `tatl predict` runs it: the frozen Stage-2/3 encoder, bit-identical in every
+  checkpoint of a TATL-FE run, found by comparing the weights and run once per shape for all six heads.
+
+The run folder is trained here (`tatl run synthetic`, 1 epoch, 20 images at 64 px: about a minute on 2 cores) unless
+--run names one; it is predicted at --size px (Stage 1 and Stages 2-3, weights are fully convolutional). Images:
+the real PH2 JPEGs (765x574) of ../shared/data/ph2, or with --large generated 6000x4000 JPEGs. Prints images/s of
+the three and the ratios (median of repeats after a warm-up, measured in this one run) and writes
+benchmarks/out/infer.json.
+
+    .venv/bin/python benchmarks/bench_infer.py [--images 4] [--size 512] [--repeats 3] [--large] [--run RUN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import PH2, machine, median_seconds, resized_run, tiny_run, write_result
+from tatl.checkpoints import load_checkpoint
+from tatl.data.crops import lesion_box
+from tatl.data.dataset import LESION, normalize
+from tatl.data.images import read_image
+from tatl.data.isic import find_samples
+from tatl.inference import average_probabilities
+from tatl.models import build_model
+from tatl.predict import Predictor, checkpoint_paths, load_predictor
+
+
+class SeparateNetwork:
+    """One checkpoint as a plain single network: fp32 NCHW, eval mode, its own encoder."""
+
+    def __init__(self, shape: str, encoder_name: str, path: Path):
+        self.model = build_model(shape, encoder_name)
+        self.model.load_state_dict(load_checkpoint(path)["model"])
+        self.model.eval()
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(self.model(normalize(image)[None]))[0, 0].numpy()
+
+
+def plain_read(path: Path, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A full decode of every pixel, then crop and bilinear resize."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        if box is not None:
+            rgb = rgb.crop(box)
+        return np.asarray(rgb.resize(size, Image.Resampling.BILINEAR))
+
+
+class SeparatePipeline:
+    """The same pipeline with 13 independent networks, each decoding the JPEG itself."""
+
+    def __init__(self, predictor: Predictor, run: Path, reader=plain_read):
+        s = self.settings = predictor.settings
+        self.read = reader
+        self.stage1 = SeparateNetwork(s.stage1_shape, s.encoder_name, run / "stage1" / s.stage1_shape / "best.pt")
+        self.targets = {shape: {name: SeparateNetwork(shape, s.encoder_name, path)
+                                for name, path in checkpoint_paths(run, s, shape).items()} for shape in s.shapes}
+
+    def predict(self, path: Path) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+        s = self.settings
+        with Image.open(path) as image:
+            size = image.size
+        maps = {LESION: self.stage1(self.read(path, (s.stage1_size,) * 2))}
+        box, _ = lesion_box(maps[LESION] > s.threshold, size, s.crop_margin, s.min_lesion_fraction)
+        per_shape = [{name: network(self.read(path, (s.image_size,) * 2, box)) for name, network in networks.items()}
+                     for networks in self.targets.values()]
+        maps.update(average_probabilities(per_shape))
+        return box, maps
+
+    @property
+    def networks(self) -> int:
+        return 1 + sum(len(networks) for networks in self.targets.values())
+
+
+def encoder_passes(predictor: Predictor) -> int:
+    return len(predictor.networks.stage1) + sum(len(n) for n in predictor.networks.targets.values())
+
+
+def largest_difference(predictor: Predictor, separate: SeparatePipeline, paths: list[Path]) -> tuple[float, bool]:
+    worst, same_boxes = 0.0, True
+    for path in paths:
+        ours = predictor.predict(path)
+        box, theirs = separate.predict(path)
+        same_boxes &= tuple(ours.box) == tuple(box)
+        worst = max(worst, *(float(np.abs(ours.maps[k] - theirs[k]).max()) for k in theirs))
+    return worst, same_boxes
+
+
+def gflop_per_image(predict, path: Path) -> float:
+    """Convolution FLOPs of one image's networks (FlopCounterMode): the work, free of timing noise."""
+    with FlopCounterMode(display=False) as counter:
+        predict(path)
+    return counter.get_total_flops() / 1e9
+
+
+def interleaved_medians(pipelines: dict, paths: list[Path], repeats: int) -> dict[str, float]:
+    """Seconds per pass over `paths` of each pipeline, median of `repeats` after a warm-up. The pipelines take turns
+    within each repeat, so a change in the machine's load affects all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(repeats):
+        for name, predict in pipelines.items():
+            times[name].append(median_seconds(lambda p=predict: [p(path) for path in paths], 1, warmup=0))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def image_paths(folder: Path, count: int, large: bool) -> tuple[list[Path], str]:
+    if large or not PH2.is_dir():
+        from bench_decode import write_test_jpeg
+
+        paths = [folder / f"large_{index:02d}.jpg" for index in range(count)]
+        for index, path in enumerate(paths):
+            write_test_jpeg(path, seed=index)
+        return paths, "generated 6000x4000 JPEGs (q90)"
+    return [s.image_path for s in find_samples(PH2, ())[:count]], "PH2 765x574 JPEGs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512, help="stage input side in px (multiple of 32)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large", action="store_true", help="6000x4000 JPEGs instead of PH2")
+    parser.add_argument("--run", type=Path, help="a trained variant-1,2,3 run folder (default: train a tiny one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        run = args.run or tiny_run(folder)
+        view = resized_run(run, args.size, folder)
+        paths, source = image_paths(folder, args.images, args.large)
+        torch.manual_seed(0)
+        shared = load_predictor(view, device="cpu")
+        alone = load_predictor(view, device="cpu", share_encoders=False)
+        separate = SeparatePipeline(shared, view)
+        difference, same_boxes = largest_difference(shared, separate, paths[:2])
+        separate.read = read_image  # the same pixels as tatl's: only the networks' arithmetic may differ
+        network_difference, _ = largest_difference(shared, separate, paths[:2])
+        separate.read = plain_read
+        checked = len(paths[:2])
+        gflop = {"separate": gflop_per_image(separate.predict, paths[0]),
+                 "tatl_no_sharing": gflop_per_image(alone.predict, paths[0]),
+                 "tatl": gflop_per_image(shared.predict, paths[0])}
+
+        # warm-up: the checks above have run every pipeline
+        times = interleaved_medians({"separate": separate.predict, "tatl_no_sharing": alone.predict,
+                                     "tatl": shared.predict}, paths, args.repeats)
+    n = len(paths)
+    rows = {f"{k}_images_per_s": n / t for k, t in times.items()}
+    rows.update(ratio=times["separate"] / times["tatl"], ratio_sharing_only=times["tatl_no_sharing"] / times["tatl"],
+                gflop_per_image=gflop,
+                encoder_passes={"separate": separate.networks, "tatl_no_sharing": encoder_passes(alone),
+                                "tatl": encoder_passes(shared)},
+                max_probability_difference=difference, max_difference_same_pixels=network_difference,
+                same_boxes=same_boxes, images=n, source=source,
+                size=args.size, run=str(args.run) if args.run else "tiny synthetic run (1 epoch, 64 px)")
+    passes = rows["encoder_passes"]
+    print(f"inference per image, variant 1,2,3, U+Link, {source}, {args.size} px stage inputs, {n} images; {machine()}")
+    print("| pipeline | encoder passes per image | GFLOP per image | images/s |\n|---|---:|---:|---:|")
+    print(f"| separate networks (full JPEG decode per network, fp32 NCHW) | {passes['separate']} "
+          f"| {gflop['separate']:.1f} | {rows['separate_images_per_s']:.3f} |")
+    print(f"| tatl, encoders not shared (draft decode once per stage, channels_last) | {passes['tatl_no_sharing']} "
+          f"| {gflop['tatl_no_sharing']:.1f} | {rows['tatl_no_sharing_images_per_s']:.3f} |")
+    print(f"| tatl (shared frozen encoder) | {passes['tatl']} | {gflop['tatl']:.1f} "
+          f"| {rows['tatl_images_per_s']:.3f} |")
+    print(f"ratio tatl / separate: {rows['ratio']:.2f}x (sharing alone: {rows['ratio_sharing_only']:.2f}x); FLOP "
+          f"ratio {gflop['separate'] / gflop['tatl']:.2f}x")
+    print(f"check on {checked} image(s): largest probability difference tatl vs separate {difference:.1e} (their "
+          f"full decode vs tatl's reader: draft mode where the image is >= 2x the stage size), "
+          f"{network_difference:.1e} given the same pixels; same lesion boxes: {same_boxes}")
+    print(f"wrote {write_result('infer', rows)}")
+
+
+if __name__ == "__main__":
+    main()
