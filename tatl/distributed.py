@@ -133,7 +133,10 @@ def rank_slice(count: int) -> range:
 
 def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
                      device: torch.device) -> nn.Module:
-    """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks)."""
+    """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).
+
+    A trainable encoder must not hold parameters its forward never uses: call freeze_unused_parameters first (as
+    engine.fit does), or DDP stops at the second step waiting for their gradients."""
     forward = TrainingForward(model, names, train_encoder)
     if not is_distributed():
         return forward

@@ -16,7 +16,7 @@ from typing import Any
 
 from tatl.errors import DataError
 from tatl.experiments import SHAPE_LABELS, Columns, Grid, Job, Setting, results_rows, table_cells, table_specs
-from tatl.report import MICRO_NOTE, Block, Figure, Section, Table, Text, _png, _pyplot
+from tatl.report import MICRO_NOTE, Block, Figure, Section, Table, Text, figure_png, pyplot
 
 STATUSES = {  # the order of the counts table, and what each status means for the next `tatl experiment`
     "finished": "metrics.json written; skipped when the grid runs again",
@@ -116,7 +116,7 @@ def result_sections(grid: Grid, rows: list[dict], attributes: list[str]) -> list
 def macro_dice_figure(grid: Grid, columns: Columns, csv_rows: list[dict]) -> Figure:
     """The paper's comparison as grouped bars: a group per backbone x shape, a bar per setting (mean over folds and
     seeds, error bar one sample std), from Table 7's own CSV rows."""
-    plt = _pyplot()
+    plt = pyplot()
     settings = [s.name for s in grid.settings]
     groups = [(backbone, header, shape) for backbone in grid.backbones for header, shape, _ in columns]
     by_row = {(row["backbone"], row["setting"]): row for row in csv_rows}
@@ -134,7 +134,7 @@ def macro_dice_figure(grid: Grid, columns: Columns, csv_rows: list[dict]) -> Fig
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     caption = ("Macro Dice per setting, grouped by backbone and shape: mean over folds and seeds, error bars one "
                "sample standard deviation (none with a single job); no bar: no finished job.")
-    return Figure("macro-dice", _png(figure), caption)
+    return Figure("macro-dice", figure_png(figure), caption)
 
 
 def _number(value: float | None) -> float:

@@ -185,13 +185,13 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
     weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
     model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
-    if start_state is not None:
+    done = group_dir / "done.json"
+    if start_state is not None and not done.exists():  # a trained group reloads its own weights below
         reinitialised = transfer_weights(start_state, model)
         if reinitialised:
             log(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
     group = MultiHeadSegmenter.from_model(model, names)
     head_dirs = head_dirs or {names[0]: group_dir}
-    done = group_dir / "done.json"
     if done.exists():
         for name in names:
             best = head_dirs[name] / "best.pt"
@@ -252,6 +252,7 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
             return metrics
     agnostic: dict[tuple[str, str], MultiHeadSegmenter] = {}
     thresholds: dict[str, dict] = {}
+    stage2_thresholds: dict[str, dict] = {}
     for variant in cfg.pipeline.variants:
         stages = variant_stages(variant)
         variant_boxes = boxes if 1 in stages else None
@@ -266,10 +267,11 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
             models[shape] = stage3_targets(ctx, variant, shape, variant_boxes, start)
         if 2 in stages and f"stage2-{kind}" not in metrics:
             stage2_models = {s: [m] for (k, s), m in agnostic.items() if k == kind}
-            metrics[f"stage2-{kind}"], _ = evaluate_variant(ctx, stage2_models, variant_boxes)
+            metrics[f"stage2-{kind}"], stage2_thresholds[kind] = evaluate_variant(ctx, stage2_models, variant_boxes)
         metrics[f"variant {variant}"], thresholds[variant] = evaluate_variant(ctx, models, variant_boxes)
         _log_variant(variant, metrics[f"variant {variant}"])
-    write_json(ctx.run_dir / "thresholds.json", {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds})
+    write_json(ctx.run_dir / "thresholds.json", {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds,
+                                                 "stage2": stage2_thresholds})
     return metrics
 
 

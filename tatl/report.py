@@ -85,7 +85,7 @@ def run_sections(run_dir: Path, data: str | Path | None, overlays: int) -> list[
         ("Configuration", [config_table(run_dir)]),
         ("Data", data_blocks(run, presence)),
         ("Training curves", curve_figures(run_dir)),
-        ("Results", result_tables(metrics, run.config.data.attributes)),
+        ("Results", [*tuned_note(run.config), *result_tables(metrics, run.config.data.attributes)]),
         ("Generalisation bound", bound_blocks(run_dir)),
         ("Predictions on validation images", _optional(lambda: overlay_figures(run, presence, overlays), None)),
         ("Networks", [parameter_table(run.config)]),
@@ -98,6 +98,12 @@ def _optional(build: Callable, default):
         return build()
     except (TatlError, OSError) as error:
         return [Text(f"Not available: {error}")] if default is None else default
+
+
+def tuned_note(config) -> list[Block]:
+    from tatl.summary import TUNED_NOTE
+
+    return [Text(TUNED_NOTE)] if config.pipeline.tune_thresholds else []
 
 
 def config_table(run_dir: Path) -> Table:
@@ -162,7 +168,7 @@ def _curve_figure(group: str, heads: dict[str, list[dict]]) -> Figure | None:
     columns = [(c, label) for c, label in CURVES if any(c in rows[0] for rows in heads.values() if rows)]
     if not columns:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 1.4, 2.5), dpi=100, squeeze=False)
@@ -177,10 +183,10 @@ def _curve_figure(group: str, heads: dict[str, list[dict]]) -> Figure | None:
         axis.tick_params(labelsize=7)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(group, fontsize=10)
-    return Figure("curves-" + re.sub(r"[^A-Za-z0-9]+", "-", group), _png(figure), f"Training curves of {group}")
+    return Figure("curves-" + re.sub(r"[^A-Za-z0-9]+", "-", group), figure_png(figure), f"Training curves of {group}")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,11 +195,11 @@ def _pyplot():
     return plt
 
 
-def _png(figure) -> bytes:
+def figure_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 

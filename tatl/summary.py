@@ -19,8 +19,17 @@ def _variant_scores(scores: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return shape, values
 
 
-def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str = "TATL run") -> str:
+TUNED_NOTE = (
+    "Thresholds tuned on this validation split (pipeline.tune_thresholds, RUN/thresholds.json): these scores are "
+    "optimistic, measured on the images the thresholds were picked on."
+)
+
+
+def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str = "TATL run",
+                     tuned: bool = False) -> str:
     lines = [f"# {title}", ""]
+    if tuned:
+        lines += [f"**{TUNED_NOTE}**", ""]
     if "stage1" in metrics:
         s1 = metrics["stage1"]
         lines += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,19 @@ def test_lesion_only_needs_lesion_masks_but_no_attribute_masks(dataset, capsys):
     assert "hint: no image has a mask for globules" in capsys.readouterr().out
     (dataset / "ISIC_0000001_segmentation.png").unlink()
     assert main(["check-data", str(dataset), "--lesion-only"]) == 1
+
+
+def test_real_isic_sample_through_the_cli(isic_sample, capsys):
+    # The real 6-image sample has lesion and pigment_network masks only: clean when asked for pigment_network...
+    assert main(["check-data", str(isic_sample), "--attributes", "pigment_network"]) == 0
+    out = capsys.readouterr().out
+    assert "6 images, sizes 1022x767" in out and "0 errors" in out
+    assert re.search(r"^\| pigment_network \| 6 \| 6 \| \d+\.\d\d% \|$", out, re.MULTILINE), out
+    assert not any(name in out for name in ("globules", "milia_like_cyst", "negative_network", "streaks"))
+    # ... and refused with the missing files named when all five attributes are expected (the default).
+    assert main(["check-data", str(isic_sample)]) == 1
+    out = capsys.readouterr().out
+    image = isic_sample / "ISIC2018_Task1-2_Training_Input" / "ISIC_0000000.jpg"
+    assert f"{image}: missing attribute masks: ISIC_0000000_attribute_globules.png" in out
+    assert "ISIC_0000009_attribute_streaks.png" in out and "6 errors" in out
+    assert "hint: no image has a mask for globules" in out and "pass --attributes pigment_network" in out

@@ -69,3 +69,34 @@ def test_unknown_preset_and_missing_file(tmp_path: Path):
     bad.write_text("train: [1, 2")
     with pytest.raises(ConfigError, match="cannot read YAML"):
         load_config(bad)
+
+
+def test_paper_preset_has_the_papers_settings():
+    config = load_config("paper")
+    t, p, m = config.train, config.pipeline, config.model
+    assert (t.lr, t.momentum, t.weight_decay) == (0.01, 0.9, 0.0)  # SGD: the only optimizer tatl trains with
+    assert (t.epochs, t.patience) == (40, 10)
+    assert p.crop_margin == 40 and p.crop_source == "predicted"
+    assert m.shapes == ["unet", "linknet"] and m.stage1_shape == "unet"
+    assert m.encoder_name == "paper-efficientnet-b0" and m.encoder_weights == "imagenet"
+    assert p.encoder_mode == "frozen" and p.init == "tatl" and p.variants == ["1,2,3"]
+    assert (p.threshold, p.tune_thresholds) == (0.5, False)
+    assert t.monitor == "jaccard"  # best model on validation Jaccard
+
+
+def test_the_optimizer_is_sgd_with_the_configured_rate_and_momentum():
+    """The paper's SGD: the engine builds torch.optim.SGD from train.lr and train.momentum."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from tatl.engine import _optimizer
+    from tatl.multihead import MultiHeadSegmenter
+
+    config = load_config("paper")
+    network = smp.Unet("tu-resnet10t", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4))
+    group = MultiHeadSegmenter.from_model(network, ["a"])
+    optimizer = _optimizer(group, "a", True, config.train)
+    assert type(optimizer) is torch.optim.SGD
+    (param_group,) = optimizer.param_groups
+    assert (param_group["lr"], param_group["momentum"], param_group["weight_decay"]) == (0.01, 0.9, 0.0)
+    assert len(param_group["params"]) == len(list(group.parameters()))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +235,62 @@ def test_full_disk_names_the_cache_folder_and_the_way_out(tmp_path, monkeypatch)
         cached_array(tmp_path / "cache", {"what": "images"}, lambda: np.ones(10))
     assert str(tmp_path / "cache") in str(caught.value)
     assert list((tmp_path / "cache").iterdir()) == []  # the temporary file is removed
+
+
+def test_decoded_image_cache_means_no_decoding_in_later_epochs_until_an_image_changes(tmp_path, monkeypatch):
+    # load_images is what every stage and epoch calls: with the same cache folder, the second call must read the
+    # cached arrays (no read_image call, no JPEG decoded at all), and an edited image must be decoded again.
+    from PIL import ImageFile
+
+    from tatl.data import dataset as dataset_module
+    from tatl.data.dataset import load_images
+
+    def save_jpeg(seed: int, path: Path) -> None:  # padded to one length: an edit changes only the mtime and pixels
+        encoded = io.BytesIO()
+        smooth_image(96, 64, seed=seed).save(encoded, "JPEG", quality=90)
+        path.write_bytes(encoded.getvalue().ljust(8192, b"\0"))  # libjpeg ignores bytes after the end marker
+
+    (tmp_path / "data").mkdir()
+    for index in range(3):
+        save_jpeg(index, tmp_path / "data" / f"ISIC_000000{index}.jpg")
+    samples = find_samples(tmp_path / "data", attributes=())
+    reads, jpeg_decodes = [], []
+    real_read_image, real_load = dataset_module.read_image, ImageFile.ImageFile.load
+
+    def counting_read_image(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_read_image(path, *args, **kwargs)
+
+    def counting_load(self):
+        if self.format == "JPEG" and self.tile:  # tiles left to decode: a real decode, not a repeated load()
+            jpeg_decodes.append(self.filename)
+        return real_load(self)
+
+    monkeypatch.setattr(dataset_module, "read_image", counting_read_image)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    cache = tmp_path / "cache"
+    first = np.array(load_images(samples, 32, None, cache))
+    assert sorted(reads) == [f"ISIC_000000{i}.jpg" for i in range(3)] and len(jpeg_decodes) == 3
+    reads.clear()
+    jpeg_decodes.clear()
+    second = load_images(samples, 32, None, cache)  # a later epoch or stage
+    assert reads == [] and jpeg_decodes == []
+    assert isinstance(second, np.memmap) and second.shape == (3, 32, 32, 3) and np.array_equal(second, first)
+    assert first[0].std() > 5 and not np.array_equal(first[0], first[1])  # real, distinct pictures were cached
+    edited = tmp_path / "data" / "ISIC_0000001.jpg"
+    before = edited.stat()
+    save_jpeg(9, edited)
+    later = before.st_mtime_ns + 5_000_000_000  # a new mtime even on a file system with a coarse clock
+    os.utime(edited, ns=(later, later))
+    assert edited.stat().st_size == before.st_size  # same length: only the mtime tells the cache it changed
+    third = load_images(samples, 32, None, cache)
+    # The key covers the whole list, so every image is decoded again; the edited one gives the new pixels.
+    assert sorted(reads) == [f"ISIC_000000{i}.jpg" for i in range(3)] and len(jpeg_decodes) == 3
+    assert np.array_equal(third[0], first[0]) and np.array_equal(third[2], first[2])
+    assert not np.array_equal(third[1], first[1])
+    assert np.array_equal(third[1], real_read_image(edited, size=(32, 32)))
+    reads.clear()
+    assert np.array_equal(load_images(samples, 32, None, cache), third) and reads == []  # and cached again
 
 
 # --- splits ----------------------------------------------------------------------------------------------------

@@ -173,3 +173,41 @@ def test_a_single_head_learns_its_own_channel_of_a_named_multi_channel_dataset(t
     with pytest.raises(ValueError, match="no mask for d"):
         fit(MultiHeadSegmenter.from_model(copy.deepcopy(base), ["d"]), named, named_val, cfg, {"d": tmp_path / "d"},
             train_encoder=True, label="d")
+
+
+def test_a_frozen_encoder_head_that_cannot_improve_stops_alone_while_the_others_train_on(tmp_path: Path):
+    """Head "c" has an all-zero target and a head biased to predict nothing: its validation loss is exactly 0 from
+    the first epoch on (empty truth, empty prediction) and its gradient is exactly 0, so it can never improve and
+    stops after `patience` epochs; "a" and "b" learn and train every epoch."""
+    images, masks = tiny_data()
+    masks[:, 2] = 0
+    cfg = config(epochs=4, patience=2, monitor="loss", augment=False)
+    model = MultiHeadSegmenter.from_model(tiny_model(), NAMES)
+    with torch.no_grad():
+        model.heads["c"].segmentation_head[0].bias.fill_(-1e4)  # sigmoid is exactly 0 everywhere
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    dirs = {n: tmp_path / n for n in NAMES}
+    progress = fit(model, *datasets(images, masks, cfg), cfg, dirs, train_encoder=False, label="t")
+
+    assert progress["c"].stopped and progress["c"].best_epoch == 0
+    assert [row["loss"] for row in progress["c"].history] == [0.0] * (1 + cfg.patience)
+    rows = {n: (dirs[n] / "log.csv").read_text().splitlines()[1:] for n in NAMES}
+    assert len(rows["c"]) == 1 + cfg.patience < cfg.epochs  # the best epoch, then `patience` without gain
+    for name in ("a", "b"):
+        assert not progress[name].stopped
+        assert len(rows[name]) == len(progress[name].history) == cfg.epochs
+        assert load_checkpoint(dirs[name] / "last.pt")["epoch"] == cfg.epochs - 1
+        assert load_checkpoint(dirs[name] / "best.pt")["epoch"] == progress[name].best_epoch
+    best_c, last_c = load_checkpoint(dirs["c"] / "best.pt"), load_checkpoint(dirs["c"] / "last.pt")
+    assert best_c["epoch"] == 0 and last_c["epoch"] == cfg.patience  # c's files stop with it
+    # its decoder's BatchNorm statistics moved in the epochs after the best one: best.pt was not rewritten then
+    assert any(not torch.equal(value, last_c["model"][key]) for key, value in best_c["model"].items()
+               if "running_mean" in key)
+    # fit leaves each head's best weights loaded: c's are those of its best.pt (epoch 0)
+    for key, value in model.head_state("c").items():
+        assert torch.equal(value, best_c["model"][key]), key
+    after = model.encoder.state_dict()
+    for key, value in encoder_before.items():
+        assert torch.equal(value, after[key]), key
+        for name in NAMES:  # every head's checkpoint holds the same, untouched encoder
+            assert torch.equal(value, load_checkpoint(dirs[name] / "best.pt")["model"][f"encoder.{key}"]), key

@@ -221,3 +221,38 @@ def test_params_command_json(capsys) -> None:
         ("unet", 10_115_501, True),
         ("linknet", 6_096_333, True),
     ]
+
+
+@pytest.mark.slow
+def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsys, monkeypatch) -> None:
+    # `tatl params --json` builds every shape x paper backbone (VGG16, ResNet-152, DenseNet-169,
+    # Inception-ResNet-v2, EfficientNet-b0 faithful and smp). A spy on build_model runs a 64x64 forward pass on each
+    # network it builds and counts it again, so the networks checked are the very ones the table counts.
+    from tatl import models
+    from tatl.cli import main
+
+    real_build, checked = models.build_model, {}
+
+    def build_and_check(shape, encoder_name, *args, **kwargs):
+        model = real_build(shape, encoder_name, *args, **kwargs)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            logits = model.eval()(torch.randn(1, 3, 64, 64))
+        finite = bool(torch.isfinite(logits).all())
+        checked[(shape, encoder_name)] = (tuple(logits.shape), finite, count_parameters(model))
+        return model
+
+    monkeypatch.setattr(models, "build_model", build_and_check)
+    assert main(["params", "--json"]) == 0
+    rows = {(row["shape"], row["encoder_name"]): row for row in json.loads(capsys.readouterr().out)["rows"]}
+    encoders = ["paper-efficientnet-b0", "efficientnet-b0", "vgg16", "resnet152", "densenet169", "inceptionresnetv2"]
+    assert sorted(rows) == sorted(checked) == sorted((shape, e) for shape in ("unet", "linknet") for e in encoders)
+    for key, row in rows.items():
+        output_shape, finite, keras_style = checked[key]
+        assert output_shape == (1, 1, 64, 64) and finite, key
+        assert row["keras_style"] == keras_style and row["trainable"] < keras_style, key
+    count = {key: row["keras_style"] for key, row in rows.items()}
+    faithful = "paper-efficientnet-b0"
+    assert (count["unet", faithful], count["linknet", faithful]) == (10_115_501, 6_096_333)  # Table 5, exactly
+    assert all(count["linknet", e] < count["unet", e] for e in encoders)  # Link adds its skips: fewer channels
+    assert count["unet", "resnet152"] > count["unet", "vgg16"] > count["unet", faithful]

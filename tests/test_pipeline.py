@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tatl.cli import main
@@ -27,6 +28,10 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_run_writes_every_file(tiny_run: Path):
+    import yaml
+
+    from tatl.checkpoints import load_checkpoint
+
     for name in ("config.yaml", "splits.json", "metrics.json", "summary.md", "stage1/boxes.json"):
         assert (tiny_run / name).is_file(), name
     for group in ("stage1/unet", "stage2-crops/unet", "stage2-full/linknet"):
@@ -37,6 +42,20 @@ def test_run_writes_every_file(tiny_run: Path):
             for attribute in ATTRIBUTES_2018:
                 for name in ("best.pt", "last.pt", "log.csv"):
                     assert (tiny_run / f"stage3-{variant}" / shape / attribute / name).is_file()
+    # Every checkpoint holds model, optimizer, epoch, best score and the full resolved config of config.yaml.
+    resolved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert resolved["train"]["epochs"] == 1 and resolved["model"]["encoder_name"] == "tu-resnet10t"
+    checkpoints = sorted(p for p in tiny_run.rglob("*.pt") if p.name in ("best.pt", "last.pt"))
+    assert len(checkpoints) == 2 * (1 + 4 + 4 * 2 * len(ATTRIBUTES_2018))  # stage 1, 2 x 2 stage 2, stage 3
+    for path in checkpoints:
+        state = load_checkpoint(path)
+        assert {"model", "optimizer", "epoch", "best_score", "config"} <= state.keys(), path
+        assert state["model"] and any(k.startswith("encoder.") for k in state["model"]), path
+        assert {"state", "param_groups"} <= state["optimizer"].keys(), path
+        assert state["optimizer"]["param_groups"][0]["lr"] == resolved["train"]["lr"], path
+        assert state["epoch"] == 0, path  # train.epochs=1
+        assert isinstance(state["best_score"], float) and 0.0 <= state["best_score"] <= 1.0, path
+        assert state["config"] == resolved, path
 
 
 def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
@@ -143,3 +162,171 @@ def test_a_checkpoint_of_another_architecture_in_the_run_is_a_clear_error(tiny_r
     err = capsys.readouterr().err
     assert "stage3-v123/unet/globules/best.pt: does not fit the 'globules' network" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ a finished run, reloaded through the pipeline
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory) -> Path:
+    """Full TATL only, thresholds tuned on validation, training crops from the ground-truth lesion masks."""
+    run = tmp_path_factory.mktemp("runs") / "tuned"
+    assert main(["run", "synthetic", "--out", str(run), *TINY, "--variants", "1,2,3",
+                 "--set", "pipeline.tune_thresholds=true", "--set", "pipeline.crop_source=truth"]) == 0
+    return run
+
+
+def _context(run: Path):
+    from tatl.config import load_config
+    from tatl.runs import prepare_context
+
+    return prepare_context("synthetic", run, load_config(run / "config.yaml"), stage1_only=False)
+
+
+def _boxes(run: Path) -> dict:
+    return {k: tuple(v) for k, v in json.loads((run / "stage1" / "boxes.json").read_text()).items()}
+
+
+def _validation_probabilities(ctx, variant: str, boxes) -> dict:
+    """{shape: {attribute: probabilities}} of the variant's networks, reloaded from the run (nothing retrained)."""
+    from tatl import pipeline
+    from tatl.data.dataset import load_images
+
+    images = load_images(ctx.val, ctx.config.data.image_size, boxes, ctx.cache_dir)
+    out = {}
+    for shape in ctx.config.model.shapes:
+        agnostic = pipeline.stage2_agnostic(ctx, shape, boxes) if "2" in variant.split(",") else None
+        out[shape] = pipeline.predict_targets(ctx, pipeline.stage3_targets(ctx, variant, shape, boxes, agnostic),
+                                              images)
+    return out
+
+
+def _truth_box(ctx, sample):
+    from tatl.data.crops import lesion_box
+    from tatl.data.dataset import LESION, full_size_target
+
+    size, p = ctx.report.sizes[sample.image_id], ctx.config.pipeline
+    return lesion_box(full_size_target(sample, LESION, size), size, p.crop_margin, p.min_lesion_fraction)[0]
+
+
+def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: Path, capsys):
+    from tatl.inference import score_attributes
+
+    stored = json.loads((tiny_run / "thresholds.json").read_text())
+    assert stored["tuned"] is False
+    assert {t for shapes in stored["variants"].values() for per in shapes.values() for t in per.values()} == {0.5}
+    metrics = json.loads((tiny_run / "metrics.json").read_text())["variant 1,2,3"]
+    ctx, boxes = _context(tiny_run), _boxes(tiny_run)
+    probabilities = _validation_probabilities(ctx, "1,2,3", boxes)
+    err = capsys.readouterr().err
+    assert "already trained" in err and "epoch 1/" not in err
+    where = (ctx.val, boxes, ctx.report.sizes)
+    for shape in ("unet", "linknet"):
+        assert score_attributes(probabilities[shape], *where, 0.5) == metrics[shape]
+    unet, linknet = probabilities["unet"], probabilities["linknet"]
+    mean = {a: (unet[a] + linknet[a]) / 2 for a in unet}
+    assert all(not np.array_equal(mean[a], unet[a]) and not np.array_equal(mean[a], linknet[a]) for a in mean)
+    assert score_attributes(mean, *where, 0.5) == metrics["ensemble"]
+    assert metrics["ensemble"] != metrics["unet"] and metrics["ensemble"] != metrics["linknet"]
+
+
+def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(tuned_run: Path):
+    from tatl.inference import THRESHOLD_GRID, score_attributes, tune_thresholds
+
+    stored = json.loads((tuned_run / "thresholds.json").read_text())
+    assert stored["tuned"] is True and set(stored["variants"]) == {"1,2,3"}
+    thresholds = stored["variants"]["1,2,3"]
+    assert set(thresholds) == {"unet", "linknet", "ensemble"}
+    for per_attribute in thresholds.values():
+        assert set(per_attribute) == set(ATTRIBUTES_2018)
+        assert all(t in THRESHOLD_GRID for t in per_attribute.values())
+    assert any(t != 0.5 for per_attribute in thresholds.values() for t in per_attribute.values())
+    assert set(stored["stage2"]["crops"]["unet"]) == {"union"}  # the Stage-2 scores' thresholds are kept too
+    from tatl.summary import TUNED_NOTE
+
+    assert TUNED_NOTE in (tuned_run / "summary.md").read_text()  # and the scores are labelled optimistic
+    assert TUNED_NOTE in (tuned_run / "report.md").read_text()
+    metrics = json.loads((tuned_run / "metrics.json").read_text())["variant 1,2,3"]
+    ctx, boxes = _context(tuned_run), _boxes(tuned_run)
+    probabilities = _validation_probabilities(ctx, "1,2,3", boxes)
+    probabilities["ensemble"] = {a: (probabilities["unet"][a] + probabilities["linknet"][a]) / 2
+                                 for a in probabilities["unet"]}
+    where = (ctx.val, boxes, ctx.report.sizes)
+    gained = 0
+    for name, maps in probabilities.items():
+        assert tune_thresholds(maps, *where) == thresholds[name], name
+        assert score_attributes(maps, *where, thresholds[name]) == metrics[name], name  # the scores at the tuned
+        at_half = score_attributes(maps, *where, 0.5)
+        for attribute in ATTRIBUTES_2018:  # tuning maximises each attribute's Jaccard on this split; 0.5 is a choice
+            for score in ("jaccard", "dice"):
+                assert metrics[name][attribute][score] >= at_half[attribute][score], (name, attribute, score)
+            gained += metrics[name][attribute]["jaccard"] > at_half[attribute]["jaccard"]
+        assert metrics[name]["macro_average"]["jaccard"] >= at_half["macro_average"]["jaccard"]
+    assert gained > 0  # the stored scores are not the 0.5 ones
+
+
+def test_truth_crop_source_crops_training_images_at_their_lesion_masks(tuned_run: Path):
+    from tatl import pipeline
+    from tatl.data.crops import lesion_box
+    from tatl.data.dataset import LESION, load_images
+    from tatl.inference import predict_probabilities
+
+    ctx, boxes = _context(tuned_run), _boxes(tuned_run)
+    cfg, p = ctx.config, ctx.config.pipeline
+    assert p.crop_source == "truth"
+    samples = ctx.train + ctx.val  # predicted in one go, in the order stage1_boxes predicts them
+    segment_net = pipeline.stage1_segment_net(ctx)  # reloaded from stage1/unet
+    images = load_images(samples, cfg.data.stage1_size, None, ctx.cache_dir)
+    lesion = predict_probabilities(segment_net, images, ctx.device, cfg.train.batch_size)[LESION]
+    predicted = {s.image_id: lesion_box(lesion[i] > p.threshold, ctx.report.sizes[s.image_id], p.crop_margin,
+                                        p.min_lesion_fraction)[0] for i, s in enumerate(samples)}
+    truth = {s.image_id: _truth_box(ctx, s) for s in samples}
+    assert set(boxes) == set(truth)
+    for sample in ctx.train:
+        assert boxes[sample.image_id] == truth[sample.image_id], sample.image_id
+    for sample in ctx.val:
+        assert boxes[sample.image_id] == predicted[sample.image_id], sample.image_id
+    # the two sources really differ here, so the checks above tell them apart
+    assert any(truth[s.image_id] != predicted[s.image_id] for s in ctx.train)
+    assert any(truth[s.image_id] != predicted[s.image_id] for s in ctx.val)
+
+
+def test_stage2_trains_on_every_training_image_including_those_with_an_empty_union(tuned_run: Path, monkeypatch):
+    from tatl import pipeline
+    from tatl.data.dataset import UNION, full_size_target
+
+    ctx, boxes = _context(tuned_run), _boxes(tuned_run)
+    seen = {}
+
+    def capture(ctx, shape, start_state, names, train_set, val_set, *args, **kwargs):
+        seen.update(names=names, train=train_set, val=val_set)
+        return "trained"
+
+    monkeypatch.setattr(pipeline, "_train_group", capture)
+    assert pipeline.stage2_agnostic(ctx, "unet", boxes) == "trained"
+    train = seen["train"]
+    assert seen["names"] == [UNION] and train.targets == [UNION]
+    assert len(train) == len(train.images) == len(train.masks) == len(ctx.train)
+    assert len(seen["val"]) == len(ctx.val)
+    absent = [i for i, s in enumerate(ctx.train)
+              if not full_size_target(s, UNION, ctx.report.sizes[s.image_id]).any()]
+    assert absent  # the synthetic data has images without any attribute
+    empty = [i for i in range(len(train)) if not train.masks[i].any()]
+    assert set(absent) <= set(empty) and len(empty) < len(train)
+    _, all_zero_mask = train[absent[0]]
+    assert all_zero_mask.shape == (1, ctx.config.data.image_size, ctx.config.data.image_size)
+    assert not all_zero_mask.any()
+
+
+def test_strict_transfer_from_the_three_class_pretext_head_logs_its_reinitialisation(tmp_path: Path, capsys):
+    from tatl.checkpoints import load_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["run", "synthetic", "--out", str(run), *TINY, "--variants", "3",
+                 "--set", "pipeline.init=context-restoration", "--set", "model.shapes=[unet]",
+                 "--set", "data.attributes=[pigment_network]"]) == 0
+    err = capsys.readouterr().err
+    assert ("stage 3 (variant 3, unet, pigment_network): re-initialised segmentation_head.0.bias, "
+            "segmentation_head.0.weight (shape differs from the source)") in err
+    pretext = load_checkpoint(run / "pretext-full" / "unet" / "best.pt")["model"]
+    target = load_checkpoint(run / "stage3-v3" / "unet" / "pigment_network" / "best.pt")["model"]
+    assert pretext["segmentation_head.0.weight"].shape[0] == 3 and target["segmentation_head.0.weight"].shape[0] == 1
+    assert pretext.keys() == target.keys()  # every other tensor was transferred, strictly

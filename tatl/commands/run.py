@@ -119,4 +119,4 @@ def _train_and_score(args: argparse.Namespace, config) -> int:
 def _summary(metrics: dict, config, run_dir: Path) -> str:
     from tatl.summary import summary_markdown
 
-    return summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}")
+    return summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}", config.pipeline.tune_thresholds)
