@@ -1,4 +1,4 @@
-# make demo: set up .venv and run the full TATL pipeline on the embedded synthetic dataset (~10 min on 2 CPU cores)
+# make demo: set up .venv and run the full TATL pipeline on the embedded synthetic dataset (~8 min on 2 CPU cores)
 # make test: set up .venv and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

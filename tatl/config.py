@@ -211,6 +211,8 @@ def _check_type(value: Any, hint: Any, name: str, source: str) -> Any:
             return [_check_type(item, item_hint, f"{name}[]", source) for item in value]
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    elif hint is float and isinstance(value, str) and _is_finite_number(value):
+        return float(value)  # YAML 1.1 reads 1e-05 (no dot) as a string; Python and users write it so
     elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. a variant written as 3 in YAML
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -220,6 +222,13 @@ def _check_type(value: Any, hint: Any, name: str, source: str) -> Any:
     elif isinstance(value, hint) and hint is not int:  # bools are ints to Python, not to a config
         return value
     raise ConfigError(f"{source}: {name} must be {_type_name(hint)}, got {value!r}")
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _type_name(hint: Any) -> str:

@@ -108,6 +108,7 @@ def fit(
         train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
                                      amp_dtype, train_encoder, label, step_model)
         val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
+        _stop_if_diverged(val, label, epoch, cfg)  # before saving: a diverged network must not become last.pt
         for n in active:
             row = {"epoch": epoch, "train_loss": train_loss[n], **val[n], "seconds": time.perf_counter() - started}
             _update_progress(progress[n], row, cfg)
@@ -119,6 +120,17 @@ def fit(
     for n in names:
         model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"], head_dirs[n] / "best.pt")
     return progress
+
+
+def _stop_if_diverged(val: dict[str, dict], label: str, epoch: int, cfg: TrainConfig) -> None:
+    """Weights can blow up while every training loss stays finite (one huge step); validation then says so."""
+    diverged = {n: scores["loss"] for n, scores in val.items() if not math.isfinite(scores["loss"])}
+    if diverged:
+        name, value = next(iter(diverged.items()))
+        raise TrainingDiverged(
+            f"{label}: validation loss of {name} is {value} after epoch {epoch + 1} (the weights diverged); the last "
+            f"good checkpoint is kept: rerun with --resume and a lower rate, e.g. --set train.lr={cfg.lr / 10}"
+        )
 
 
 def _optimizer(model: MultiHeadSegmenter, name: str, train_encoder: bool, cfg: TrainConfig) -> torch.optim.SGD:

@@ -25,12 +25,12 @@ from tatl.data.images import read_image
 Colour = tuple[int, int, int]
 ATTRIBUTE_COLOURS: dict[str, Colour] = {
     "pigment_network": (86, 180, 233),  # sky blue
-    "globules": (240, 228, 66),  # yellow
+    "globules": (230, 159, 0),  # orange (not yellow: that is "truth and prediction agree" in the truth panels)
     "milia_like_cyst": (204, 121, 167),  # reddish purple
     "negative_network": (0, 158, 115),  # bluish green
     "streaks": (213, 94, 0),  # vermillion
 }
-SPARE_COLOURS: list[Colour] = [(0, 114, 178), (230, 159, 0), (255, 255, 255), (0, 0, 0)]
+SPARE_COLOURS: list[Colour] = [(0, 114, 178), (240, 228, 66), (255, 255, 255), (0, 0, 0)]
 TRUTH, PREDICTED, BOTH = (40, 200, 60), (230, 40, 40), (250, 220, 40)
 WHITE, INK, GREY, PAPER = (255, 255, 255), (20, 20, 20), (120, 120, 120), (250, 250, 250)
 FILL_ALPHA = 0.45

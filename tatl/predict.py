@@ -197,7 +197,7 @@ def _build_network(settings: PredictionSettings, shape: str, states: dict[str, d
     for index, (name, state) in enumerate(states.items()):
         try:
             if index == 0:
-                model.load_head_state(name, state)
+                model.load_head_state(name, state, paths[name])  # its message names the file
             else:  # the encoder is the same tensor for tensor: load only the decoder and head
                 model.heads[name].load_state_dict({k: v for k, v in state.items() if not k.startswith("encoder.")})
         except RuntimeError as error:
@@ -272,6 +272,9 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
                    tta: bool = False, share_encoders: bool = True) -> Predictor:
     """A Predictor from a run folder (engine torch) or a `tatl export` folder (engine onnx)."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        reason = "is a file, not" if model_dir.exists() else "does not exist: expected"
+        raise DataError(f"{model_dir}: {reason} a run folder of `tatl run` or an ONNX export of `tatl export`")
     is_run, is_export = (model_dir / "config.yaml").is_file(), (model_dir / MANIFEST).is_file()
     if not (is_run or is_export):
         raise DataError(f"{model_dir}: neither a run folder (config.yaml) nor an ONNX export ({MANIFEST})")

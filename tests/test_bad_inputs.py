@@ -493,6 +493,76 @@ def test_weights_of_another_architecture_are_refused_before_the_data_is_read(fin
     assert not out.exists()
 
 
+# --- export and predict of a broken run -------------------------------------------------------------------------
+
+
+def another_architecture(path: Path) -> None:
+    """A tatl-shaped checkpoint of a Link network where the run's U network belongs."""
+    from tatl.models import build_model
+
+    torch.save({"model": build_model("linknet", "tu-resnet10t").state_dict(), "epoch": 0}, path)
+
+
+BROKEN_RUNS: list[tuple[str, Callable[[Path], object], str]] = [
+    ("truncated best.pt", cut_in_half, "cannot load checkpoint: the file is truncated or damaged"),
+    ("empty best.pt", lambda path: path.write_bytes(b""), "cannot load checkpoint: empty file (0 bytes)"),
+    ("best.pt of another architecture", another_architecture, "does not fit the 'pigment_network' network"),
+    ("best.pt missing", lambda path: path.unlink(), "checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "reason"), [c[1:] for c in BROKEN_RUNS], ids=[c[0] for c in BROKEN_RUNS])
+def test_export_and_predict_name_the_broken_checkpoint_and_write_nothing(finished_run, tmp_path, capsys, corrupt,
+                                                                         reason):
+    data, finished = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
+    best = run / NETWORK_DIR / "best.pt"
+    corrupt(best)
+    out = tmp_path / "predictions"
+    out.mkdir()  # an existing output folder, so "nothing written" is visible
+    code, _, err = cli(capsys, "predict", run, data / INPUT_DIR, "--out", out, "--overlays")
+    assert code == 2
+    one_line_error(err, "predict", str(best), reason)
+    assert list(out.iterdir()) == []
+    pytest.importorskip("onnxruntime")
+    onnx_dir = tmp_path / "onnx"
+    code, _, err = cli(capsys, "export", run, "--onnx", onnx_dir)
+    assert code == 2
+    one_line_error(err, "export", str(best), reason)
+    assert not onnx_dir.exists()  # not even an empty folder
+
+
+def test_export_refuses_a_folder_that_is_not_a_run(data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    for model, reason in ((data, "neither a run folder (config.yaml) nor an ONNX export"),
+                          (tmp_path / "nowhere", "does not exist: expected a run folder"),
+                          (image(data), "is a file, not a run folder")):
+        code, _, err = cli(capsys, "export", model, "--onnx", tmp_path / "onnx")
+        assert code == 2
+        one_line_error(err, "export", str(model), reason)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_export_to_a_file_or_below_one_is_refused_before_loading(finished_run, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import tatl.predict
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the run was loaded before its output path was checked")
+
+    monkeypatch.setattr(tatl.predict, "load_predictor", not_loaded)
+    _, run = finished_run
+    target = tmp_path / "file.onnx"
+    target.write_text("not a folder")
+    for out, reason in ((target, "output path exists and is a file, not a folder"),
+                        (target / "sub" / "onnx", f"cannot create the output folder ({target} is a file)")):
+        code, _, err = cli(capsys, "export", run, "--onnx", out)
+        assert code == 2
+        one_line_error(err, "export", str(out), reason)
+    assert target.read_text() == "not a folder"
+
+
 # --- evaluate, synth, params -------------------------------------------------------------------------------------
 
 PREDICTION = f"{ID}_attribute_streaks.png"

@@ -100,3 +100,12 @@ def test_the_optimizer_is_sgd_with_the_configured_rate_and_momentum():
     (param_group,) = optimizer.param_groups
     assert (param_group["lr"], param_group["momentum"], param_group["weight_decay"]) == (0.01, 0.9, 0.0)
     assert len(param_group["params"]) == len(list(group.parameters()))
+
+
+def test_floats_in_exponent_notation_without_a_dot_are_numbers():
+    """YAML 1.1 reads 1e-05 as a string; a learning rate written the way Python prints it must still be a number."""
+    config = load_config(None, ["train.lr=1e-05", "pipeline.threshold=5E-1"])
+    assert config.train.lr == 1e-05 and config.pipeline.threshold == 0.5
+    for bad in ("train.lr=fast", "train.lr=nan"):
+        with pytest.raises(ConfigError, match="train.lr must be"):
+            load_config(None, [bad])

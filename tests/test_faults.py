@@ -1,21 +1,29 @@
 """Untrusted files are harmless, a run writes only inside --out, and the same config and seed give the same bytes.
 
-Not repeated here: SIGKILL at several points then --resume (tests/test_kills.py, tests/test_distributed.py) and a
-NaN loss stopping the stage with the last good checkpoint kept (tests/test_engine.py).
+A NaN loss through the command line: a learning rate of 1e30 makes the second step's loss NaN (tests/test_engine.py
+tests the loop itself), and `--resume` with a lower rate finishes the run. One writer per run folder: a second
+`tatl run` while a real first one trains is refused, and the first finishes intact.
+
+Not repeated here: SIGKILL at several points then --resume (tests/test_kills.py, tests/test_distributed.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
 from tatl.data.synth import write_synthetic_dataset
 
@@ -110,6 +118,25 @@ def test_a_malicious_checkpoint_is_refused_on_resume_and_runs_no_code(first_run,
     assert marker.exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_malicious_checkpoint_is_refused_by_predict_and_export_which_write_nothing(first_run, tmp_path, capsys,
+                                                                                     command):
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    run, marker, out = tmp_path / "run", tmp_path / "pwned.txt", tmp_path / "out"
+    shutil.copytree(first_run["run"], run, ignore=shutil.ignore_patterns(".lock"))
+    malicious_checkpoint(run / NETWORK_DIR / "best.pt", marker)
+    out.mkdir()  # already there, so that anything written to it would be seen
+    images = first_run["data"] / "ISIC2018_Task1-2_Training_Input"
+    argv = ["predict", str(run), str(images), "--out", str(out)] if command == "predict" else \
+        ["export", str(run), "--onnx", str(out)]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"tatl {command}: error: {run / NETWORK_DIR / 'best.pt'}: cannot load checkpoint:"), line
+    assert "would run code when loaded (refused)" in line
+    assert not marker.exists() and list(out.iterdir()) == []
+
+
 def test_a_malicious_weights_file_is_refused_before_anything_is_written(first_run, tmp_path, capsys):
     weights, marker, out = tmp_path / "weights.pth", tmp_path / "pwned.txt", tmp_path / "run"
     malicious_checkpoint(weights, marker)
@@ -133,3 +160,91 @@ def test_config_values_cannot_name_paths_outside_the_run(first_run, tmp_path, ca
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("tatl run: error: ") and override.split("=")[0].split(".")[1] in line, line
     assert list(tmp_path.iterdir()) == []  # neither the run folder nor anything beside it
+
+
+# --- a NaN loss through the command line, then --resume with a lower rate ----------------------------------------
+
+EXPLODING = ["--set", "train.lr=1.0e+30", "--set", "train.epochs=2", "--set", "train.batch_size=2"]
+NAN_MESSAGE = re.compile(r"tatl run: error: stage 3 \(variant 3, unet, pigment_network\): loss of pigment_network is "
+                         r"(nan|inf|-inf) at epoch (\d+), batch (\d+); the last good checkpoint is kept: rerun with "
+                         r"--resume and a lower rate, e\.g\. --set train\.lr=\S+")
+VALIDATION_NAN_MESSAGE = re.compile(
+    r"tatl run: error: stage 3 \(variant 3, unet, pigment_network\): validation loss of pigment_network is "
+    r"(nan|inf) after epoch 1 \(the weights diverged\); the last good checkpoint is kept: rerun with --resume and a "
+    r"lower rate, e\.g\. --set train\.lr=\S+")
+
+
+def test_a_nan_loss_stops_the_run_naming_stage_epoch_and_batch_and_resume_with_a_lower_rate_finishes(
+        first_run, tmp_path, capsys):
+    """lr 1e30 (the config accepts any finite rate; 1e6 is not enough, the loss stays bounded): the first SGD step
+    makes the weights huge, the next forward overflows float32 and the loss is NaN; with 6 training images, 2 per
+    batch, that is epoch 1, batch 2. Written 1.0e+30: YAML reads a bare 1e30 as a string."""
+    run = tmp_path / "run"
+    assert main(["run", str(first_run["data"]), "--out", str(run), *TINY_ONE_NETWORK, *EXPLODING]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    match = NAN_MESSAGE.fullmatch(err.strip().splitlines()[-1])
+    assert match, err[-1000:]
+    assert (int(match[2]), int(match[3])) >= (1, 2)  # the first step cannot diverge: its weights are the initial ones
+    assert not (run / "metrics.json").exists()
+    assert not list(run.rglob("*.pt"))  # no epoch ended: nothing of the diverged weights was kept
+
+    assert main(["run", str(first_run["data"]), "--out", str(run), "--resume", "--set", "train.lr=0.001"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = metrics["variant 3"]["unet"]["pigment_network"]
+    assert 0 <= scores["jaccard"] <= 1 and 0 <= scores["dice"] <= 1
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    rows = (run / NETWORK_DIR / "log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(math.isfinite(float(row.split(",")[1])) for row in rows)  # both epochs, finite
+
+
+def test_resume_after_a_nan_at_the_start_of_an_epoch_continues_from_a_good_checkpoint(first_run, tmp_path, capsys):
+    """One batch per epoch: the one step of epoch 1 poisons the weights, epoch 2's first loss is NaN."""
+    run = tmp_path / "run"
+    one_batch = ["--set", "train.lr=1.0e+30", "--set", "train.epochs=2", "--set", "train.batch_size=8"]
+    assert main(["run", str(first_run["data"]), "--out", str(run), *TINY_ONE_NETWORK, *one_batch]) == 2
+    assert VALIDATION_NAN_MESSAGE.fullmatch(capsys.readouterr().err.strip().splitlines()[-1])
+    assert not list(run.rglob("*.pt"))  # the diverged epoch was not saved
+    assert main(["run", str(first_run["data"]), "--out", str(run), "--resume", "--set", "train.lr=0.001"]) == 0
+
+
+# --- one run, one writer -----------------------------------------------------------------------------------------
+
+
+def test_a_second_run_on_a_folder_being_trained_is_refused_and_the_first_finishes_intact(first_run, tmp_path, capsys):
+    data, run = first_run["data"], tmp_path / "run"
+    log_csv = run / NETWORK_DIR / "log.csv"
+    args = ["run", str(data), "--out", str(run), *TINY_ONE_NETWORK, "--set", "train.epochs=15",
+            "--set", "train.patience=15", "--set", "train.batch_size=2"]  # 15 epochs of 3 steps: seconds to go
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "tatl", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / ".lock").is_file() and log_csv.is_file()) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first run did not start training within 120 s"
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[1][-2000:]  # training: the lock taken, one epoch logged
+        config, splits = (run / "config.yaml").read_bytes(), (run / "splits.json").read_bytes()
+        code = main(["run", str(data), "--out", str(run), "--resume"])
+        err = capsys.readouterr().err
+        assert first.poll() is None, "the first run ended before the second was refused: nothing was shown"
+        assert code == 2
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"tatl run: error: {run}: another tatl process (pid {first.pid}) is writing"), line
+        assert main(args) == 2  # the same command again, without --resume: refused too, for the full folder
+        assert "use --resume" in capsys.readouterr().err
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, first_err[-2000:]
+    assert (run / "config.yaml").read_bytes() == config and (run / "splits.json").read_bytes() == splits
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["variant 3"]["unet"]["pigment_network"]["jaccard"] <= 1
+    rows = log_csv.read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(15))  # every epoch logged once, in order
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(run / NETWORK_DIR / name)["model"]
+    assert (run / NETWORK_DIR / "done.json").is_file() and (run / "report.html").is_file()

@@ -1,19 +1,24 @@
 """`tatl predict` and `tatl export` on one tiny trained run: official-format masks the ISIC scorer accepts, reports,
-overlays, bad files, the frozen-encoder fast path, flip TTA, ONNX agreement with PyTorch, unsafe ids."""
+overlays (their pixels, on networks whose answer is known), bad files, the frozen-encoder fast path, flip TTA, ONNX
+agreement with PyTorch (also at image and input sizes other than the training size), unsafe ids, and streaming: a
+folder is predicted one image at a time, each image's arrays released before the next is read."""
 
 from __future__ import annotations
 
+import gc
 import json
+import re
 import shutil
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from tatl import cli
+from tatl import cli, overlays
 from tatl.checkpoints import load_checkpoint
 from tatl.commands.predict import OutputOptions, check_image_id, describe, predict_image
 from tatl.config import load_config
@@ -21,7 +26,7 @@ from tatl.data.dataset import normalize
 from tatl.data.images import read_image
 from tatl.errors import DataError
 from tatl.models import build_model
-from tatl.predict import Networks, Predictor, load_predictor, settings_from_config
+from tatl.predict import ImagePrediction, Networks, PredictionSettings, Predictor, load_predictor, settings_from_config
 
 ATTRIBUTES = ["pigment_network", "globules"]
 
@@ -51,6 +56,15 @@ def run_dir(tmp_path_factory) -> Path:
 def predictor(run_dir) -> Predictor:
     """The run loaded once for the library-level tests (loading takes seconds)."""
     return load_predictor(run_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run_dir, tmp_path_factory) -> Path:
+    """The run exported once with `tatl export` (each network is checked against PyTorch as it is written)."""
+    pytest.importorskip("onnxruntime")
+    export = tmp_path_factory.mktemp("export") / "onnx"
+    assert cli.main(["export", str(run_dir), "--onnx", str(export)]) == 0
+    return export
 
 
 def with_tta(predictor: Predictor) -> Predictor:
@@ -171,10 +185,8 @@ def test_flip_tta_is_flip_equivariant(run_dir, predictor, tmp_path):
         np.testing.assert_allclose(mirrored.maps[name], original.maps[name][:, ::-1], atol=2e-3)
 
 
-def test_onnx_export_agrees_with_torch(run_dir, predictor, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    export = tmp_path / "onnx"
-    assert cli.main(["export", str(run_dir), "--onnx", str(export)]) == 0
+def test_onnx_export_agrees_with_torch(run_dir, predictor, onnx_export, tmp_path, capsys):
+    export = onnx_export
     manifest = json.loads((export / "manifest.json").read_text())
     assert sorted(e["file"] for e in manifest["networks"]) == ["stage1_unet.onnx", "stage23_linknet.onnx",
                                                                "stage23_unet.onnx"]
@@ -192,6 +204,207 @@ def test_onnx_export_agrees_with_torch(run_dir, predictor, tmp_path, capsys):
     assert cli.main(["predict", str(export), str(images[0]), "--out", str(tmp_path / "o"), "--engine", "onnx"]) == 0
     assert cli.main(["predict", str(run_dir), str(images[0]), "--out", str(tmp_path / "o"), "--engine", "onnx"]) == 2
     assert "tatl export" in capsys.readouterr().err
+
+
+def assert_engines_agree(torch_predictor: Predictor, onnx_predictor: Predictor, image: Path) -> None:
+    """Same box; every map within 1e-4 at the image's own size; masks equal except where PyTorch's probability is
+    within 1e-4 of the threshold (where float round-off may tip a pixel either way)."""
+    expected, actual = torch_predictor.predict(image), onnx_predictor.predict(image)
+    with Image.open(image) as picture:
+        size = picture.size
+    assert actual.size == expected.size == size and actual.box == expected.box
+    assert sorted(actual.maps) == sorted(expected.maps) == sorted(["lesion", "union", *ATTRIBUTES])
+    for name in expected.maps:
+        ours, theirs = expected.full_size(name), actual.full_size(name)
+        assert ours.shape == theirs.shape == (size[1], size[0])
+        np.testing.assert_allclose(theirs, ours, atol=1e-4, err_msg=f"{image.name} {name}")
+        threshold = torch_predictor.settings.threshold_for(name)
+        differing = (ours > threshold) != (theirs > threshold)
+        assert np.all(np.abs(ours[differing] - threshold) <= 1e-4), (image.name, name, np.count_nonzero(differing))
+        assert (ours > threshold).any() or name != "lesion"  # a real comparison: Stage 1 finds a lesion
+
+
+def test_onnx_networks_take_an_input_size_other_than_the_training_size(predictor, onnx_export):
+    """Dynamic axes: a batch of 3 at 64x96 (trained at 32x32) gives the PyTorch probabilities within 1e-4."""
+    onnx_predictor = load_predictor(onnx_export)
+    pairs = list(zip(predictor.networks.stage1, onnx_predictor.networks.stage1, strict=True))
+    for shape, networks in predictor.networks.targets.items():
+        pairs += list(zip(networks, onnx_predictor.networks.targets[shape], strict=True))
+    assert len(pairs) == 3  # stage 1, and the frozen encoder + 3 heads once per shape
+    x = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    for ours, theirs in pairs:
+        assert (ours.shape, ours.names) == (theirs.shape, theirs.names)
+        expected, actual = ours(x), theirs(x)
+        for name in ours.names:
+            assert actual[name].shape == expected[name].shape == (3, 64, 96)
+            np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, err_msg=f"{ours.shape} {name}")
+
+
+def test_onnx_predicts_an_odd_sized_image_as_torch_does(run_dir, predictor, onnx_export, tmp_path):
+    image = tmp_path / "odd.png"  # 333x251: neither the 64x48 training images nor a multiple of 32
+    source = synthetic_images(run_dir, tmp_path / "in", 1)[0]
+    Image.open(source).resize((333, 251), Image.Resampling.BICUBIC).save(image)
+    assert_engines_agree(predictor, load_predictor(onnx_export), image)
+
+
+def test_onnx_on_real_1022x767_images_writes_the_masks_torch_writes(run_dir, predictor, onnx_export, isic_sample,
+                                                                    tmp_path):
+    images = sorted((isic_sample / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))[:2]
+    onnx_predictor = load_predictor(onnx_export)
+    for image in images:
+        assert_engines_agree(predictor, onnx_predictor, image)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).symlink_to(image)
+    for model, out in ((run_dir, "torch"), (onnx_export, "onnx")):
+        assert cli.main(["predict", str(model), str(folder), "--out", str(tmp_path / out), "--probabilities"]) == 0
+    for image in images:
+        for name in [*(f"attribute_{a}" for a in ATTRIBUTES), "segmentation", "abnormal"]:
+            ours, theirs = read_png(tmp_path / "torch" / f"{image.stem}_{name}.png"), \
+                read_png(tmp_path / "onnx" / f"{image.stem}_{name}.png")
+            assert ours.shape == theirs.shape == (767, 1022)
+            assert np.count_nonzero(ours != theirs) <= 5, (image.name, name)  # the written files, not just arrays
+    report = json.loads((tmp_path / "onnx" / "predictions.json").read_text())
+    assert report["engine"] == "onnx" and sorted(report["images"]) == [image.stem for image in images]
+
+
+class KnownMaps:
+    """A stand-in network whose probabilities are fixed (S, S) maps per head, whatever the image: overlays of a
+    prediction known pixel for pixel."""
+
+    shape = "unet"
+
+    def __init__(self, maps: dict[str, np.ndarray]):
+        self.maps, self.names = maps, list(maps)
+
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        return {name: np.repeat(m[None], len(x), axis=0) for name, m in self.maps.items()}
+
+
+def test_overlay_pixels_show_truth_green_prediction_red_and_every_attribute_in_the_legend(tmp_path, monkeypatch):
+    """The real `tatl predict --overlays --truth` path on a uniform grey 128x96 image, with networks whose answer is
+    known: pigment_network predicted in the left half of a band, true in its middle half; globules predicted
+    nowhere, true in a square. Overlay panel size 128: shown at 1:1."""
+    grey, (width, height) = 128, (128, 96)
+    image = tmp_path / "in" / "lesion 7.png"  # an id that is not ISIC_nnnnnnn keeps its stem
+    image.parent.mkdir()
+    Image.new("RGB", (width, height), (grey,) * 3).save(image)
+    band = np.full((32, 32), 0.1, np.float32)
+    band[8:24, :16] = 0.9  # full size: rows 24-71, columns 0-63
+    known = KnownMaps({"pigment_network": band, "globules": np.full((32, 32), 0.2, np.float32)})
+    settings = PredictionSettings("3", ATTRIBUTES, ["unet"], "unet", 32, 32, 0.5, 0, 0.005, "frozen", "tu-resnet10t")
+    monkeypatch.setattr("tatl.predict.load_predictor", lambda *args, **kwargs: Predictor(
+        settings, Networks([], {"unet": [known]}), "torch", tmp_path / "known"))
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    pigment, globules = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    pigment[24:72, 32:96] = 255  # overlaps the prediction in columns 32-63
+    globules[30:60, 100:124] = 255
+    Image.fromarray(pigment).save(truth / "lesion 7_attribute_pigment_network.png")
+    Image.fromarray(globules).save(truth / "lesion 7_attribute_globules.png")
+    texts: list[str] = []
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: (
+        texts.append(text), draw_text(self, xy, text, *a, **k))[1])
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(tmp_path / "known"), str(image), "--out", str(out), "--overlays",
+                     "--overlay-size", "128", "--truth", str(truth)]) == 0
+    assert set(np.unique(read_png(out / "lesion 7_attribute_pigment_network.png")[24:72, 0:60])) == {255}
+    with Image.open(out / "overlays" / "lesion 7.png") as picture:
+        assert picture.mode == "RGB"
+        sheet = np.asarray(picture).astype(int)
+
+    # The layout of tatl.overlays.render: title, then 4 panels in a row (image, prediction, one truth panel per
+    # attribute) under their captions, then the legend.
+    font_size = max(13, round(max(width, height) / 32))
+    caption = font_size + overlays.PADDING
+    top = caption + overlays.PADDING + caption - 4
+
+    def panel(index: int) -> np.ndarray:
+        left = overlays.PADDING + index * (width + overlays.PADDING)
+        return sheet[top:top + height, left:left + width]
+
+    assert np.all(panel(0) == grey)  # the image as it is: the geometry above is right
+    assert np.all(sheet[top:top + height, overlays.PADDING - 1] == overlays.PAPER)
+    assert sheet.shape[1] == 4 * (width + overlays.PADDING) + overlays.PADDING
+
+    def tinted(base: float, colour) -> np.ndarray:
+        return base * (1 - overlays.FILL_ALPHA) + np.array(colour) * overlays.FILL_ALPHA
+
+    sky_blue = overlays.ATTRIBUTE_COLOURS["pigment_network"]
+    np.testing.assert_allclose(panel(1)[48, 16], tinted(grey, sky_blue), atol=1)  # predicted: filled in its colour
+    assert np.all(panel(1)[48, 100:] == grey) and np.all(panel(1)[:20] == grey)  # elsewhere untouched
+    dimmed = int(grey * 0.8)  # truth panels dim the image
+    pigment_panel, globules_panel = panel(2), panel(3)
+    for (row, column), colour in [((48, 16), overlays.PREDICTED), ((48, 48), overlays.BOTH),
+                                  ((48, 80), overlays.TRUTH)]:
+        np.testing.assert_allclose(pigment_panel[row, column], tinted(dimmed, colour), atol=1, err_msg=str(colour))
+    assert pigment_panel[48, 16].argmax() == 0 and pigment_panel[48, 80].argmax() == 1  # red, green
+    assert np.all(pigment_panel[48, 100:] == dimmed) and np.all(pigment_panel[:20] == dimmed)
+    np.testing.assert_allclose(globules_panel[45, 112], tinted(dimmed, overlays.TRUTH), atol=1)  # missed: green
+    assert np.all(globules_panel[:25] == dimmed) and np.all(globules_panel[:, :95] == dimmed)  # no red anywhere
+
+    legend = sheet[top + height:]  # below the panels: every attribute's swatch, and the three truth colours
+    rows_of = {}
+    for name, colour in [*((a, overlays.ATTRIBUTE_COLOURS[a]) for a in ATTRIBUTES), ("truth", overlays.TRUTH),
+                         ("prediction", overlays.PREDICTED), ("both", overlays.BOTH)]:
+        solid = np.all(legend == colour, axis=2)
+        assert np.count_nonzero(solid) >= (font_size - 2) ** 2, name  # a filled square swatch
+        rows_of[name] = np.nonzero(solid.any(axis=1))[0].mean()
+    assert list(rows_of) == sorted(rows_of, key=rows_of.get)  # one line each, top to bottom in this order
+    legend_texts = [t for t in texts if re.match(r"(pigment_network|globules): (present|absent)", t)]
+    assert legend_texts[0].startswith("pigment_network: present, ") and "% of the image" in legend_texts[0]
+    assert legend_texts[1] == "globules: absent (max p 0.20)" and len(legend_texts) == 2
+    assert {"ground truth only", "prediction only", "both (correct)"} <= set(texts)
+    (pigment_title,) = [t for t in texts if t.startswith("pigment_network: Jaccard ")]
+    assert float(pigment_title.split()[-1]) == pytest.approx(1 / 3, abs=0.02)  # 32 of 96 columns shared
+    assert "globules: Jaccard 0.00" in texts and any(t.startswith("lesion 7: whole image") for t in texts)
+
+
+def test_a_folder_is_streamed_one_image_at_a_time(run_dir, tmp_path, monkeypatch):
+    """No image's prediction or full-size map outlives it: when image k is read, every array of image k-1 is freed
+    (garbage collected) and its masks are already written. What bounds memory on a folder of thousands of large
+    images, asserted without timing or measuring memory."""
+    import tatl.predict
+
+    images = synthetic_images(run_dir, tmp_path / "in", 3)
+    made: list[tuple[str, weakref.ref]] = []  # (image, weak reference) of every prediction and full-size map
+    written: list[str] = []
+    at_each_read: list[tuple[str, list[str], list[str]]] = []  # (image, still alive, written so far)
+    predict, full_size, write_atomically = Predictor.predict, ImagePrediction.full_size, tatl.predict.write_atomically
+
+    def watched_predict(self, path):
+        gc.collect()
+        at_each_read.append((Path(path).stem, [stem for stem, ref in made if ref() is not None], list(written)))
+        prediction = predict(self, path)
+        made.append((Path(path).stem, weakref.ref(prediction)))
+        made.extend((Path(path).stem, weakref.ref(m)) for m in prediction.maps.values())
+        return prediction
+
+    def watched_full_size(self, name):
+        array = full_size(self, name)
+        made.append((self.path.stem, weakref.ref(array)))
+        return array
+
+    monkeypatch.setattr(Predictor, "predict", watched_predict)
+    monkeypatch.setattr(ImagePrediction, "full_size", watched_full_size)
+    monkeypatch.setattr(tatl.predict, "write_atomically", lambda path, write: (
+        written.append(Path(path).name), write_atomically(path, write))[1])
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(run_dir), str(tmp_path / "in"), "--out", str(out), "--probabilities",
+                     "--overlays", "--overlay-size", "128"]) == 0
+    stems = [image.stem for image in images]
+    assert [stem for stem, _, _ in at_each_read] == stems  # each image read once, in order
+    per_image = len(made) // len(stems)
+    assert per_image >= 1 + 4 + 4  # the prediction, its lesion/union/attribute maps, as many full-size maps
+    for index, (stem, alive, written_before) in enumerate(at_each_read):
+        assert alive == [], f"{stem} read while arrays of {sorted(set(alive))} were alive"
+        for earlier in stems[:index]:  # every file of the images before it already written
+            assert {f"{earlier}_attribute_{a}.png" for a in ATTRIBUTES} | {f"{earlier}.png"} <= set(written_before)
+        assert not any(name.startswith(stem) for name in written_before)
+    gc.collect()
+    assert [stem for stem, ref in made if ref() is not None] == []
 
 
 @pytest.mark.parametrize("image_id", ["..", ".", "", "../evil", "a/b", "a\\b", "/etc/passwd", "x\0y"])
