@@ -68,21 +68,23 @@ def test_sigkill_mid_epoch_mid_write_and_between_stages_then_resume_gives_the_sa
     assert main([*ARGS[:2], "--out", str(straight), *ARGS[2:]]) == 0
     run = tmp_path / "killed"
     tatl = [sys.executable, "-m", "tatl", *ARGS[:2], "--out", str(run), *ARGS[2:]]
+    resume = [sys.executable, "-m", "tatl", *ARGS[:2], "--out", str(run), "--resume"]  # the saved config
 
     # 1. mid-epoch: stage 1 has just finished and saved epoch 1 and is training epoch 2
     assert kill_after_line(tatl, "[stage 1] epoch 1/3") == -signal.SIGKILL
     assert assert_every_checkpoint_loads(run) >= 2  # best.pt and last.pt of epoch 1
     # 2. between stages: stage 1 is done (done.json written), stage 2 has not saved anything yet
-    assert kill_after_line([*tatl, "--resume"], "stage 1: done") == -signal.SIGKILL
+    assert kill_after_line(resume, "stage 1: done") == -signal.SIGKILL
     assert (run / "stage1" / "unet" / "done.json").is_file()
     # 3. inside a checkpoint write, in stage 2 (the 2nd .pt replaced by this process: best.pt or last.pt)
-    dying = subprocess.run([sys.executable, "-c", DIE_IN_WRITE, "2", *tatl[3:], "--resume"], env=ENV,
+    dying = subprocess.run([sys.executable, "-c", DIE_IN_WRITE, "2", *resume[3:]], env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert dying.returncode == -signal.SIGKILL, dying.stderr[-2000:]
     assert list(run.rglob(".*.pt.*.tmp")), "the kill should have left a temporary file behind"
-    assert assert_every_checkpoint_loads(run) >= 4
+    assert assert_every_checkpoint_loads(run) == 3  # stage 1's best and last, stage 2's best: its last.pt died
+    assert not (run / "stage2-crops" / "unet" / "last.pt").exists()
     # 4. mid-epoch in Stage 3 (frozen encoder, five heads)
-    assert kill_after_line([*tatl, "--resume"], "epoch 1/3  globules") == -signal.SIGKILL
+    assert kill_after_line(resume, "epoch 1/3  globules") == -signal.SIGKILL
     assert_every_checkpoint_loads(run)
 
     assert main([*ARGS[:2], "--out", str(run), "--resume"]) == 0
