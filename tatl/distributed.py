@@ -140,7 +140,8 @@ def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder:
     forward = TrainingForward(model, names, train_encoder)
     if not is_distributed():
         return forward
-    return nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None  # this rank's GPU (setup)
+    return nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
 
 
 def freeze_unused_parameters(model: MultiHeadSegmenter, example: torch.Tensor) -> list[str]:
