@@ -418,6 +418,9 @@ def test_output_path_that_is_a_file_or_below_one(data, tmp_path, capsys):
         code, _, err = cli(capsys, "run", data, "--out", out, *TINY)
         assert code == 2
         one_line_error(err, "run", str(out), reason)
+    code, _, err = cli(capsys, "run", data, "--out", target, "--resume")
+    assert code == 2
+    one_line_error(err, "run", str(target), "output path exists and is a file, not a folder")
     assert target.read_text() == "not a folder"
 
 

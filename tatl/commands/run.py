@@ -66,6 +66,8 @@ def _resolved_config(args: argparse.Namespace):
     if not args.resume:
         return load_config(args.config, _overrides(args))
     saved = args.out / "config.yaml"
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(f"{args.out}: output path exists and is a file, not a folder")
     if args.config:
         raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
     if not saved.is_file():
