@@ -63,6 +63,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and on GPU tensor cores
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); CPU stays fp32
     compile: bool = False  # torch.compile every network (opt-in: minutes of compiling; does not pay on AVX2 CPUs)
+    sync_batchnorm: bool = True  # torchrun on CUDA: BatchNorm statistics of the global batch, as one GPU would see
 
 
 @dataclass

@@ -131,6 +131,17 @@ def rank_slice(count: int) -> range:
     return range(rank(), count, world_size())
 
 
+def use_sync_batchnorm(model: MultiHeadSegmenter) -> None:
+    """Replace every BatchNorm of `model` (timm's BatchNorm + activation layers too) by its synchronised twin, in
+    place: the same parameters and buffers under the same names, statistics computed over all ranks' slices in
+    training (CUDA only; outside torchrun or in eval mode it is plain BatchNorm)."""
+    from timm.layers import convert_sync_batchnorm
+
+    model.encoder = convert_sync_batchnorm(model.encoder)
+    for name in list(model.heads):
+        model.heads[name] = convert_sync_batchnorm(model.heads[name])
+
+
 def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
                      device: torch.device) -> nn.Module:
     """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).

@@ -82,6 +82,8 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     model.encoder.requires_grad_(train_encoder)
+    if cfg.sync_batchnorm and distributed.is_distributed() and device.type == "cuda":
+        distributed.use_sync_batchnorm(model)  # CPU has no SyncBatchNorm: each rank normalises its own slice there
     if train_encoder and distributed.is_distributed():
         example = train_set[0][0][None]  # augmentation is seeded per (seed, epoch, index): no random state moves
         unused = distributed.freeze_unused_parameters(model, _to_device(example, example, device, cfg)[0])

@@ -154,3 +154,32 @@ def test_a_killed_torchrun_run_resumes_on_every_rank_and_with_another_process_co
         rows = log.read_text().splitlines()[1:]
         assert [row.split(",")[0] for row in rows] == ["0", "1", "2"], log  # continued, no epoch repeated or lost
     assert json.loads((run / "metrics.json").read_text())["variant 1,2,3"]["unet"]["macro_average"]["dice"] >= 0
+
+
+# ------------------------------------------------------------------------------------------------ SyncBatchNorm
+@pytest.mark.parametrize("encoder", ["paper-efficientnet-b0", "tu-resnet10t"])
+def test_sync_batchnorm_keeps_every_weight_and_outside_torchrun_computes_the_same(encoder):
+    """On CUDA under torchrun BatchNorm statistics come from the global batch (torch's SyncBatchNorm). Here: the
+    conversion catches every BatchNorm, timm's BatchNorm + activation layers included, keeps names and tensors, and
+    a single process trains and predicts with it exactly as with plain BatchNorm."""
+    import copy
+
+    from tatl.models import build_model
+    from tatl.multihead import MultiHeadSegmenter
+
+    torch.manual_seed(0)
+    plain = MultiHeadSegmenter.from_model(build_model("unet", encoder, None), ["a", "b"])
+    synced = copy.deepcopy(plain)
+    distributed.use_sync_batchnorm(synced)
+    batchnorms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert batchnorms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in batchnorms)
+    assert len(batchnorms) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert synced.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 64, 64)
+    for training in (True, False):
+        plain.train(training), synced.train(training)
+        out, out_synced = plain(x), synced(x)
+        for name in out:
+            assert torch.equal(out[name], out_synced[name]), (name, training)
+    for key, value in plain.state_dict().items():  # the training pass moved the same running statistics
+        assert torch.equal(value, synced.state_dict()[key]), key
