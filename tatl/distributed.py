@@ -105,7 +105,45 @@ def main_process_first(work: Callable[[], T]) -> T:
         raise error
     if message[0] is not None:
         raise TatlError(f"rank 0 stopped: {message[0]}")
-    return work() if not is_main_process() else result
+    if not is_main_process():
+        try:
+            result = work()
+        except Exception as caught:  # e.g. a node that does not see the data: rank 0 must not wait for it
+            error = caught
+    if any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise TatlError("another torchrun process stopped while it read the run folder and data (its message is "
+                        "above); every process must see the same files")
+    return result
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's `value` on every rank (a picklable object), e.g. Stage-1 boxes, so every rank crops alike."""
+    if not is_distributed():
+        return value
+    holder = [value if is_main_process() else None]
+    dist.broadcast_object_list(holder, src=0, device=_collective_device())
+    return holder[0]
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's last training step moved its own,
+    and the network validated and saved must be one network."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        moved = buffer.to(_collective_device())
+        dist.broadcast(moved, src=0)
+        buffer.copy_(moved)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """train.batch_size is the global batch: each of the torchrun processes takes an equal slice of it."""
+    if batch_size % world_size():
+        raise ConfigError(f"train.batch_size={batch_size} must be a multiple of the {world_size()} torchrun "
+                          f"processes (each takes an equal slice of every batch), e.g. --set train.batch_size="
+                          f"{world_size() * max(1, batch_size // world_size())}")
 
 
 def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
@@ -114,10 +152,8 @@ def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
     Every rank gets the same number of batches of the same size (DDP needs that). With one process this is just
     `order` cut into batches; with N, the epoch's order is first cut to a multiple of N (at most N-1 images of the
     epoch are left out, different ones each epoch since the order is reshuffled)."""
+    check_batch_size(batch_size)
     world, me = world_size(), rank()
-    if batch_size % world:
-        raise ConfigError(f"train.batch_size={batch_size} must be a multiple of the {world} torchrun processes "
-                          "(each process takes an equal slice of every batch)")
     order = order[: len(order) - len(order) % world]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) == world < batch_size:

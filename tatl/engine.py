@@ -109,6 +109,7 @@ def fit(
         step_model = distributed.training_forward(model, active, train_encoder, device)  # the heads still training
         train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
                                      amp_dtype, train_encoder, label, step_model)
+        distributed.broadcast_buffers(model)  # under torchrun: validate (and save) rank 0's network on every rank
         val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
         _stop_if_diverged(val, label, epoch, cfg)  # before saving: a diverged network must not become last.pt
         for n in active:

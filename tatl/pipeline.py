@@ -100,6 +100,7 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
         boxes[sample.image_id] = box
         if fell_back:
             fallbacks.append(sample.image_id)
+    boxes = distributed.broadcast_from_main(boxes)  # under torchrun every rank crops exactly as rank 0
     if fallbacks:
         log(f"stage 1: no plausible lesion predicted for {len(fallbacks)} image(s), whole image used: "
             + ", ".join(fallbacks[:10]) + (" ..." if len(fallbacks) > 10 else ""))

@@ -183,3 +183,60 @@ def test_sync_batchnorm_keeps_every_weight_and_outside_torchrun_computes_the_sam
             assert torch.equal(out[name], out_synced[name]), (name, training)
     for key, value in plain.state_dict().items():  # the training pass moved the same running statistics
         assert torch.equal(value, synced.state_dict()[key]), key
+
+
+# ------------------------------------------------------------------------------------------ failures and misuse
+def test_a_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tatl",
+               "run", "synthetic", "--out", str(run), *TINY, "--set", "train.batch_size=3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "train.batch_size=3 must be a multiple of the 2 torchrun processes" in result.stderr
+    assert "e.g. --set train.batch_size=2" in result.stderr
+    assert not run.exists()
+
+
+FAILING_RANK = """
+import sys
+from tatl import distributed
+from tatl.errors import DataError
+distributed.setup("cpu")
+def work():
+    if distributed.rank() == 1:
+        raise DataError("rank 1 cannot see the data")
+    return "ready"
+try:
+    distributed.main_process_first(work)
+except Exception as error:
+    print(f"rank {distributed.rank()}: {type(error).__name__}: {error}", flush=True)
+    sys.exit(2)
+print(f"rank {distributed.rank()}: went on", flush=True)
+"""
+
+
+def test_an_error_on_another_rank_after_rank_0_stops_every_rank(tmp_path):
+    """Rank 0 has done its part; rank 1 fails reading what rank 0 wrote: rank 0 must stop too, not wait forever."""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "went on" not in output
+    assert "rank 1: DataError: rank 1 cannot see the data" in output
+    assert "rank 0: TatlError: another torchrun process stopped" in output
+
+
+def test_experiment_refuses_torchrun_and_gives_its_jobs_a_plain_environment(monkeypatch, capsys):
+    from tatl.cli import main
+    from tatl.commands.experiment import job_environment
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    env = job_environment(1)
+    assert not {"WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID"} & set(env) and env["OMP_NUM_THREADS"] == "1"
+    assert main(["experiment", "configs/grid-example.yaml", "--out", "unused"]) == 2
+    assert "start it without torchrun" in capsys.readouterr().err

@@ -46,9 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tatl.distributed import launched_by_torchrun
     from tatl.errors import ConfigError
     from tatl.experiments import plan_jobs, read_grid
 
+    if launched_by_torchrun():  # N drivers would each run the whole grid, their jobs joining one process group
+        raise ConfigError("tatl experiment runs its jobs itself: start it without torchrun (--workers N, or "
+                          "--ray ADDRESS --gpus-per-job 1 for a cluster)")
     if args.workers < 1 or args.cpus_per_job < 1 or args.gpus_per_job < 0:
         raise ConfigError("--workers and --cpus-per-job must be >= 1, --gpus-per-job >= 0")
     grid = read_grid(args.grid, args.data)
@@ -197,9 +201,15 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------------------------- runners
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def job_environment(threads: int) -> dict[str, str]:
-    """Each job gets its share of the cores, so N workers do not oversubscribe the CPU."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    """Each job gets its share of the cores, so N workers do not oversubscribe the CPU; and is a plain process,
+    whatever launched this one (a job that inherits torchrun's variables would try to join its process group)."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_local(jobs: list, arguments: dict[str, list[str]], out: Path, progress: Progress, workers: int) -> None:

@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = _resolved_config(args)  # before the heavy imports: a typo fails at once, and creates no folder
     distributed.setup(config.train.device)  # under torchrun: join the other processes (a no-op otherwise)
-    try:
-        return _train_and_score(args, config)
-    finally:
-        distributed.teardown()
+    distributed.check_batch_size(config.train.batch_size)  # before anything is written
+    code = _train_and_score(args, config)
+    distributed.teardown()  # on success only: after an error the others may sit in a collective (NCCL would hang)
+    return code
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
