@@ -187,19 +187,30 @@ def weights_name(encoder_weights: str | None) -> str:
 
 
 def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Initialisation]:
-    """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2) and the configured encoder."""
-    m = run.config.model
-    stage2 = run.run_dir / f"stage2-{'crops' if '1' in variant.split(',') else 'full'}" / shape / "best.pt"
+    """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2), the context-restoration pretext
+    network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline's
+    _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder."""
+    m, init = run.config.model, run.config.pipeline.init
+    kind = "crops" if "1" in variant.split(",") else "full"
+    stage2 = run.run_dir / f"stage2-{kind}" / shape / "best.pt"
+    pretext = run.run_dir / f"pretext-{kind}" / shape / "best.pt"
+    weights = m.encoder_weights
+    if init == "random":
+        weights = None
+    elif init in ("imagenet", "augmentation") and weights in (None, "", "none"):
+        weights = "imagenet"
 
-    def tatl() -> dict[str, Tensor]:
-        return load_checkpoint(stage2)["model"]
-
-    def configured() -> dict[str, Tensor]:
+    def fresh(start: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline._train_group gives Stage 3
-        return build_model(shape, m.encoder_name, m.encoder_weights).state_dict()
+        model = build_model(shape, m.encoder_name, weights if start is None else None)
+        if start is not None:
+            transfer_weights(start, model)  # the 3-channel restoration head is re-initialised, as in the pipeline
+        return model.state_dict()
 
-    found = {"tatl": tatl} if stage2.is_file() else {}
-    return {**found, weights_name(m.encoder_weights): configured}
+    found: dict[str, Initialisation] = {"tatl": lambda: load_checkpoint(stage2)["model"]} if stage2.is_file() else {}
+    if init == "context-restoration" and pretext.is_file():
+        found["context-restoration"] = lambda: fresh(load_checkpoint(pretext)["model"])
+    return {**found, weights_name(weights): fresh}
 
 
 # --------------------------------------------------------------------------------------------- the estimate

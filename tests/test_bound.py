@@ -133,3 +133,32 @@ def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
     table = bound_markdown(result)
     assert "| streaks | tatl | 16 | 0.0000 | 0.1 | 0.1000 | undefined (gamma- <= 0) |" in table
     assert "| globules | tatl | 0 |  |  |  | no sample |" in table
+
+
+def test_initialisations_follow_the_runs_init(tmp_path: Path):
+    """The bound is estimated at the start the run's Stage 3 really had (tatl.pipeline._stage3_start)."""
+    from types import SimpleNamespace
+
+    from tatl.config import load_config
+    from tatl.models import build_model
+
+    def names(*overrides: str) -> list[str]:
+        config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]", *overrides])
+        return list(initialisations(SimpleNamespace(config=config, run_dir=tmp_path), "unet", "1,3"))
+
+    assert names("pipeline.init=imagenet") == ["imagenet"] == names("pipeline.init=augmentation")
+    assert names("pipeline.init=random", "model.encoder_weights=lite0") == ["random"]
+    assert names("pipeline.init=tatl") == ["random"]  # stage 3 alone, from the configured (no) weights
+    pretext = tmp_path / "pretext-crops" / "unet" / "best.pt"
+    pretext.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    restored = build_model("unet", "tu-resnet10t", None, classes=3).state_dict()
+    torch.save({"model": restored}, pretext)
+    config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]",
+                                "pipeline.init=context-restoration"])
+    inits = initialisations(SimpleNamespace(config=config, run_dir=tmp_path), "unet", "1,3")
+    assert list(inits) == ["context-restoration", "random"]
+    start = inits["context-restoration"]()
+    encoder_keys = [k for k in restored if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(start[k], restored[k]) for k in encoder_keys)  # transferred
+    assert start["segmentation_head.0.weight"].shape[0] == 1  # the 3-channel head re-initialised for one class

@@ -248,3 +248,19 @@ def test_a_second_run_on_a_folder_being_trained_is_refused_and_the_first_finishe
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(run / NETWORK_DIR / name)["model"]
     assert (run / NETWORK_DIR / "done.json").is_file() and (run / "report.html").is_file()
+
+
+def test_a_failing_report_does_not_fail_the_run(first_run, tmp_path, capsys, monkeypatch):
+    """The report only views the results: after hours of training its failure is printed, the exit code is 0 and
+    metrics.json and summary.md are there."""
+    import tatl.report
+
+    def broken(*args, **kwargs):
+        raise ValueError("matplotlib is broken")
+
+    monkeypatch.setattr(tatl.report, "write_report", broken)
+    run = tmp_path / "run"
+    assert main(["run", str(first_run["data"]), "--out", str(run), *TINY_ONE_NETWORK]) == 0
+    err = capsys.readouterr().err
+    assert "report not written: ValueError: matplotlib is broken (rebuild it with `tatl report" in err
+    assert (run / "metrics.json").is_file() and (run / "summary.md").is_file() and not (run / "report.html").exists()
