@@ -5,6 +5,10 @@ sample over its pixels and the result is averaged over the batch. Unlike smp's D
 zero loss to a channel with no positive pixel in the batch, an image whose mask is empty still costs ~1 when the
 network predicts positives on it, and ~0 when it predicts nothing: most attribute masks are empty, and a loss
 blind to them teaches the network to paint every image.
+
+A caveat of Eq. 1 itself, kept as the paper has it: on an empty mask the loss is about 1 - alpha / P (P = the sum
+of predicted probabilities), so its gradient, about alpha / P^2, is tiny unless the prediction is almost empty
+already. Such images are scored, but the updates come from the images that show the attribute.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
 """Stage-3 initialisation strategies (Tables 6-7): each builds and trains; bad combinations fail early."""
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
+from tatl.data.dataset import SegmentationDataset, build_augmentation
 from tatl.data.synth import write_synthetic_dataset
+from tatl.models import build_model
 from tatl.pretext import RestorationDataset, swap_patches
 
+ATTRIBUTES = ["globules", "pigment_network"]
 TINY = [
     "--config", "demo",
     "--set", "data.stage1_size=32", "--set", "data.image_size=32",
@@ -26,18 +32,67 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory) -> Path:
+    """A local encoder weights file standing in for ImageNet weights (offline); every float tensor is perturbed, so
+    no tensor of it equals what a freshly built network holds (BatchNorm's ones and zeros included)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        state = build_model("unet", "tu-resnet10t").encoder.state_dict()
+    generator = torch.Generator().manual_seed(1234)
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+             for k, v in state.items()}
+    path = tmp_path_factory.mktemp("weights") / "encoder.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def fits(monkeypatch) -> list[dict]:
+    """Every network the pipeline trains, as it enters training: label, heads, encoder state, datasets, mode."""
+    import tatl.pipeline
+
+    calls: list[dict] = []
+    real_fit = tatl.pipeline.fit
+
+    def spy(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs):
+        calls.append({"label": label, "heads": sorted(model.heads), "train_set": train_set, "val_set": val_set,
+                      "train_encoder": train_encoder,
+                      "start": {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}})
+        return real_fit(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs)
+
+    monkeypatch.setattr(tatl.pipeline, "fit", spy)
+    return calls
+
+
+def stage3_calls(fits: list[dict]) -> list[dict]:
+    calls = [call for call in fits if call["label"].startswith("stage 3")]
+    assert sorted(call["heads"] for call in calls) == [[a] for a in ATTRIBUTES]  # one network per attribute
+    return calls
+
+
+def encoder_of(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("encoder."): v for k, v in load_checkpoint(checkpoint)["model"].items()
+            if k.startswith("encoder.")}
+
+
+def changed_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Share of the weight tensors of a (BatchNorm running statistics left out) that differ in b."""
+    assert a.keys() == b.keys()
+    keys = [k for k in a if a[k].is_floating_point() and not k.endswith(("running_mean", "running_var"))]
+    return sum(not torch.equal(a[k], b[k]) for k in keys) / len(keys)
+
+
+def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Summed squared difference of the convolution kernels of two encoder states."""
+    return sum(float((a[k] - b[k]).pow(2).sum()) for k in a if a[k].ndim == 4)
+
+
 @pytest.mark.parametrize("init", ["random", "augmentation", "context-restoration"])
-def test_each_strategy_trains(init: str, data: Path, tmp_path: Path):
+def test_each_strategy_trains(init: str, data: Path, tmp_path: Path, encoder_file: Path):
     run = tmp_path / "run"
-    extra = ["--set", "model.encoder_weights=null"] if init == "augmentation" else []
-    if init == "augmentation":  # an ImageNet start needs weights: a local file stands in for them here
-        import torch
-
-        from tatl.models import build_model
-
-        weights = tmp_path / "encoder.pt"
-        torch.save(build_model("unet", "tu-resnet10t").encoder.state_dict(), weights)
-        extra = ["--set", f"model.encoder_weights={weights}"]
+    # An ImageNet start needs weights: a local file stands in for them here.
+    extra = ["--set", f"model.encoder_weights={encoder_file}"] if init == "augmentation" else []
     assert main(["run", str(data), "--out", str(run), *TINY, *extra, "--set", f"pipeline.init={init}",
                  "--variants", "1,3"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
@@ -46,6 +101,124 @@ def test_each_strategy_trains(init: str, data: Path, tmp_path: Path):
         assert (run / "pretext-crops" / "unet" / "best.pt").is_file()
     log = (run / "stage3-v13" / "unet" / "globules" / "log.csv").read_text().splitlines()
     assert len(log) == 2
+
+
+def test_imagenet_init_starts_every_target_from_the_weights_file(data: Path, tmp_path: Path, encoder_file: Path,
+                                                                  fits: list[dict], capsys):
+    run = tmp_path / "run"
+    assert main(["run", str(data), "--out", str(run), *TINY, "--set", f"model.encoder_weights={encoder_file}",
+                 "--set", "pipeline.init=imagenet", "--variants", "1,3"]) == 0
+    saved = torch.load(encoder_file, weights_only=True)
+    torch.manual_seed(0)  # what the pipeline's network would hold had it ignored the file
+    fresh = build_model("unet", "tu-resnet10t").encoder.state_dict()
+    assert not any(torch.equal(saved[k], fresh[k]) for k in saved if saved[k].is_floating_point())
+    err = capsys.readouterr().err
+    for call in stage3_calls(fits):
+        attribute = call["heads"][0]
+        assert call["train_encoder"]  # no Stage 2: the whole network trains
+        assert call["start"].keys() == saved.keys()
+        assert all(torch.equal(call["start"][k], saved[k]) for k in saved), attribute
+        folder = run / "stage3-v13" / "unet" / attribute
+        with open(folder / "log.csv", newline="") as handle:
+            assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
+        assert f"[stage 3 (variant 1,3, unet, {attribute})] epoch 1/1" in err
+        # The checkpoint itself says so: one epoch moves the kernels a little from the file's, far from a fresh start.
+        trained = encoder_of(folder / "best.pt")
+        assert squared_distance(trained, saved) < 1e-3 * squared_distance(trained, fresh), attribute
+
+
+def test_trainable_encoder_trains_one_network_per_attribute_from_stage2(data: Path, tmp_path: Path,
+                                                                        fits: list[dict]):
+    """TATL-NF; the frozen side (every target keeps Stage 2's encoder) is tests/test_pipeline.py's."""
+    run = tmp_path / "run"
+    assert main(["run", str(data), "--out", str(run), *TINY, "--set", "pipeline.encoder_mode=trainable",
+                 "--variants", "1,2,3"]) == 0
+    stage2 = encoder_of(run / "stage2-crops" / "unet" / "best.pt")
+    shape_dir = run / "stage3-v123" / "unet"
+    assert not (shape_dir / "done.json").exists()  # no shared multi-head group, as the frozen mode writes
+    encoders = {}
+    for call in stage3_calls(fits):
+        attribute = call["heads"][0]
+        assert call["train_encoder"]
+        assert all(torch.equal(call["start"][k], stage2[k]) for k in stage2), attribute  # started from Stage 2
+        for name in ("best.pt", "last.pt", "log.csv", "done.json"):
+            assert (shape_dir / attribute / name).is_file(), f"{attribute}/{name}"
+        encoders[attribute] = encoder_of(shape_dir / attribute / "best.pt")
+        assert changed_weights(encoders[attribute], stage2) > 0, attribute  # its encoder trained (frozen: 0)
+    assert changed_weights(encoders["globules"], encoders["pigment_network"]) > 0  # each trained its own
+
+
+def test_strong_augmentation_has_rotation_shift_zoom_brightness_and_flips():
+    import albumentations as A
+
+    strong = {type(t): t for t in build_augmentation(strong=True).transforms}
+    assert {A.HorizontalFlip, A.VerticalFlip} <= strong.keys()
+    assert strong[A.HorizontalFlip].p > 0 and strong[A.VerticalFlip].p > 0
+    affine = strong[A.Affine]
+    assert affine.p > 0
+    assert affine.rotate[0] < 0 < affine.rotate[1]  # any angle in a range, not only the 90-degree turns
+    assert all(low < 0 < high for low, high in affine.translate_percent.values())  # shift
+    assert all(low < 1 < high for low, high in affine.scale.values())  # zoom in and out
+    brightness = strong[A.RandomBrightnessContrast]
+    assert brightness.p > 0 and brightness.brightness_limit[0] < 0 < brightness.brightness_limit[1]
+    weak = {type(t) for t in build_augmentation().transforms}
+    assert A.Affine not in weak and A.RandomBrightnessContrast not in weak  # strong=True is what adds them
+
+
+def test_strong_copies_enlarge_the_set_with_distinct_augmented_images():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    masks = (images[:, None, :, :, 0] > 127).astype(np.uint8)
+    dataset = SegmentationDataset(images, masks, augment=True, copies=4, strong=True)
+    assert len(dataset) == 12
+    for item in range(3):
+        copies = [dataset[item + 3 * copy] for copy in range(4)]
+        for i in range(4):
+            for j in range(i + 1, 4):
+                assert not torch.equal(copies[i][0], copies[j][0]), (item, i, j)
+                assert not torch.equal(copies[i][1], copies[j][1]), (item, i, j)  # masks move with the image
+    assert torch.equal(dataset[5][0], dataset[5][0])  # seeded per (seed, epoch, index)
+    plain = SegmentationDataset(images, masks, copies=4)  # no augmentation: every copy is the image itself
+    assert len(plain) == 12 and torch.equal(plain[1][0], plain[1 + 3][0])
+    # A copy comes out unchanged only when no transform fires (p ~ 1%): rarely, not never.
+    many = SegmentationDataset(images, masks, augment=True, copies=100, strong=True)
+    unchanged = sum(torch.equal(many[index][0], plain[index % 3][0]) for index in range(len(many)))
+    assert unchanged < 0.05 * len(many)
+
+
+def test_augmentation_init_trains_on_copies_of_every_training_image(data: Path, tmp_path: Path, encoder_file: Path,
+                                                                   fits: list[dict], monkeypatch):
+    import albumentations as A
+
+    import tatl.engine
+
+    iterated: list[tuple[object, list[int]]] = []  # (dataset, the indices one training epoch went through)
+    real_loader = tatl.engine._loader
+
+    def loader(dataset, cfg, epoch, device):
+        out = real_loader(dataset, cfg, epoch, device)
+        if epoch is not None:
+            iterated.append((dataset, [index for batch in out.batch_sampler for index in batch]))
+        return out
+
+    monkeypatch.setattr(tatl.engine, "_loader", loader)
+    run = tmp_path / "run"
+    assert main(["run", str(data), "--out", str(run), *TINY, "--set", f"model.encoder_weights={encoder_file}",
+                 "--set", "pipeline.init=augmentation", "--set", "pipeline.augmentation_copies=3",
+                 "--variants", "1,3"]) == 0
+    splits = json.loads((run / "splits.json").read_text())
+    n_train, n_val = len(splits["train"]), len(splits["val"])
+    assert n_train >= 4
+    for call in stage3_calls(fits):
+        train_set, val_set = call["train_set"], call["val_set"]
+        assert len(train_set.images) == n_train and len(train_set) == 3 * n_train
+        assert len(val_set) == n_val  # validation is not enlarged
+        assert A.Affine in {type(t) for t in train_set.augmentation.transforms} and val_set.augmentation is None
+        epochs = [indices for dataset, indices in iterated if dataset is train_set]
+        assert len(epochs) == 2  # one epoch for each attribute's network
+        assert all(sorted(indices) == list(range(3 * n_train)) for indices in epochs)
+    stage1 = next(call for call in fits if call["label"] == "stage 1")
+    assert len(stage1["train_set"]) == n_train  # only Stage 3's training set is enlarged
 
 
 def test_an_init_that_replaces_stage2_refuses_variants_with_stage2(data: Path, tmp_path: Path, capsys):
