@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   tatl run ../shared/data/ph2 --out runs/ph2 --stages 1     # Segment-Net alone on a lesion-only dataset
   tatl run synthetic --out runs/demo --variants 3 2,3 1,3 1,2,3
   tatl run synthetic --out runs/demo --resume               # continue an interrupted run
+  torchrun --standalone --nproc_per_node=4 -m tatl run ISIC2018/ --out runs/paper --config paper   # 4 GPUs (DDP)
 """
 
 
