@@ -9,8 +9,9 @@ pipeline on the same data and split; what changes under torchrun:
 - rank 0 alone writes the run folder (checkpoints, logs, JSON, the report); the others wait for it where they read
   what it wrote, and every error is raised on every rank, so no rank is left waiting on a dead one.
 
-BatchNorm normalises each rank's slice on its own (SyncBatchNorm needs CUDA), so N processes match one process with
-the same global batch to a tolerance, not bit for bit. Outside torchrun (WORLD_SIZE unset or 1) every function here
+On CUDA, BatchNorm becomes SyncBatchNorm (train.sync_batchnorm): statistics of the global batch. A CPU has none, so
+there each rank normalises its own slice and N processes match one process with the same global batch to a
+tolerance, not bit for bit. Outside torchrun (WORLD_SIZE unset or 1) every function here
 is a no-op and `tatl run` is a plain single process.
 """
 
@@ -99,12 +100,11 @@ def main_process_first(work: Callable[[], T]) -> T:
             result = work()
         except Exception as caught:  # any failure: the other ranks must hear of it, not wait for a message
             error = caught
-    message = [f"{type(error).__name__}: {error}" if error else None]
-    dist.broadcast_object_list(message, src=0, device=_collective_device())
+    message = broadcast_from_main(f"{type(error).__name__}: {error}" if error else None)
     if error is not None:
         raise error
-    if message[0] is not None:
-        raise TatlError(f"rank 0 stopped: {message[0]}")
+    if message is not None:
+        raise TatlError(f"rank 0 stopped: {message}")
     if not is_main_process():
         try:
             result = work()

@@ -220,10 +220,7 @@ def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimiz
             totals[n] += losses[n].item() * len(x)
         seen += len(x)
         bar.set_postfix(loss=f"{sum(losses.values()).item() / len(losses):.4f}")
-    if distributed.is_distributed():  # the epoch's loss over every rank's images, as one process would log it
-        sums = distributed.all_reduce_sum(torch.tensor([*(totals[n] for n in active), seen], dtype=torch.float64))
-        totals, seen = dict(zip(active, sums[:-1].tolist(), strict=True)), sums[-1].item()
-    return {n: totals[n] / max(seen, 1) for n in active}
+    return _per_image_means(totals, seen)
 
 
 @torch.no_grad()
@@ -247,10 +244,16 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
         seen += len(x)
     if distributed.is_distributed():  # each rank scored its share of the images: add the sums up
         scorer.set_totals(distributed.all_reduce_sum(torch.from_numpy(scorer.totals())).numpy())
-        sums = distributed.all_reduce_sum(torch.tensor([*(loss_sums[n] for n in active), seen], dtype=torch.float64))
-        loss_sums, seen = dict(zip(active, sums[:-1].tolist(), strict=True)), sums[-1].item()
-    scores = scorer.result()
-    return {n: {"loss": loss_sums[n] / max(seen, 1), **scores[n]} for n in active}
+    losses, scores = _per_image_means(loss_sums, seen), scorer.result()
+    return {n: {"loss": losses[n], **scores[n]} for n in active}
+
+
+def _per_image_means(sums: dict[str, float], seen: int) -> dict[str, float]:
+    """Each sum divided by the images seen, over every torchrun rank's images (as one process would count)."""
+    if distributed.is_distributed():
+        reduced = distributed.all_reduce_sum(torch.tensor([*sums.values(), seen], dtype=torch.float64)).tolist()
+        sums, seen = dict(zip(sums, reduced[:-1], strict=True)), reduced[-1]
+    return {name: total / max(seen, 1) for name, total in sums.items()}
 
 
 def _update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:

@@ -68,6 +68,16 @@ def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 
     return folder / "report.html"
 
 
+def write_report_or_say_why(folder: Path, data: str | Path | None = None) -> str:
+    """The line to print after writing `folder`'s report: what was written, or why not. A report only views results
+    already saved (metrics.json, a grid's tables): its failure must not fail the training or the jobs before it."""
+    try:
+        html = write_report(folder, data)
+    except Exception as error:  # noqa: BLE001 - any failure: say it, keep what hours of work wrote
+        return f"report not written: {type(error).__name__}: {error} (rebuild it with `tatl report {folder}`)"
+    return f"wrote {html} and {Path(folder) / 'report.md'}"
+
+
 def grid_sections(grid_dir: Path) -> list[Section]:
     from tatl.grid_report import grid_sections as sections  # imports this module: only when a grid is reported
 

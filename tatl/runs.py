@@ -11,13 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from tatl import distributed
 from tatl.config import Config
 from tatl.data.checks import DataReport, check_dataset, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
-from tatl.pipeline import RunContext
+from tatl.pipeline import RunContext, log
 
 SYNTHETIC = "synthetic"
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
@@ -130,13 +129,13 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
         if not is_isic2017(root):
             return root
         if list(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
-            _note(f"note: ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
+            log(f"note: ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
             config.data.attributes = list(ATTRIBUTES_2017)
         unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
         if unknown:
             raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
                               f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
-        _note(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}")
+        log(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}")
         return convert_to_isic2018_layout(root, run_dir / "isic2017-converted", config.data.binarize_threshold)
     from tatl.data.synth import write_synthetic_dataset
 
@@ -160,7 +159,7 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     if not stage1_only:
         _require_attribute_masks(report)
     require_valid(report)
-    _note(report.summary_table())
+    log(report.summary_table())
     splits = _splits(run_dir, report.presence, config)
     by_id = {s.image_id: s for s in report.samples}
     train, val = _train_val(splits, config)
@@ -168,11 +167,6 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     if missing:
         raise DataError(f"{run_dir / 'splits.json'}: ids not in {root}: {', '.join(missing[:5])}")
     return RunContext(config, run_dir, report, [by_id[i] for i in train], [by_id[i] for i in val])
-
-
-def _note(message: str) -> None:
-    if distributed.is_main_process():  # under torchrun every rank prepares the same data: rank 0 says so once
-        print(message, file=sys.stderr)
 
 
 def _require_attribute_masks(report: DataReport) -> None:

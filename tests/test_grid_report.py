@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_experiments import fake_metrics, write_grid
 from test_report import PNG, PageParser
+from test_report import parse as parse_page
 
 from tatl.cli import main
 from tatl.errors import DataError
@@ -52,11 +53,7 @@ class TableParser(PageParser):
 
 
 def parse(path: Path) -> TableParser:
-    parser = TableParser()
-    parser.feed(path.read_text())
-    parser.close()
-    assert parser.open_tags == [], f"unclosed elements: {parser.open_tags}"
-    return parser
+    return parse_page(path, TableParser)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -141,7 +138,7 @@ def test_a_grid_with_no_finished_job_says_so(tmp_path: Path):
 def test_a_failing_report_does_not_fail_the_grid(grid_folder: Path, monkeypatch, capsys):
     from tatl.commands.experiment import write_grid_report
 
-    def broken(folder):
+    def broken(*args, **kwargs):
         raise ValueError("no room")
 
     monkeypatch.setattr("tatl.report.write_report", broken)

@@ -56,8 +56,8 @@ def reported_run(tmp_path_factory) -> Path:
     return run
 
 
-def parse(path: Path) -> PageParser:
-    parser = PageParser()
+def parse(path: Path, parser_class: type[PageParser] = PageParser) -> PageParser:
+    parser = parser_class()
     parser.feed(path.read_text())
     parser.close()
     assert parser.open_tags == [], f"unclosed elements: {parser.open_tags}"

@@ -112,20 +112,11 @@ def _train_and_score(args: argparse.Namespace, config) -> int:
     write_json(run_dir / "metrics.json", metrics)
     (run_dir / "summary.md").write_text(_summary(metrics, config, run_dir))
     log(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'summary.md'}")
-    _write_report(run_dir, ctx.report.root)
+    from tatl.report import write_report_or_say_why
+
+    log(write_report_or_say_why(run_dir, ctx.report.root))
     print((run_dir / "summary.md").read_text())
     return 0
-
-
-def _write_report(run_dir: Path, data: Path) -> None:
-    """RUN/report.html; a failure is printed, never fails the run: metrics.json and summary.md are written."""
-    from tatl.pipeline import log
-    from tatl.report import write_report
-
-    try:
-        log(f"wrote {write_report(run_dir, data)}")
-    except Exception as error:  # noqa: BLE001 - the report only views the results: hours of training must not fail
-        log(f"report not written: {type(error).__name__}: {error} (rebuild it with `tatl report {run_dir}`)")
 
 
 def _summary(metrics: dict, config, run_dir: Path) -> str:
