@@ -30,6 +30,7 @@ from tatl.errors import ConfigError, TatlError
 from tatl.multihead import MultiHeadSegmenter, TrainingForward
 
 T = TypeVar("T")
+S = TypeVar("S")
 TIMEOUT = timedelta(minutes=60)  # a rank may wait this long for rank 0 (e.g. while it generates or checks the data)
 
 
@@ -162,9 +163,26 @@ def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
     return [batch[me * n : (me + 1) * n] for batch, n in zip(batches, share, strict=True)]
 
 
-def rank_slice(count: int) -> range:
-    """The indices of `count` evaluation items this rank handles: every world_size-th, from its rank."""
-    return range(rank(), count, world_size())
+def my_share(items: T) -> T:
+    """The items of a list or array this rank evaluates: every world_size-th, from its rank (all of them outside
+    torchrun). A view of an array (or of a memory-mapped cache), never a copy."""
+    return items[rank() :: world_size()]
+
+
+def gather_from_ranks(local: T) -> list[T]:
+    """Every rank's `local` (a picklable object), in rank order, on every rank; [local] outside torchrun."""
+    if not is_distributed():
+        return [local]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
+def sum_scorer_over_ranks(scorer: S) -> S:
+    """`scorer` (tatl.metrics Task1Scorer or Task2Scorer) holding the totals of every rank's images, in place."""
+    if is_distributed():
+        scorer.set_totals(all_reduce_sum(torch.from_numpy(scorer.totals())).numpy())
+    return scorer
 
 
 def use_sync_batchnorm(model: MultiHeadSegmenter) -> None:
@@ -184,11 +202,16 @@ def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder:
 
     A trainable encoder must not hold parameters its forward never uses: call freeze_unused_parameters first (as
     engine.fit does), or DDP stops at the second step waiting for their gradients."""
-    forward = TrainingForward(model, names, train_encoder)
+    return data_parallel(TrainingForward(model, names, train_encoder), device)
+
+
+def data_parallel(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """`module` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
     if not is_distributed():
-        return forward
+        return module
     device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None  # this rank's GPU (setup)
-    return nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
 
 
 def freeze_unused_parameters(model: MultiHeadSegmenter, example: torch.Tensor) -> list[str]:

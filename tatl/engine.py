@@ -154,7 +154,7 @@ def _amp_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
 def _loader(dataset, cfg: TrainConfig, epoch: int | None, device: torch.device) -> torch.utils.data.DataLoader:
     """Training (epoch given): this rank's share of each shuffled batch. Evaluation: this rank's images, in order."""
     if epoch is None:
-        mine = list(distributed.rank_slice(len(dataset)))
+        mine = distributed.my_share(list(range(len(dataset))))
         batches = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
     else:  # the order depends on (seed, epoch) only, so a resumed run replays the same batches
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -242,8 +242,7 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
                 loss_sums[n] += loss_fn(logits, truth).item() * len(x)
                 scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)
-    if distributed.is_distributed():  # each rank scored its share of the images: add the sums up
-        scorer.set_totals(distributed.all_reduce_sum(torch.from_numpy(scorer.totals())).numpy())
+    distributed.sum_scorer_over_ranks(scorer)  # each rank scored its share of the images: add the sums up
     losses, scores = _per_image_means(loss_sums, seen), scorer.result()
     return {n: {"loss": losses[n], **scores[n]} for n in active}
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tatl import distributed
 from tatl.data.crops import Box, paste_back, whole_image_box
 from tatl.data.dataset import SegmentationDataset, full_size_target
 from tatl.data.isic import Sample
@@ -25,7 +26,9 @@ def predict_probabilities(
     model: MultiHeadSegmenter, images: np.ndarray, device: torch.device, batch_size: int = 8,
     channels_last: bool = True,
 ) -> dict[str, np.ndarray]:
-    """{head name: (N, S, S) float32 probabilities} for uint8 images (N, S, S, 3); one encoder pass per batch."""
+    """{head name: (N, S, S) float32 probabilities} for uint8 images (N, S, S, 3); one encoder pass per batch.
+
+    N may be 0 (a torchrun rank with no image of its own): empty (0, S, S) maps."""
     model.to(device).eval()
     dataset = SegmentationDataset(images, None, augment=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -36,7 +39,8 @@ def predict_probabilities(
             x = x.contiguous(memory_format=torch.channels_last)
         for name, logits in model(x).items():
             outputs[name].append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+    empty = np.zeros((0, *images.shape[1:3]), np.float32)
+    return {name: np.concatenate(parts) if parts else empty for name, parts in outputs.items()}
 
 
 def average_probabilities(per_shape: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -57,13 +61,17 @@ def score_attributes(
     sizes: dict[str, tuple[int, int]],
     thresholds: float | dict[str, float] = 0.5,
     binarize_threshold: int | None = None,
+    across_ranks: bool = False,
 ) -> dict:
-    """Official ISIC 2018 Task 2 scores of stage-input probabilities, pasted back at each original size."""
+    """Official ISIC 2018 Task 2 scores of stage-input probabilities, pasted back at each original size.
+
+    across_ranks: under torchrun each rank passes its own share of the images and every rank gets the scores of all
+    of them (the sums are added up); every rank must call it."""
     per_attribute = thresholds if isinstance(thresholds, dict) else dict.fromkeys(probabilities, thresholds)
     scorer = Task2Scorer(list(probabilities))
     for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
         scorer.update(attribute, truth, full_size > per_attribute[attribute])
-    return scorer.result()
+    return _summed(scorer, across_ranks).result()
 
 
 def tune_thresholds(
@@ -73,16 +81,18 @@ def tune_thresholds(
     sizes: dict[str, tuple[int, int]],
     grid: Sequence[float] = THRESHOLD_GRID,
     binarize_threshold: int | None = None,
+    across_ranks: bool = False,
 ) -> dict[str, float]:
     """Per attribute, the grid threshold with the best official Jaccard on these (validation) images.
 
-    One pass over the images scores every threshold at once; ties go to the threshold nearest 0.5.
+    One pass over the images scores every threshold at once; ties go to the threshold nearest 0.5. across_ranks:
+    as in score_attributes.
     """
     scorers = {t: Task2Scorer(list(probabilities)) for t in grid}
     for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
         for threshold, scorer in scorers.items():
             scorer.update(attribute, truth, full_size > threshold)
-    results = {t: scorer.result() for t, scorer in scorers.items()}
+    results = {t: _summed(scorer, across_ranks).result() for t, scorer in scorers.items()}
     ordered = sorted(grid, key=lambda t: abs(t - 0.5))
     return {a: max(ordered, key=lambda t: results[t][a]["jaccard"]) for a in probabilities}
 
@@ -103,11 +113,18 @@ def score_lesions(
     sizes: dict[str, tuple[int, int]],
     threshold: float = 0.5,
     binarize_threshold: int | None = None,
+    across_ranks: bool = False,
 ) -> dict:
-    """ISIC 2018 Task 1 scores (mean Jaccard, thresholded Jaccard, Dice) of whole-image lesion probabilities."""
+    """ISIC 2018 Task 1 scores (mean Jaccard, thresholded Jaccard, Dice) of whole-image lesion probabilities.
+
+    across_ranks: as in score_attributes."""
     scorer = Task1Scorer()
     for index, sample in enumerate(samples):
         size = sizes[sample.image_id]
         prediction = full_size_probabilities(probabilities[index], whole_image_box(size), size) > threshold
         scorer.update(full_size_target(sample, "lesion", size, binarize_threshold), prediction)
-    return scorer.result()
+    return _summed(scorer, across_ranks).result()
+
+
+def _summed(scorer, across_ranks: bool):
+    return distributed.sum_scorer_over_ranks(scorer) if across_ranks else scorer

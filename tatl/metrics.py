@@ -147,7 +147,8 @@ class Task1Scorer:
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
-        self._per_image: list[np.ndarray | torch.Tensor] = []  # (B, 3) jaccard, threshold_jaccard, dice
+        self._sums: list[np.ndarray | torch.Tensor] = []  # per batch: sums of jaccard, threshold_jaccard, dice
+        self.image_count = 0
 
     def update(self, truth: Mask, prediction: Mask) -> None:
         """Add one (H, W) image or a (B, H, W) batch."""
@@ -159,14 +160,27 @@ class Task1Scorer:
         jaccard = lib.where(empty, 1.0, tp / lib.where(empty, 1.0, tp + fp + fn))
         dice = lib.where(empty, 1.0, 2 * tp / lib.where(empty, 1.0, 2 * tp + fp + fn))
         thresholded = lib.where(jaccard >= THRESHOLD_JACCARD, jaccard, 0.0)
-        self._per_image.append(lib.stack([jaccard, thresholded, dice], 1))
+        self._sums.append(lib.stack([jaccard, thresholded, dice], 1).sum(0))
+        self.image_count += counts.shape[0]
+
+    def totals(self) -> np.ndarray:
+        """[sum of Jaccard, of thresholded Jaccard, of Dice, image count]: totals over disjoint images add up."""
+        sums = np.zeros(3)
+        for part in self._sums:  # device tensors are read back here, once per batch
+            sums += part.cpu().numpy() if isinstance(part, torch.Tensor) else part
+        return np.array([*sums, self.image_count])
+
+    def set_totals(self, totals: np.ndarray) -> None:
+        """Replace the sums with `totals` (e.g. the sum over torchrun processes of their `totals()`)."""
+        totals = np.asarray(totals, dtype=np.float64)
+        self._sums, self.image_count = [totals[:3].copy()], int(round(totals[3]))
 
     def result(self) -> dict[str, float]:
         """{"jaccard", "threshold_jaccard", "dice"}, each the mean over images."""
-        if not self._per_image:
+        if not self.image_count:
             raise ValueError("no image was scored")
-        rows = np.concatenate([p.cpu().numpy() if isinstance(p, torch.Tensor) else p for p in self._per_image])
-        return dict(zip(("jaccard", "threshold_jaccard", "dice"), map(float, rows.mean(0)), strict=True))
+        means = self.totals()[:3] / self.image_count
+        return dict(zip(("jaccard", "threshold_jaccard", "dice"), map(float, means), strict=True))
 
 
 def _mask_key(path: Path) -> tuple[str, str] | None:

@@ -83,31 +83,39 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
 
 
 def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
-    """Lesion boxes for every image from the Segment-Net's predictions (or truth, for training crops, if asked)."""
+    """Lesion boxes for every image from the Segment-Net's predictions (or truth, for training crops, if asked).
+
+    Under torchrun each rank predicts its share of the images; boxes and scores are then put together on every rank.
+    """
     cfg = ctx.config
     samples = ctx.train + ctx.val
-    images = load_images(samples, cfg.data.stage1_size, None, ctx.cache_dir)
+    train_ids = {s.image_id for s in ctx.train}
+    mine = distributed.my_share(samples)
+    images = distributed.my_share(load_images(samples, cfg.data.stage1_size, None, ctx.cache_dir))
     probabilities = predict_probabilities(segment_net, images, ctx.device, cfg.train.batch_size)[LESION]
     boxes: dict[str, Box] = {}
-    fallbacks = []
-    train_ids = {s.image_id for s in ctx.train}
-    for index, sample in enumerate(samples):
-        mask = probabilities[index] > cfg.pipeline.threshold
+    fallbacks: set[str] = set()
+    for sample, lesion_probabilities in zip(mine, probabilities, strict=True):
+        mask = lesion_probabilities > cfg.pipeline.threshold
         if cfg.pipeline.crop_source == "truth" and sample.image_id in train_ids:
             mask = full_size_target(sample, LESION, ctx.report.sizes[sample.image_id], cfg.data.binarize_threshold)
         box, fell_back = lesion_box(mask, ctx.report.sizes[sample.image_id], cfg.pipeline.crop_margin,
                                     cfg.pipeline.min_lesion_fraction)
         boxes[sample.image_id] = box
         if fell_back:
-            fallbacks.append(sample.image_id)
-    boxes = distributed.broadcast_from_main(boxes)  # under torchrun every rank crops exactly as rank 0
-    if fallbacks:
-        log(f"stage 1: no plausible lesion predicted for {len(fallbacks)} image(s), whole image used: "
-            + ", ".join(fallbacks[:10]) + (" ..." if len(fallbacks) > 10 else ""))
-    val_probabilities = probabilities[len(ctx.train):]
-    scores = score_lesions(val_probabilities, ctx.val, ctx.report.sizes, cfg.pipeline.threshold,
-                           cfg.data.binarize_threshold)
-    scores["whole_image_fallbacks"] = fallbacks
+            fallbacks.add(sample.image_id)
+    for rank_boxes, rank_fallbacks in distributed.gather_from_ranks((boxes, fallbacks)):
+        boxes.update(rank_boxes)
+        fallbacks |= rank_fallbacks
+    boxes = {s.image_id: boxes[s.image_id] for s in samples}  # in the images' order, on every rank alike
+    fallback_ids = [s.image_id for s in samples if s.image_id in fallbacks]
+    if fallback_ids:
+        log(f"stage 1: no plausible lesion predicted for {len(fallback_ids)} image(s), whole image used: "
+            + ", ".join(fallback_ids[:10]) + (" ..." if len(fallback_ids) > 10 else ""))
+    is_val = np.array([s.image_id not in train_ids for s in mine], dtype=bool)
+    scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
+                           ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold, across_ranks=True)
+    scores["whole_image_fallbacks"] = fallback_ids
     write_json(ctx.run_dir / "stage1" / "boxes.json", {k: list(v) for k, v in boxes.items()})
     return boxes, scores
 
@@ -223,17 +231,20 @@ def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSe
                      boxes: dict[str, Box] | None) -> tuple[dict, dict]:
     """Official scores at original size for each shape and the U+Link ensemble, and the thresholds used."""
     cfg = ctx.config
-    images = load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir)
+    # Under torchrun each rank predicts and scores its share of the images; the scores' sums are added up.
+    images = distributed.my_share(load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir))
     per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
     if len(per_shape) > 1:
         per_shape["ensemble"] = average_probabilities(list(per_shape.values()))
-    where = (ctx.val, boxes, ctx.report.sizes)
+    where = (distributed.my_share(ctx.val), boxes, ctx.report.sizes)
     scores, thresholds = {}, {}
     for name, probabilities in per_shape.items():
         thresholds[name] = dict.fromkeys(probabilities, cfg.pipeline.threshold)
         if cfg.pipeline.tune_thresholds:  # tuned and scored on validation: optimistic, and labelled so
-            thresholds[name] = tune_thresholds(probabilities, *where, binarize_threshold=cfg.data.binarize_threshold)
-        scores[name] = score_attributes(probabilities, *where, thresholds[name], cfg.data.binarize_threshold)
+            thresholds[name] = tune_thresholds(probabilities, *where, binarize_threshold=cfg.data.binarize_threshold,
+                                               across_ranks=True)
+        scores[name] = score_attributes(probabilities, *where, thresholds[name], cfg.data.binarize_threshold,
+                                        across_ranks=True)
     return scores, thresholds
 
 

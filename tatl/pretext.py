@@ -5,6 +5,9 @@ then fine-tuned on each attribute. Here the disturbance is Chen et al.'s: pairs 
 repeatedly, so the colour histogram is unchanged and only the context is wrong. The network (same shape and
 encoder as the Target-Segmenters, 3 output channels) learns to output the original image (mean squared error on
 normalised pixels). Stage 3 then starts from every weight but the 3-channel head, which is re-initialised.
+
+Under torchrun the pretext network trains like the stages do: each rank takes a slice of every batch (DDP) and
+validates its share of the images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tatl import distributed
 from tatl.checkpoints import load_checkpoint, save_checkpoint, write_json
 from tatl.config import TrainConfig
 from tatl.data.dataset import normalize
@@ -68,20 +72,25 @@ def train_context_restoration(
     model = build_model(shape, encoder_name, encoder_weights, classes=3).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set, val_set = RestorationDataset(train_images, cfg.seed), RestorationDataset(val_images, cfg.seed + 1)
+    # A whole smp network: some encoders (smp's efficientnet-b0) hold parameters the forward never uses.
+    step_model = distributed.data_parallel(model, device, find_unused_parameters=True)
     best, bad_epochs, best_state = float("inf"), 0, None
     for epoch in range(cfg.epochs):
         train_set.set_epoch(epoch)
         model.train()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        for x, y in torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, generator=generator,
-                                                drop_last=len(train_set) > cfg.batch_size):
+        order = torch.randperm(len(train_set), generator=generator).tolist()
+        batches = distributed.rank_batches(order, cfg.batch_size)  # this rank's slice of each global batch
+        for x, y in torch.utils.data.DataLoader(train_set, batch_sampler=batches):
             optimizer.zero_grad(set_to_none=True)
-            loss = F.mse_loss(model(x.to(device)), y.to(device))
+            loss = F.mse_loss(step_model(x.to(device)), y.to(device))
             loss.backward()
             optimizer.step()
+        distributed.broadcast_buffers(model)  # one network validated and kept: rank 0's BatchNorm statistics
         val_loss = _validation_loss(model, val_set, cfg.batch_size, device)
-        print(f"[context restoration ({shape})] epoch {epoch + 1}/{cfg.epochs}  val MSE {val_loss:.4f}",
-              file=sys.stderr)
+        if distributed.is_main_process():
+            print(f"[context restoration ({shape})] epoch {epoch + 1}/{cfg.epochs}  val MSE {val_loss:.4f}",
+                  file=sys.stderr)
         if val_loss < best:
             best, bad_epochs = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -98,9 +107,12 @@ def train_context_restoration(
 
 @torch.no_grad()
 def _validation_loss(model, dataset, batch_size: int, device: torch.device) -> float:
+    """Mean per-image MSE; under torchrun each rank scores its share of the images and the sums are added up."""
     model.eval()
     total, seen = 0.0, 0
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size):
+    mine = torch.utils.data.Subset(dataset, distributed.my_share(list(range(len(dataset)))))
+    for x, y in torch.utils.data.DataLoader(mine, batch_size):
         total += F.mse_loss(model(x.to(device)), y.to(device), reduction="sum").item() / y[0].numel()
         seen += len(x)
+    total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
     return total / max(seen, 1)

@@ -4,7 +4,9 @@ Without BatchNorm, N processes each taking 1/N of every batch compute exactly th
 whole batch (the loss is a per-image mean), so the test can ask for equality, not a tolerance. The encoder carries a
 parameter its forward never uses, as smp's efficientnet-b0 does, which DDP must survive.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT frozen|trainable
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT frozen|trainable|pretext
+
+"pretext" trains the context-restoration network (tatl.pretext) instead, the same BatchNorm-free way.
 """
 
 import sys
@@ -58,8 +60,43 @@ def data(n: int = 20, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return images, masks
 
 
+class TinyRestorer(nn.Module):
+    """A 3-channel image-to-image network without BatchNorm, with one parameter it never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = TinyEncoder(), TinyDecoder()
+        self.head = nn.Conv2d(8, 3, 1)
+        self.images_seen = {"train": 0, "eval": 0}  # by this rank
+
+    def forward(self, x):
+        self.images_seen["train" if self.training else "eval"] += len(x)
+        return self.head(self.decoder(self.encoder(x)))
+
+
+def pretext(out: Path) -> None:
+    from tatl import pretext
+
+    built = []
+
+    def build_model(*args, **kwargs):  # the stand-in for the U/Link network, built where tatl builds its own
+        built.append(TinyRestorer())
+        return built[-1]
+
+    pretext.build_model = build_model
+    images, _ = data()
+    cfg = TrainConfig(epochs=3, patience=5, batch_size=4, lr=0.05, device="cpu", seed=3, channels_last=False)
+    state = pretext.train_context_restoration("unet", "tiny", None, images, images[:7], cfg, out / "pretext")
+    torch.save({"state": state, "world": distributed.world_size(), "images_seen": built[0].images_seen},
+               out / f"rank{distributed.rank()}.pt")
+
+
 def main(out: Path, mode: str) -> None:
     distributed.setup("cpu")
+    if mode == "pretext":
+        pretext(out)
+        distributed.teardown()
+        return
     torch.manual_seed(0)
     names = NAMES if mode == "frozen" else NAMES[:1]
     heads = {name: DecoderHead(TinyDecoder(), nn.Conv2d(8, 1, 1)) for name in names}

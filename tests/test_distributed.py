@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from compare import assert_close_numbers
 
 from tatl import distributed
 from tatl.errors import ConfigError
@@ -99,6 +101,27 @@ def test_two_processes_train_exactly_like_one_with_the_same_global_batch(tmp_pat
     assert not list((two / "heads").rglob("*.tmp"))
 
 
+@pytest.mark.slow
+def test_two_processes_train_the_context_restoration_pretext_like_one(tmp_path):
+    """The pretext network of Table 7's baseline is trained like the stages: a slice of each batch per rank (not the
+    whole pretext on every rank), its validation shared out and added up."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, nproc in ((one, 1), (two, 2)):
+        out.mkdir()
+        torchrun(nproc, str(WORKER), str(out), "pretext")
+    single = torch.load(one / "rank0.pt", weights_only=False)
+    assert single["images_seen"] == {"train": 3 * 20, "eval": 3 * 7}  # 3 epochs of 20 training, 7 validation images
+    for rank in (0, 1):
+        result = torch.load(two / f"rank{rank}.pt", weights_only=False)
+        assert result["world"] == 2
+        assert result["images_seen"] == {"train": 3 * 10, "eval": 3 * (4, 3)[rank]}  # each rank did its share only
+        for key, value in single["state"].items():
+            torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert (two / "pretext" / "done.json").is_file()
+    assert json.loads((two / "pretext" / "done.json").read_text())["best_val_mse"] == pytest.approx(
+        json.loads((one / "pretext" / "done.json").read_text())["best_val_mse"], rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 TINY = ["--config", "demo", "--set", "synth.n=24", "--set", "synth.size=64", "--set", "data.stage1_size=32",
         "--set", "data.image_size=32", "--set", "train.epochs=2", "--set", "train.batch_size=8",
@@ -123,6 +146,18 @@ def test_tatl_run_under_torchrun_writes_one_run_and_resumes(tmp_path):
     assert b["stage1"]["jaccard"] == pytest.approx(a["stage1"]["jaccard"], abs=0.15)
     assert b["variant 1,2,3"]["unet"]["macro_average"]["dice"] == pytest.approx(
         a["variant 1,2,3"]["unet"]["macro_average"]["dice"], abs=0.15)
+
+    # The same trained networks evaluated by two processes, each predicting and scoring its share of the images
+    # (Stage-1 boxes, Stage 2 and every variant): the scores and boxes of one process.
+    again = tmp_path / "again"
+    shutil.copytree(single, again)
+    (again / "metrics.json").unlink()
+    result = torchrun(2, "-m", "tatl", "run", "synthetic", "--out", str(again), "--resume")
+    assert result.stderr.count("already trained") == 3  # stage 1, stage 2, stage 3: nothing trained again
+    assert json.loads((again / "stage1" / "boxes.json").read_text()) == json.loads(
+        (single / "stage1" / "boxes.json").read_text())
+    assert_close_numbers(json.loads((again / "metrics.json").read_text()), a)
+
 
 
 @pytest.mark.slow

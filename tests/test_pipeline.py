@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from compare import assert_close_numbers
 
 from tatl.cli import main
 from tatl.config import ATTRIBUTES_2018
@@ -330,3 +331,87 @@ def test_strict_transfer_from_the_three_class_pretext_head_logs_its_reinitialisa
     target = load_checkpoint(run / "stage3-v3" / "unet" / "pigment_network" / "best.pt")["model"]
     assert pretext["segmentation_head.0.weight"].shape[0] == 3 and target["segmentation_head.0.weight"].shape[0] == 1
     assert pretext.keys() == target.keys()  # every other tensor was transferred, strictly
+
+
+class ThreadRanks:
+    """Two torchrun ranks played by two threads of this process: gather and all-reduce meet at a barrier."""
+
+    def __init__(self, world: int = 2) -> None:
+        import threading
+
+        self.world, self.local = world, threading.local()
+        self.barrier, self.slots = threading.Barrier(world, timeout=120), [None] * world
+
+    def rank(self) -> int:
+        return self.local.rank
+
+    def gather(self, value):
+        self.slots[self.rank()] = value
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()  # nobody writes the next round's slot before everyone has read this one
+        return out
+
+    def all_reduce_sum(self, values):
+        return sum(part.double() for part in self.gather(values.clone()))
+
+    def run(self, work) -> list:
+        import threading
+
+        results, errors = [None] * self.world, []
+
+        def play(rank: int) -> None:
+            self.local.rank = rank
+            try:
+                results[rank] = work()
+            except BaseException as error:  # reported below; the other thread must not wait for ever
+                errors.append(error)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=play, args=(rank,)) for rank in range(self.world)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_process(tuned_run, monkeypatch):
+    """Under torchrun each rank predicts and scores only its share of the images (tuned thresholds included) and
+    every rank ends with the boxes and scores one process computes."""
+    from tatl import distributed, pipeline
+
+    ctx, boxes = _context(tuned_run), _boxes(tuned_run)
+    segment_net = pipeline.stage1_segment_net(ctx)
+    models = {shape: pipeline.stage3_targets(ctx, "1,2,3", shape, boxes, pipeline.stage2_agnostic(ctx, shape, boxes))
+              for shape in ctx.config.model.shapes}
+    one_boxes, one_lesion_scores = pipeline.stage1_boxes(ctx, segment_net)
+    one_scores, one_thresholds = pipeline.evaluate_variant(ctx, models, boxes)
+
+    ranks = ThreadRanks()
+    predicted: dict[int, list[int]] = {0: [], 1: []}
+    predict = pipeline.predict_probabilities
+
+    def counting_predict(model, images, *args, **kwargs):
+        predicted[ranks.rank()].append(len(images))
+        return predict(model, images, *args, **kwargs)
+
+    for name, value in {"is_distributed": lambda: True, "rank": ranks.rank, "world_size": lambda: 2,
+                        "gather_from_ranks": ranks.gather, "all_reduce_sum": ranks.all_reduce_sum}.items():
+        monkeypatch.setattr(distributed, name, value)
+    monkeypatch.setattr(pipeline, "predict_probabilities", counting_predict)
+    results = ranks.run(lambda: (pipeline.stage1_boxes(ctx, segment_net),
+                                 pipeline.evaluate_variant(ctx, models, boxes)))
+
+    everything, val = len(ctx.train) + len(ctx.val), len(ctx.val)
+    for rank, ((rank_boxes, lesion_scores), (scores, thresholds)) in enumerate(results):
+        assert rank_boxes == one_boxes and list(rank_boxes) == list(one_boxes)
+        assert_close_numbers(lesion_scores, one_lesion_scores)
+        assert thresholds == one_thresholds
+        assert_close_numbers(scores, one_scores)
+        share, val_share = (-(-n // 2) if rank == 0 else n // 2 for n in (everything, val))  # every 2nd, from rank
+        stage3_networks = sum(len(group) for group in models.values())
+        assert predicted[rank] == [share] + [val_share] * stage3_networks  # its own images, never the whole set
+    assert any(t != 0.5 for per in one_thresholds.values() for t in per.values())  # tuning really ran
