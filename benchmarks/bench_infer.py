@@ -16,9 +16,11 @@ The run folder is trained here (`tatl run synthetic`, 1 epoch, 20 images at 64 p
 --run names one; it is predicted at --size px (Stage 1 and Stages 2-3, weights are fully convolutional). Images:
 the real PH2 JPEGs (765x574) of ../shared/data/ph2, or with --large generated 6000x4000 JPEGs. Prints images/s of
 the three and the ratios (median of repeats after a warm-up, measured in this one run) and writes
-benchmarks/out/infer.json.
+benchmarks/out/infer.json (infer-cuda.json when the networks run on a GPU: --device cuda, or auto when there
+is one; fp32 for all three, as `tatl predict` runs).
 
     .venv/bin/python benchmarks/bench_infer.py [--images 4] [--size 512] [--repeats 3] [--large] [--run RUN]
+        [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import PH2, machine, median_seconds, resized_run, tiny_run, write_result
+from common import PH2, add_device_argument, machine, median_seconds, pick_device, resized_run, tiny_run, write_result
 from tatl.checkpoints import load_checkpoint
 from tatl.data.crops import lesion_box
 from tatl.data.dataset import LESION, normalize
@@ -47,14 +49,15 @@ from tatl.predict import Predictor, checkpoint_paths, load_predictor
 class SeparateNetwork:
     """One checkpoint as a plain single network: fp32 NCHW, eval mode, its own encoder."""
 
-    def __init__(self, shape: str, encoder_name: str, path: Path):
+    def __init__(self, shape: str, encoder_name: str, path: Path, device: torch.device):
         self.model = build_model(shape, encoder_name)
         self.model.load_state_dict(load_checkpoint(path)["model"])
-        self.model.eval()
+        self.model.eval().to(device)
+        self.device = device
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return torch.sigmoid(self.model(normalize(image)[None]))[0, 0].numpy()
+        return torch.sigmoid(self.model(normalize(image)[None].to(self.device)))[0, 0].cpu().numpy()
 
 
 def plain_read(path: Path, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -69,11 +72,12 @@ def plain_read(path: Path, size: tuple[int, int], box: tuple[int, int, int, int]
 class SeparatePipeline:
     """The same pipeline with 13 independent networks, each decoding the JPEG itself."""
 
-    def __init__(self, predictor: Predictor, run: Path, reader=plain_read):
+    def __init__(self, predictor: Predictor, run: Path, device: torch.device, reader=plain_read):
         s = self.settings = predictor.settings
         self.read = reader
-        self.stage1 = SeparateNetwork(s.stage1_shape, s.encoder_name, run / "stage1" / s.stage1_shape / "best.pt")
-        self.targets = {shape: {name: SeparateNetwork(shape, s.encoder_name, path)
+        self.stage1 = SeparateNetwork(s.stage1_shape, s.encoder_name, run / "stage1" / s.stage1_shape / "best.pt",
+                                      device)
+        self.targets = {shape: {name: SeparateNetwork(shape, s.encoder_name, path, device)
                                 for name, path in checkpoint_paths(run, s, shape).items()} for shape in s.shapes}
 
     def predict(self, path: Path) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
@@ -141,16 +145,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large", action="store_true", help="6000x4000 JPEGs instead of PH2")
     parser.add_argument("--run", type=Path, help="a trained variant-1,2,3 run folder (default: train a tiny one)")
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         run = args.run or tiny_run(folder)
         view = resized_run(run, args.size, folder)
         paths, source = image_paths(folder, args.images, args.large)
         torch.manual_seed(0)
-        shared = load_predictor(view, device="cpu")
-        alone = load_predictor(view, device="cpu", share_encoders=False)
-        separate = SeparatePipeline(shared, view)
+        shared = load_predictor(view, device=device.type)
+        alone = load_predictor(view, device=device.type, share_encoders=False)
+        separate = SeparatePipeline(shared, view, device)
         difference, same_boxes = largest_difference(shared, separate, paths[:2])
         separate.read = read_image  # the same pixels as tatl's: only the networks' arithmetic may differ
         network_difference, _ = largest_difference(shared, separate, paths[:2])
@@ -173,7 +179,8 @@ def main() -> None:
                 same_boxes=same_boxes, images=n, source=source,
                 size=args.size, run=str(args.run) if args.run else "tiny synthetic run (1 epoch, 64 px)")
     passes = rows["encoder_passes"]
-    print(f"inference per image, variant 1,2,3, U+Link, {source}, {args.size} px stage inputs, {n} images; {machine()}")
+    print(f"inference per image, variant 1,2,3, U+Link, {source}, {args.size} px stage inputs, {n} images; "
+          f"{machine(device)}")
     print("| pipeline | encoder passes per image | GFLOP per image | images/s |\n|---|---:|---:|---:|")
     print(f"| separate networks (full JPEG decode per network, fp32 NCHW) | {passes['separate']} "
           f"| {gflop['separate']:.1f} | {rows['separate_images_per_s']:.3f} |")
@@ -186,7 +193,7 @@ def main() -> None:
     print(f"check on {checked} image(s): largest probability difference tatl vs separate {difference:.1e} (their "
           f"full decode vs tatl's reader: draft mode where the image is >= 2x the stage size), "
           f"{network_difference:.1e} given the same pixels; same lesion boxes: {same_boxes}")
-    print(f"wrote {write_result('infer', rows)}")
+    print(f"wrote {write_result('infer', rows, device)}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@ attributes trained one by one (one network per attribute, each with its own froz
 
 Both compute the same updates (tests/test_engine.py checks equality); only the cost differs. Synthetic lesion crops
 at 128 px, batch 8, faithful EfficientNet-b0 (U and Link). Prints seconds per epoch of both and the ratio (median
-of repeats, measured in this one run) and writes benchmarks/out/stage3.json.
+of repeats, measured in this one run) and writes benchmarks/out/stage3.json (stage3-cuda.json on a GPU, where
+both run with autocast, as `tatl run` trains).
 
-    .venv/bin/python benchmarks/bench_stage3.py [--images 32] [--size 128] [--repeats 3]
+    .venv/bin/python benchmarks/bench_stage3.py [--images 32] [--size 128] [--repeats 3] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import itertools
 import numpy as np
 import torch
 
-from common import machine, median_seconds, write_result
+from common import add_device_argument, machine, median_seconds, pick_device, write_result
 from tatl.config import ATTRIBUTES_2018, TrainConfig
 from tatl.data.dataset import SegmentationDataset
 from tatl.data.synth import render_sample
-from tatl.engine import train_one_epoch
+from tatl.engine import autocast_dtype, train_one_epoch
 from tatl.losses import TatlLoss
 from tatl.models import build_model
 from tatl.multihead import MultiHeadSegmenter
@@ -39,14 +40,16 @@ def synthetic_arrays(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(masks)
 
 
-def epoch_seconds(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfig, repeats: int) -> float:
-    model = MultiHeadSegmenter.from_model(copy.deepcopy(base), names).to(memory_format=torch.channels_last)
+def epoch_seconds(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfig, repeats: int,
+                  device: torch.device) -> float:
+    model = MultiHeadSegmenter.from_model(copy.deepcopy(base), names).to(device, memory_format=torch.channels_last)
     model.encoder.requires_grad_(False)
     optimizers = {n: torch.optim.SGD(model.heads[n].parameters(), lr=0.01, momentum=0.9) for n in names}
     epochs = itertools.count()
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    return median_seconds(lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), torch.device("cpu"),
-                                                  TatlLoss(), optimizers, scaler, None, False, "bench"), repeats)
+    amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return median_seconds(lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), device, TatlLoss(),
+                                                  optimizers, scaler, amp_dtype, False, "bench"), repeats)
 
 
 def main() -> None:
@@ -54,25 +57,29 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = pick_device(args.device)
     images, masks = synthetic_arrays(args.images, args.size)
-    cfg = TrainConfig(batch_size=8, device="cpu", augment=False)
+    cfg = TrainConfig(batch_size=8, device=device.type, augment=False)
     rows = []
     for shape in ("unet", "linknet"):
         torch.manual_seed(0)
         base = build_model(shape, "paper-efficientnet-b0")
-        shared = epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks), cfg, args.repeats)
+        shared = epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks), cfg, args.repeats,
+                               device)
         alone = sum(
-            epoch_seconds(base, [a], SegmentationDataset(images, masks[:, k : k + 1]), cfg, args.repeats)
+            epoch_seconds(base, [a], SegmentationDataset(images, masks[:, k : k + 1]), cfg, args.repeats,
+                          device)
             for k, a in enumerate(ATTRIBUTES_2018)
         )
         rows.append({"shape": shape, "shared_encoder_s": shared, "one_by_one_s": alone, "ratio": alone / shared})
     print(f"Stage 3 TATL-FE, {len(ATTRIBUTES_2018)} attributes, {args.images} images at {args.size} px, "
-          f"batch 8; {machine()}")
+          f"batch 8; {machine(device)}")
     print("| shape | shared frozen encoder, s/epoch | one by one, s/epoch | speed-up |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['shape']} | {row['shared_encoder_s']:.2f} | {row['one_by_one_s']:.2f} | {row['ratio']:.2f}x |")
-    print(f"wrote {write_result('stage3', {'rows': rows, 'images': args.images, 'size': args.size})}")
+    print(f"wrote {write_result('stage3', {'rows': rows, 'images': args.images, 'size': args.size}, device)}")
 
 
 if __name__ == "__main__":

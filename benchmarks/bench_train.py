@@ -6,7 +6,11 @@ Real-size JPEGs: ../shared/data/ph2 when present (765x574), else generated 1022x
 batch 8, the faithful EfficientNet-b0 U-Net. Prints images/s of both and the ratio (median of repeats, measured in
 this one run) and writes benchmarks/out/train.json.
 
-    .venv/bin/python benchmarks/bench_train.py [--images 32] [--repeats 3]
+On a CUDA GPU (--device cuda, or auto when there is one) both loops run there: the plain one fp32 NCHW, tatl's with
+channels_last, pinned memory and autocast (bf16, or fp16 with a gradient scaler), as `tatl run` trains; the
+figures go to benchmarks/out/train-cuda.json.
+
+    .venv/bin/python benchmarks/bench_train.py [--images 32] [--repeats 3] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import machine, median_seconds, write_result
+from common import add_device_argument, machine, median_seconds, pick_device, write_result
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset, load_images, load_masks, normalize
 from tatl.data.isic import find_samples
 from tatl.data.synth import write_synthetic_dataset
-from tatl.engine import train_one_epoch
+from tatl.engine import autocast_dtype, train_one_epoch
 from tatl.losses import TatlLoss
 from tatl.models import build_model
 from tatl.multihead import MultiHeadSegmenter
@@ -52,11 +56,11 @@ class DecodeEveryTime(torch.utils.data.Dataset):
         return normalize(rgb), torch.from_numpy(target[None].astype(np.float32))
 
 
-def plain_epoch(model, loader, optimizer, loss_fn) -> None:
+def plain_epoch(model, loader, optimizer, loss_fn, device: torch.device) -> None:
     model.train()
     for x, y in loader:
         optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
+        loss_fn(model(x.to(device)), y.to(device)).backward()
         optimizer.step()
 
 
@@ -64,7 +68,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as folder:
         if PH2.is_dir():
             root, source = PH2, "PH2 765x574 JPEGs"
@@ -77,9 +83,10 @@ def main() -> None:
         # plain smp-style loop
         plain_model = build_model("unet", "paper-efficientnet-b0")
         plain_model.load_state_dict(base.state_dict())
+        plain_model.to(device)
         optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
         loader = torch.utils.data.DataLoader(DecodeEveryTime(samples), batch_size=BATCH, shuffle=True)
-        plain_s = median_seconds(lambda: plain_epoch(plain_model, loader, optimizer, TatlLoss()), args.repeats)
+        plain_s = median_seconds(lambda: plain_epoch(plain_model, loader, optimizer, TatlLoss(), device), args.repeats)
         # tatl: cache once (timed separately), then epochs from memory, channels_last
         started = time.perf_counter()
         cache = Path(folder) / "cache"
@@ -88,24 +95,28 @@ def main() -> None:
         masks = load_masks(samples, ["lesion"], SIZE, None, sizes, cache)
         cache_s = time.perf_counter() - started
         dataset = SegmentationDataset(images, masks, augment=False)
-        cfg = TrainConfig(batch_size=BATCH, device="cpu", channels_last=True)
-        model = MultiHeadSegmenter.from_model(base, ["lesion"]).to(memory_format=torch.channels_last)
+        cfg = TrainConfig(batch_size=BATCH, device=device.type, channels_last=True)
+        amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        model = MultiHeadSegmenter.from_model(base, ["lesion"]).to(device, memory_format=torch.channels_last)
         optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
         epoch = iter(range(1000))
         tatl_s = median_seconds(
-            lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epoch), torch.device("cpu"), TatlLoss(),
-                                    optimizers, torch.amp.GradScaler("cuda", enabled=False), None, True, "bench"),
+            lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epoch), device, TatlLoss(),
+                                    optimizers, scaler, amp_dtype, True, "bench"),
             args.repeats,
         )
     n = len(samples)
     rows = {"plain_images_per_s": n / plain_s, "tatl_images_per_s": n / tatl_s, "ratio": plain_s / tatl_s,
-            "tatl_cache_build_s": cache_s, "images": n, "source": source, "size": SIZE, "batch": BATCH}
-    print(f"training step, {source}, {SIZE} px, batch {BATCH}, faithful EfficientNet-b0 U-Net; {machine()}")
+            "tatl_cache_build_s": cache_s, "images": n, "source": source, "size": SIZE, "batch": BATCH,
+            "tatl_autocast": str(amp_dtype).removeprefix("torch.") if amp_dtype else "none (fp32)"}
+    print(f"training step, {source}, {SIZE} px, batch {BATCH}, faithful EfficientNet-b0 U-Net; {machine(device)}")
     print("| loop | images/s |\n|---|---:|")
     print(f"| plain smp loop (decode every access, fp32 NCHW) | {rows['plain_images_per_s']:.2f} |")
-    print(f"| tatl (decoded cache, channels_last) | {rows['tatl_images_per_s']:.2f} |")
+    print(f"| tatl (decoded cache, channels_last, autocast {rows['tatl_autocast']}) "
+          f"| {rows['tatl_images_per_s']:.2f} |")
     print(f"ratio tatl / plain: {rows['ratio']:.2f}x (cache built once in {cache_s:.1f} s, reused by every epoch)")
-    print(f"wrote {write_result('train', rows)}")
+    print(f"wrote {write_result('train', rows, device)}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ import torch
 OUT_DIR = Path(__file__).parent / "out"
 
 
-def machine() -> dict:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+def machine(device: torch.device | None = None) -> dict:
+    """The machine a benchmark ran on; `device` is the one its timed work used (default: a GPU if there is one)."""
+    on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+    device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -26,22 +28,42 @@ def machine() -> dict:
     }
 
 
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the timed work runs (auto: a CUDA GPU when there is one)")
+
+
+def pick_device(name: str) -> torch.device:
+    from tatl.engine import resolve_device
+
+    return resolve_device(name)
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work: CUDA calls return before the GPU has finished them."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_seconds(work: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of `work()` over `repeats` runs after `warmup` runs."""
+    """Median wall time of `work()` over `repeats` runs after `warmup` runs (GPU work included: synchronised)."""
     for _ in range(warmup):
         work()
+    synchronize()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         work()
+        synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
-def write_result(name: str, result: dict) -> Path:
+def write_result(name: str, result: dict, device: torch.device | None = None) -> Path:
+    """benchmarks/out/NAME.json, or NAME-cuda.json for figures measured on a GPU (both kept, side by side)."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    path = OUT_DIR / (f"{name}-cuda.json" if device is not None and device.type == "cuda" else f"{name}.json")
+    path.write_text(json.dumps({"machine": machine(device), **result}, indent=2) + "\n")
     return path
 
 
@@ -60,7 +82,7 @@ def tiny_run(folder: Path) -> Path:
     import sys
 
     run = Path(folder) / "run"
-    command = [str(Path(sys.executable).with_name("tatl")), "run", "synthetic", "--out", str(run)]
+    command = [sys.executable, "-m", "tatl", "run", "synthetic", "--out", str(run)]  # also without the entry point
     for setting in TINY_RUN_SETTINGS:
         command += ["--set", setting]
     done = subprocess.run(command, capture_output=True, text=True)

@@ -98,8 +98,8 @@ def fit(
     for n in names:
         _resume(model, n, optimizers[n], progress, head_dirs[n] / "last.pt", device, cfg.lr)
     loss_fn = TatlLoss()
-    amp_dtype = _amp_dtype(device, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     for epoch in range(min(len(p.history) for p in progress.values()), cfg.epochs):
         active = [n for n in names if not progress[n].stopped and len(progress[n].history) == epoch]
         if not active:
@@ -145,7 +145,8 @@ def _optimizer(model: MultiHeadSegmenter, name: str, train_encoder: bool, cfg: T
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _amp_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
+def autocast_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
+    """The mixed-precision type of training and validation on `device`: bf16 or fp16 on CUDA, None (fp32) else."""
     if device.type != "cuda" or not cfg.amp:
         return None  # bf16 autocast does not pay on AVX2 CPUs: measured, see benchmarks/RESULTS.md
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -211,3 +211,44 @@ def test_a_frozen_encoder_head_that_cannot_improve_stops_alone_while_the_others_
         assert torch.equal(value, after[key]), key
         for name in NAMES:  # every head's checkpoint holds the same, untouched encoder
             assert torch.equal(value, load_checkpoint(dirs[name] / "best.pt")["model"][f"encoder.{key}"]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_mixed_precision_path_trains_in_low_precision_and_keeps_fp32_weights(tmp_path: Path, monkeypatch, dtype):
+    """The CUDA path (autocast; fp16 with a gradient scaler) run on the CPU, where tatl itself stays fp32: the
+    forward is in `dtype`, fp16 steps go through an enabled scaler, losses stay finite, weights move and are saved
+    in fp32."""
+    from tatl import engine
+
+    monkeypatch.setattr(engine, "autocast_dtype", lambda device, cfg: dtype)
+    scalers = []
+
+    class RecordingScaler(torch.amp.GradScaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaled = 0
+            scalers.append(self)
+
+        def scale(self, outputs):
+            self.scaled += self.is_enabled()
+            return super().scale(outputs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
+    images, masks = tiny_data()
+    cfg = config(epochs=2)
+    model = MultiHeadSegmenter.from_model(tiny_model(), NAMES[:1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forward_dtypes = set()
+    model.heads["a"].segmentation_head.register_forward_hook(lambda m, i, out: forward_dtypes.add(out.dtype))
+    progress = fit(model, *datasets(images, masks[:, :1], cfg), cfg, {"a": tmp_path / "a"}, train_encoder=True,
+                   label="amp")
+    assert forward_dtypes == {dtype}  # training and validation forwards ran under autocast
+    assert [s.is_enabled() for s in scalers] == [dtype == torch.float16]
+    steps = 2 * -(-len(images) // cfg.batch_size)  # 2 epochs of 10 images in batches of 4 (4, 4, 2)
+    assert scalers[0].scaled == (steps if dtype == torch.float16 else 0)  # every fp16 loss was scaled
+    history = progress["a"].history
+    assert len(history) == 2 and all(np.isfinite([row["train_loss"], row["loss"]]).all() for row in history)
+    saved = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    assert all(v.dtype == torch.float32 for k, v in saved.items() if v.is_floating_point())
+    moved = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("heads.a.") for k in moved)
