@@ -32,6 +32,7 @@ bench: venv
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_flops.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_ddp.py
 
 lint: venv
 	$(VENV)/bin/ruff check tatl tests benchmarks

@@ -31,6 +31,7 @@ from tatl.data.dataset import LESION, UNION, normalize
 from tatl.data.images import image_size, read_image, set_max_image_pixels
 from tatl.engine import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
+from tatl.fusion import fold_batchnorm
 from tatl.inference import average_probabilities, full_size_probabilities
 from tatl.models import build_model
 from tatl.multihead import MultiHeadSegmenter
@@ -106,8 +107,11 @@ class ProbabilityHeads(nn.Module):
 
 class TorchNetwork:
     def __init__(self, model: MultiHeadSegmenter, shape: str, sources: list[Path], device: torch.device):
-        # fp32 + channels_last: measured the fastest on CPU (DEVELOPERS.md); exact on GPU (no autocast).
-        self.module = ProbabilityHeads(model).eval().to(device, memory_format=torch.channels_last)
+        # fp32 + channels_last: measured the fastest on CPU (DEVELOPERS.md); exact on GPU (no autocast). BatchNorm
+        # folded into the convolutions: the same function, 12-23% faster per network (benchmarks/RESULTS.md).
+        module = ProbabilityHeads(model).eval()
+        fold_batchnorm(module)
+        self.module = module.to(device, memory_format=torch.channels_last)
         self.shape, self.names, self.sources, self.device = shape, self.module.names, sources, device
 
     @torch.inference_mode()
