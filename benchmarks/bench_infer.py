@@ -7,8 +7,9 @@ difference is printed). The work is counted the same way: stage-resolution maps,
 
 - separate: each of the 13 networks on its own, as 13 independent scripts would run them: the JPEG fully decoded
   (then cropped and resized) for every network, fp32 NCHW, each attribute network with its own encoder pass.
-- tatl, no sharing: `load_predictor(share_encoders=False)`: tatl's reader (JPEG draft mode, one decode per stage)
-  and channels_last, but each network with its own encoder pass.
+- tatl, no sharing: `load_predictor(share_encoders=False)`: tatl's reader (JPEG draft mode, one decode per stage),
+  channels_last and BatchNorm folded into the convolutions (tatl.fusion), but each network with its own encoder
+  pass.
 - tatl: `load_predictor`, as `tatl predict` runs it: the frozen Stage-2/3 encoder, bit-identical in every
   checkpoint of a TATL-FE run, found by comparing the weights and run once per shape for all six heads.
 
@@ -184,7 +185,8 @@ def main() -> None:
     print("| pipeline | encoder passes per image | GFLOP per image | images/s |\n|---|---:|---:|---:|")
     print(f"| separate networks (full JPEG decode per network, fp32 NCHW) | {passes['separate']} "
           f"| {gflop['separate']:.1f} | {rows['separate_images_per_s']:.3f} |")
-    print(f"| tatl, encoders not shared (draft decode once per stage, channels_last) | {passes['tatl_no_sharing']} "
+    print(f"| tatl, encoders not shared (draft decode once per stage, channels_last, BatchNorm folded) "
+          f"| {passes['tatl_no_sharing']} "
           f"| {gflop['tatl_no_sharing']:.1f} | {rows['tatl_no_sharing_images_per_s']:.3f} |")
     print(f"| tatl (shared frozen encoder) | {passes['tatl']} | {gflop['tatl']:.1f} "
           f"| {rows['tatl_images_per_s']:.3f} |")
