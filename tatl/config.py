@@ -78,6 +78,9 @@ class PipelineConfig:
     min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
     threshold: float = 0.5  # probability above which a pixel is positive
     tune_thresholds: bool = False  # pick each attribute's threshold on validation; stored in RUN/thresholds.json
+    # Run folders whose finished Stage-1/2 networks this run copies instead of training when they were trained with
+    # the same settings and split (tatl.reuse); `tatl experiment` fills it in with the grid's matching jobs.
+    reuse_stages_from: list[str] = field(default_factory=list)
 
 
 @dataclass

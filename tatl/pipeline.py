@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tatl import distributed
+from tatl import distributed, reuse
 from tatl.checkpoints import load_checkpoint, write_json
 from tatl.config import Config, to_dict
 from tatl.data.checks import DataReport
@@ -201,6 +201,8 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
             log(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
     group = MultiHeadSegmenter.from_model(model, names)
     head_dirs = head_dirs or {names[0]: group_dir}
+    if not done.exists() and cfg.pipeline.reuse_stages_from:
+        _copy_if_trained_elsewhere(ctx, group_dir, label)
     if done.exists():
         for name in names:
             best = head_dirs[name] / "best.pt"
@@ -217,6 +219,18 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
                         for n, p in progress.items())
     log(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
     return group
+
+
+def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> None:
+    """Stage 1-2 of another run with the same settings and split (pipeline.reuse_stages_from): copied, not trained."""
+    source = None
+    if distributed.is_main_process():
+        source = reuse.find_trained_group(ctx.run_dir, group_dir, ctx.config)
+        if source is not None:
+            reuse.copy_group(source, group_dir)
+    source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
+    if source is not None:
+        log(f"{label}: copied from {source} (trained there with the same settings and split)")
 
 
 def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:

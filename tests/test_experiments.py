@@ -214,3 +214,54 @@ def test_grid_runs_resumes_and_reports_a_failing_job(tmp_path, capsys):
 
     assert main([*command, "--aggregate-only"]) == 0
     assert "| tu-resnet10t | Broken | – | – |" in capsys.readouterr().out
+
+
+def test_settings_of_one_backbone_shape_fold_and_seed_train_stage_1_and_2_once(tmp_path, capsys):
+    """TATL-NF copies TATL-FE's Segment-Net and Attribute-Agnostic Segmenter, Random its Segment-Net: their
+    settings differ in Stage 3 only. Another learning rate trains its own."""
+    settings = {"TATL-FE": {"variant": "1,2,3", "set": ["pipeline.encoder_mode=frozen"]},
+                "TATL-NF": {"variant": "1,2,3", "set": ["pipeline.encoder_mode=trainable"]},
+                "Random": {"variant": "1,3", "set": ["pipeline.init=random"]},
+                "Other-lr": {"variant": "1,3", "set": ["pipeline.init=random", "train.lr=0.02"]}}
+    grid, out = write_grid(tmp_path, settings=settings, folds=[0]), tmp_path / "out"
+    assert main(["experiment", str(grid), "--out", str(out)]) == 0
+    capsys.readouterr()
+    jobs = {name: out / "jobs" / f"tu-resnet10t__unet__{name}__fold0__seed0" for name in settings}
+    logs = {name: (out / "logs" / f"{path.name}.log").read_text() for name, path in jobs.items()}
+    assert "copied from" not in logs["TATL-FE"]
+    assert f"stage 1: copied from {jobs['TATL-FE'] / 'stage1' / 'unet'}" in logs["TATL-NF"]
+    assert f"stage 2 (crops, unet): copied from {jobs['TATL-FE'] / 'stage2-crops' / 'unet'}" in logs["TATL-NF"]
+    assert "[stage 1] epoch" not in logs["TATL-NF"] and "[stage 2 (crops, unet)] epoch" not in logs["TATL-NF"]
+    assert "stage 1: copied from" in logs["Random"] and "[stage 1] epoch" not in logs["Random"]
+    assert "copied from" not in logs["Other-lr"] and "[stage 1] epoch" in logs["Other-lr"]
+    for name, group in (("TATL-NF", "stage1/unet"), ("TATL-NF", "stage2-crops/unet"), ("Random", "stage1/unet")):
+        for file in ("best.pt", "last.pt", "log.csv", "done.json"):
+            assert (jobs[name] / group / file).read_bytes() == (jobs["TATL-FE"] / group / file).read_bytes()
+    assert all((path / "metrics.json").is_file() for path in jobs.values())
+    boxes = {name: json.loads((path / "stage1" / "boxes.json").read_text()) for name, path in jobs.items()}
+    assert boxes["TATL-NF"] == boxes["TATL-FE"] == boxes["Random"]  # the same Segment-Net, the same crops
+
+
+def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(tmp_path):
+    from tatl.config import load_config, save_config
+    from tatl.reuse import find_trained_group, settings_that_differ
+
+    base = load_config("demo")
+    stage3_changes = ["pipeline.encoder_mode=trainable", "pipeline.init=random", 'pipeline.variants=["1,3"]',
+                      "model.shapes=[unet]", "pipeline.tune_thresholds=true"]
+    assert settings_that_differ(base, load_config("demo", stage3_changes)) == []
+    assert settings_that_differ(base, load_config("demo", ["train.lr=0.02", "data.fold=1"])) == ["data.fold",
+                                                                                                  "train.lr"]
+    source, run = tmp_path / "source", tmp_path / "run"
+    for folder in (source, run):
+        (folder / "stage1" / "unet").mkdir(parents=True)
+        save_config(base, folder / "config.yaml")
+        (folder / "splits.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    config = load_config("demo", [f"pipeline.reuse_stages_from={json.dumps([str(source)])}"])
+    group = run / "stage1" / "unet"
+    assert find_trained_group(run, group, config) is None  # not finished there
+    (source / "stage1" / "unet" / "done.json").write_text("{}")
+    assert find_trained_group(run, group, config) == source / "stage1" / "unet"
+    assert find_trained_group(run, run / "stage3-v123" / "unet", config) is None  # Stage 3 is never copied
+    (source / "splits.json").write_text(json.dumps({"train": ["a", "c"], "val": ["b"]}))
+    assert find_trained_group(run, group, config) is None  # another split

@@ -14,6 +14,7 @@ and OUT/report.html (+ report.md), the page `tatl report OUT` rebuilds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     data = prepare_data(grid, config, out)
     todo = [job for job in jobs if not job.is_finished(out)]
     print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} finished before (skipped), {len(todo)} to run", file=sys.stderr)
-    arguments = {job.name: job_args(job, out, data, grid.base_config) for job in todo}
+    arguments = {job.name: job_args(job, out, data, grid.base_config, stage_sources(job, jobs, out)) for job in todo}
     record.data_folder = data
     progress = Progress(record, len(todo))
     try:
@@ -121,16 +122,26 @@ def prepare_data(grid, config, out: Path) -> str:
     return str(root.resolve())
 
 
-def job_args(job, out: Path, data: str, base_config: str | None) -> list[str]:
-    """`python -m tatl run` arguments (without the interpreter, which a Ray node chooses for itself)."""
+def job_args(job, out: Path, data: str, base_config: str | None, sources: list[str] | None = None) -> list[str]:
+    """`python -m tatl run` arguments (without the interpreter, which a Ray node chooses for itself); `sources`:
+    run folders whose finished Stage 1-2 the job may copy (pipeline.reuse_stages_from)."""
     command = ["-m", "tatl", "run", data, "--out", str(job.run_dir(out).resolve())]
     if job.is_started(out):
         command.append("--resume")  # the run folder's config.yaml replaces --config
     elif base_config is not None:
         command += ["--config", str(Path(base_config).resolve()) if Path(base_config).is_file() else base_config]
-    for override in job.overrides:
+    for override in [*job.overrides, *([f"pipeline.reuse_stages_from={json.dumps(sources)}"] if sources else [])]:
         command += ["--set", override]
     return command
+
+
+def stage_sources(job, jobs: list, out: Path) -> list[str]:
+    """The other jobs of the same backbone, shape, fold and seed: their Stage 1-2 may be this job's (tatl.reuse
+    checks the settings). The grid's order runs the settings of one backbone and shape in turn, so with one worker
+    each Stage-1/2 network of a (backbone, shape, fold, seed) is trained once."""
+    key = (job.backbone, job.shape, job.fold, job.seed)
+    return [str(other.run_dir(out).resolve()) for other in jobs
+            if other is not job and (other.backbone, other.shape, other.fold, other.seed) == key]
 
 
 def log_tail(path: Path, lines: int) -> str:

@@ -1,0 +1,86 @@
+"""Reusing another run's trained Stage 1 and Stage 2 networks when they are the ones this run would train.
+
+In a grid (Tables 6-7) the settings of one backbone, shape, fold and seed differ only in Stage 3: TATL-FE and TATL-NF
+train the same Segment-Net and the same Attribute-Agnostic Segmenter, and the baselines on lesion crops the same
+Segment-Net. `pipeline.reuse_stages_from` (which `tatl experiment` fills in with the grid's earlier jobs of the same
+backbone, shape, fold and seed) names run folders to take them from: a Stage-1 or Stage-2 group folder is copied
+(hard links where the file system allows: no extra disk) instead of trained when the source has finished it, saw
+the same split, and was configured identically except for the settings that only Stage 3 and the evaluation use
+(STAGE3_ONLY). Otherwise this run trains the group itself, exactly as without the option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tatl.config import Config, load_config, to_dict
+from tatl.errors import ConfigError
+
+# Settings a Stage-1 or Stage-2 network does not depend on (group folders are per shape: model.shapes neither).
+STAGE3_ONLY = frozenset({
+    "pipeline.variants", "pipeline.encoder_mode", "pipeline.init", "pipeline.augmentation_copies",
+    "pipeline.tune_thresholds", "pipeline.reuse_stages_from", "model.shapes",
+})
+REUSABLE_PREFIXES = ("stage1", "stage2-")  # group folders under a run: stage1/<shape>, stage2-<kind>/<shape>
+
+
+def settings_that_differ(a: Config, b: Config) -> list[str]:
+    """The `section.key` settings, outside STAGE3_ONLY, whose values differ between `a` and `b`."""
+    flat_a, flat_b = _flat(to_dict(a)), _flat(to_dict(b))
+    return sorted(key for key in flat_a.keys() | flat_b.keys()
+                  if key not in STAGE3_ONLY and flat_a.get(key) != flat_b.get(key))
+
+
+def find_trained_group(run_dir: Path, group_dir: Path, config: Config) -> Path | None:
+    """The first `pipeline.reuse_stages_from` run holding a finished copy of `group_dir` (a folder of `run_dir`)
+    trained with this run's Stage 1-2 settings and split; None when there is none."""
+    relative = group_dir.relative_to(run_dir)
+    if not relative.parts or not relative.parts[0].startswith(REUSABLE_PREFIXES):
+        return None
+    for source in map(Path, config.pipeline.reuse_stages_from):
+        candidate = source / relative
+        if source.resolve() == run_dir.resolve() or not (candidate / "done.json").is_file():
+            continue
+        try:
+            source_config = load_config(source / "config.yaml")
+            same_split = _read_json(source / "splits.json") == _read_json(run_dir / "splits.json")
+        except (ConfigError, OSError, ValueError):
+            continue  # a source that cannot be read is no source; this run trains the group itself
+        if same_split and not settings_that_differ(source_config, config):
+            return candidate
+    return None
+
+
+def copy_group(source: Path, destination: Path) -> None:
+    """Copy a finished group folder; its done.json last, so a copy cut short is trained again, not reused."""
+    staging = destination.with_name(destination.name + ".copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("done.json"))
+    shutil.rmtree(destination, ignore_errors=True)  # an unfinished attempt of this run's own
+    staging.rename(destination)
+    shutil.copy2(source / "done.json", destination / "done.json")
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    # Safe to share: tatl replaces files by atomic rename, never writes into one, so a link is never changed.
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
