@@ -2,11 +2,13 @@
 attributes trained one by one (one network per attribute, each with its own frozen-encoder pass).
 
 Both compute the same updates (tests/test_engine.py checks equality); only the cost differs. Synthetic lesion crops
-at 128 px, batch 8, faithful EfficientNet-b0 (U and Link). Prints seconds per epoch of both and the ratio (median
+at 128 px, batch 8, faithful EfficientNet-b0 (U and Link) or --encoder (e.g. resnet152, a Table 6 backbone whose
+encoder outweighs its decoders). Prints seconds per epoch of both and the ratio (median
 of repeats, measured in this one run) and writes benchmarks/out/stage3.json (stage3-cuda.json on a GPU, where
 both run with autocast, as `tatl run` trains).
 
     .venv/bin/python benchmarks/bench_stage3.py [--images 32] [--size 128] [--repeats 3] [--device auto|cpu|cuda]
+        [--encoder paper-efficientnet-b0]
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--encoder", default="paper-efficientnet-b0", help="model.encoder_name of both shapes")
     add_device_argument(parser)
     args = parser.parse_args()
     device = pick_device(args.device)
@@ -65,7 +68,7 @@ def main() -> None:
     rows = []
     for shape in ("unet", "linknet"):
         torch.manual_seed(0)
-        base = build_model(shape, "paper-efficientnet-b0")
+        base = build_model(shape, args.encoder)
         shared = epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks), cfg, args.repeats,
                                device)
         alone = sum(
@@ -74,12 +77,13 @@ def main() -> None:
             for k, a in enumerate(ATTRIBUTES_2018)
         )
         rows.append({"shape": shape, "shared_encoder_s": shared, "one_by_one_s": alone, "ratio": alone / shared})
-    print(f"Stage 3 TATL-FE, {len(ATTRIBUTES_2018)} attributes, {args.images} images at {args.size} px, "
-          f"batch 8; {machine(device)}")
+    print(f"Stage 3 TATL-FE, {args.encoder}, {len(ATTRIBUTES_2018)} attributes, {args.images} images at "
+          f"{args.size} px, batch 8; {machine(device)}")
     print("| shape | shared frozen encoder, s/epoch | one by one, s/epoch | speed-up |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['shape']} | {row['shared_encoder_s']:.2f} | {row['one_by_one_s']:.2f} | {row['ratio']:.2f}x |")
-    print(f"wrote {write_result('stage3', {'rows': rows, 'images': args.images, 'size': args.size}, device)}")
+    result = {"rows": rows, "images": args.images, "size": args.size, "encoder": args.encoder}
+    print(f"wrote {write_result(f'stage3-{args.encoder}', result, device)}")
 
 
 if __name__ == "__main__":
