@@ -59,7 +59,7 @@ class TrainConfig:
     augment: bool = True  # random flips, 90-degree rotations and colour jitter (albumentations)
     seed: int = 0  # seeds data order, augmentation and initialisation: same seed on CPU, same result
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
-    num_workers: int = 0  # DataLoader workers; images are pre-decoded, so 0 is usually fastest on CPU
+    num_workers: int = 0  # DataLoader workers; images are pre-decoded, so 0 is fastest on CPU; try 4 on a GPU
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and on GPU tensor cores
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); CPU stays fp32
     compile: bool = False  # torch.compile every network (opt-in: minutes of compiling; does not pay on AVX2 CPUs)

@@ -252,3 +252,18 @@ def test_the_mixed_precision_path_trains_in_low_precision_and_keeps_fp32_weights
     assert all(v.dtype == torch.float32 for k, v in saved.items() if v.is_floating_point())
     moved = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("heads.a.") for k in moved)
+
+
+def test_dataloader_workers_give_the_same_training_as_the_main_process(tmp_path: Path):
+    """train.num_workers > 0 (worth it on a GPU, where augmenting in the main process can starve it): augmentation
+    depends on (seed, epoch, index) only, so worker processes produce the very batches the main process would."""
+    images, masks = tiny_data()
+    states = []
+    for workers in (0, 2):
+        cfg = config(epochs=2, num_workers=workers)
+        model = MultiHeadSegmenter.from_model(tiny_model(), NAMES[:1])
+        fit(model, *datasets(images, masks[:, :1], cfg), cfg, {"a": tmp_path / f"w{workers}"}, train_encoder=True,
+            label=f"{workers} workers")
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(states[1][key], value), key
