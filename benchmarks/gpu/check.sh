@@ -27,5 +27,5 @@ timeout 150 python3 -m tatl run synthetic --config demo --set train.epochs=1 --d
   timeout 150 python3 benchmarks/bench_infer.py --device cuda
 } > "$OUT/bench.log" 2>&1
 cp benchmarks/out/*-cuda.json "$OUT/" 2>/dev/null
-tail -5 "$OUT/tests.log" "$OUT/run.log"
+tail -n 5 "$OUT/tests.log" "$OUT/run.log"
 cat "$OUT/bench.log" | grep -v "^\s*$" | tail -40
