@@ -6,7 +6,8 @@ Segment-Net. `pipeline.reuse_stages_from` (which `tatl experiment` fills in with
 backbone, shape, fold and seed) names run folders to take them from: a Stage-1 or Stage-2 group folder is copied
 (hard links where the file system allows: no extra disk) instead of trained when the source has finished it, saw
 the same split, and was configured identically except for the settings that only Stage 3 and the evaluation use
-(STAGE3_ONLY). Otherwise this run trains the group itself, exactly as without the option.
+(STAGE3_ONLY). Otherwise this run trains the group itself, exactly as without the option. The data folder itself is
+not recorded in a run, so it is not compared: the sources must have read this run's data (a grid's jobs all do).
 """
 
 from __future__ import annotations
