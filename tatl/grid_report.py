@@ -16,7 +16,8 @@ from typing import Any
 
 from tatl.errors import DataError
 from tatl.experiments import SHAPE_LABELS, Columns, Grid, Job, Setting, results_rows, table_cells, table_specs
-from tatl.report import MICRO_NOTE, Block, Figure, Section, Table, Text, figure_png, pyplot
+from tatl.render import Block, Figure, Link, Section, Table, Text, figure_png, pyplot
+from tatl.report import MICRO_NOTE
 
 STATUSES = {  # the order of the counts table, and what each status means for the next `tatl experiment`
     "finished": "metrics.json written; skipped when the grid runs again",
@@ -37,7 +38,7 @@ def grid_sections(grid_dir: Path) -> list[Section]:
     recorded = {entry["name"]: entry for entry in record["jobs"]}
     statuses = {job.name: job_status(job, recorded[job.name].get("status", ""), grid_dir) for job in jobs}
     sections: list[Section] = [("Grid", definition_tables(grid, jobs, record)),
-                               ("Jobs", job_blocks(jobs, statuses, rows, recorded))]
+                               ("Jobs", job_blocks(jobs, statuses, rows, recorded, grid_dir))]
     if not any(row["finished"] for row in rows):
         return [*sections, ("Results", [Text(f"No job has finished yet (0 of {len(jobs)}): no scores to show. "
                                              "Run `tatl experiment` again to continue the grid.")])]
@@ -84,7 +85,8 @@ def definition_tables(grid: Grid, jobs: list[Job], record: dict[str, Any]) -> li
             Table("Settings: the rows of Tables 6-7", ["setting", "variant reported", "overrides"], settings)]
 
 
-def job_blocks(jobs: list[Job], statuses: dict[str, str], rows: list[dict], recorded: dict[str, dict]) -> list[Block]:
+def job_blocks(jobs: list[Job], statuses: dict[str, str], rows: list[dict], recorded: dict[str, dict],
+               grid_dir: Path) -> list[Block]:
     counts = [[status, str(sum(s == status for s in statuses.values())), meaning]
               for status, meaning in STATUSES.items()]
     listing = []
@@ -92,12 +94,22 @@ def job_blocks(jobs: list[Job], statuses: dict[str, str], rows: list[dict], reco
         seconds = recorded[job.name].get("seconds")
         listing.append([job.backbone, job.shape, job.setting, str(job.fold), str(job.seed), job.variant,
                         statuses[job.name], "" if seconds is None else f"{seconds:.0f}",
-                        *(f"{row[key]:.3f}" if key in row else "–" for key in ("macro dice", "macro jaccard"))])
+                        *(f"{row[key]:.3f}" if key in row else "–" for key in ("macro dice", "macro jaccard")),
+                        _job_report_link(job, grid_dir)])
     header = ["backbone", "shape", "setting", "fold", "seed", "variant", "status", "seconds", "macro Dice",
-              "macro Jaccard"]
+              "macro Jaccard", "run report"]
     return [Table(f"Job status ({len(jobs)} jobs)", ["status", "jobs", "meaning"], counts),
             Table("Jobs", header, listing, "seconds: the attempt of the last `tatl experiment` (blank: it did not "
                   "run the job).")]
+
+
+def _job_report_link(job: Job, grid_dir: Path) -> Link | str:
+    """The job's own run report (bound, curves, overlays), relative to the grid folder; – when it has none."""
+    run = job.run_dir(grid_dir)
+    if not (run / "report.html").is_file():
+        return "–"
+    relative = run.relative_to(grid_dir)
+    return Link("report", f"{relative.as_posix()}/report.html", f"{relative.as_posix()}/report.md")
 
 
 # ------------------------------------------------------------------------------------------------- scores

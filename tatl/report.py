@@ -1,53 +1,26 @@
 """One report of a run folder: `DIR/report.html` (self-contained: inline style, images as base64 PNG, no script)
 and `DIR/report.md` with its pictures in `DIR/report/`.
 
-A report is a list of sections, each a list of blocks (Table, Figure, Text), built once and rendered twice, so the
-HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run (RUN/metrics.json)
-or an experiment grid (DIR/grid.json; its sections are in tatl.grid_report). Optional parts (the data, the bound,
-the overlays) that cannot be built say why in the report instead of failing it: a report written at the end of a
-long run must not lose it.
+A report is a list of sections, each a list of blocks (tatl.render: Table, Figure, Text), built once and rendered
+twice, so the HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run
+(RUN/metrics.json) or an experiment grid (DIR/grid.json; its sections are in tatl.grid_report). Optional parts
+(the data, the bound, the overlays) that cannot be built say why in the report instead of failing it: a report
+written at the end of a long run must not lose it.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tatl.errors import DataError, TatlError
+from tatl.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
 
 MICRO_NOTE = ("Average (macro) = unweighted mean over attributes, the scale of the paper's Tables 2-3. Micro = all "
               "attributes' confusion matrices summed: the ISIC 2018 leaderboard's 'overall', not comparable with them.")
-
-
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-    note: str = ""
-
-
-@dataclass
-class Figure:
-    name: str  # file stem in DIR/report/
-    png: bytes
-    caption: str
-
-
-@dataclass
-class Text:
-    text: str
-
-
-Block = Table | Figure | Text
-Section = tuple[str, list[Block]]
 
 
 def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 3) -> Path:
@@ -196,23 +169,6 @@ def _curve_figure(group: str, heads: dict[str, list[dict]]) -> Figure | None:
     return Figure("curves-" + re.sub(r"[^A-Za-z0-9]+", "-", group), figure_png(figure), f"Training curves of {group}")
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    pyplot().close(figure)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------- result tables
 def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
     blocks: list[Block] = []
@@ -301,49 +257,3 @@ def parameter_table(config) -> Table:
               f"Stage 3, {attributes} attributes ({mode} encoder)"]
     return Table("Parameters", header, rows, "Stage 3 of variants with Stage 2 and a frozen encoder (TATL-FE) "
                  "shares one encoder among the attribute decoders; otherwise each attribute has a whole network.")
-
-
-# ------------------------------------------------------------------------------------------------- rendering
-def render_markdown(title: str, sections: list[Section]) -> str:
-    lines = [f"# {title}", ""]
-    for heading, blocks in sections:
-        lines += [f"## {heading}", ""]
-        for block in blocks:
-            if isinstance(block, Table):
-                cells = [[c.replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
-                lines += [f"**{block.title}**", "", "| " + " | ".join(cells[0]) + " |",
-                          "|" + "---|" * len(block.header), *("| " + " | ".join(r) + " |" for r in cells[1:]), ""]
-                lines += [block.note, ""] if block.note else []
-            elif isinstance(block, Figure):
-                lines += [f"![{block.caption}](report/{block.name}.png)", ""]
-            else:
-                lines += [block.text, ""]
-    return "\n".join(lines)
-
-
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}"
-         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:2px 8px;"
-         "font-size:13px}th{background:#eee}td{text-align:right}td:first-child{text-align:left}"
-         "caption{font-weight:bold;text-align:left;padding:4px 0;white-space:nowrap}img{max-width:100%}"
-         ".note{color:#555;font-size:13px}")
-
-
-def render_html(title: str, sections: list[Section]) -> str:
-    e = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>"]
-    for heading, blocks in sections:
-        parts.append(f"<h2>{e(heading)}</h2>")
-        for block in blocks:
-            if isinstance(block, Table):
-                head = "".join(f"<th>{e(c)}</th>" for c in block.header)
-                body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-                parts.append(f"<table><caption>{e(block.title)}</caption><tr>{head}</tr>{body}</table>")
-                parts.append(f"<p class='note'>{e(block.note)}</p>" if block.note else "")
-            elif isinstance(block, Figure):
-                data = base64.b64encode(block.png).decode()
-                parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{e(block.caption)}'>"
-                             f"<figcaption>{e(block.caption)}</figcaption></figure>")
-            else:
-                parts.append(f"<p>{e(block.text)}</p>")
-    return "".join(parts) + "</body></html>\n"

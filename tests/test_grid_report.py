@@ -24,10 +24,12 @@ class TableParser(PageParser):
 
     def __init__(self):
         super().__init__()
-        self.tables, self.caption = {}, None
+        self.tables, self.caption, self.links = {}, None, []
 
     def handle_starttag(self, tag, attrs):
         super().handle_starttag(tag, attrs)
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
         if tag == "caption":
             self.caption = ""
         elif tag == "tr":
@@ -44,8 +46,8 @@ class TableParser(PageParser):
         super().handle_data(data)
         if self.open_tags and self.open_tags[-1] == "caption":
             self.caption += data
-        elif self.open_tags and self.open_tags[-1] in ("td", "th"):
-            self.tables[self.caption][-1][-1] += data
+        elif self.open_tags and (self.open_tags[-1] in ("td", "th") or self.open_tags[-2:-1] == ["td"]):
+            self.tables[self.caption][-1][-1] += data  # a cell's text, also inside a link
 
     def table(self, prefix: str) -> list[list[str]]:
         (rows,) = [rows for caption, rows in self.tables.items() if caption.startswith(prefix)]
@@ -159,5 +161,10 @@ def test_a_real_grid_gets_its_report(tmp_path: Path):
     assert main(["experiment", str(path), "--out", str(tmp_path / "out")]) == 0
     page = parse(tmp_path / "out" / "report.html")
     assert {row[0]: row[1] for row in page.table("Job status")[1:]}["finished"] == "2"
+    jobs = page.table("Jobs")
+    assert jobs[0][-1] == "run report" and [row[-1] for row in jobs[1:]] == ["report", "report"]
+    assert len(page.links) == 2 and all((tmp_path / "out" / link).is_file() for link in page.links)  # each job's own
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"[report]({link.removesuffix('.html')}.md)" in markdown for link in page.links)
     assert [row[:2] for row in page.table("Table 6")[1:]] == [["tu-resnet10t", s] for s in SETTINGS]
     check_table7_equals_csv(tmp_path / "out", page)
