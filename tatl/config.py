@@ -79,8 +79,8 @@ class PipelineConfig:
     threshold: float = 0.5  # probability above which a pixel is positive
     tune_thresholds: bool = False  # pick each attribute's threshold on validation; stored in RUN/thresholds.json
     # Run folders whose finished Stage-1/2 networks this run copies instead of training when they were trained with
-    # the same settings and split (tatl.reuse) on the same data (not checked: name only runs on this run's data);
-    # `tatl experiment` fills it in with the grid's matching jobs, which all read one data folder.
+    # the same settings and split on the same data folder (tatl.reuse); `tatl experiment` fills it in with the
+    # grid's matching jobs.
     reuse_stages_from: list[str] = field(default_factory=list)
 
 

@@ -4,10 +4,10 @@ In a grid (Tables 6-7) the settings of one backbone, shape, fold and seed differ
 train the same Segment-Net and the same Attribute-Agnostic Segmenter, and the baselines on lesion crops the same
 Segment-Net. `pipeline.reuse_stages_from` (which `tatl experiment` fills in with the grid's earlier jobs of the same
 backbone, shape, fold and seed) names run folders to take them from: a Stage-1 or Stage-2 group folder is copied
-(hard links where the file system allows: no extra disk) instead of trained when the source has finished it, saw
-the same split, and was configured identically except for the settings that only Stage 3 and the evaluation use
-(STAGE3_ONLY). Otherwise this run trains the group itself, exactly as without the option. The data folder itself is
-not recorded in a run, so it is not compared: the sources must have read this run's data (a grid's jobs all do).
+(hard links where the file system allows: no extra disk) instead of trained when the source has finished it on the
+same data folder (recorded in its done.json) with the same split, and was configured identically except for the
+settings that only Stage 3 and the evaluation use (STAGE3_ONLY). Otherwise this run trains the group itself,
+exactly as without the option.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def settings_that_differ(a: Config, b: Config) -> list[str]:
                   if key not in STAGE3_ONLY and flat_a.get(key) != flat_b.get(key))
 
 
-def find_trained_group(run_dir: Path, group_dir: Path, config: Config) -> Path | None:
+def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data_folder: Path) -> Path | None:
     """The first `pipeline.reuse_stages_from` run holding a finished copy of `group_dir` (a folder of `run_dir`)
-    trained with this run's Stage 1-2 settings and split; None when there is none."""
+    trained on `data_folder` with this run's Stage 1-2 settings and split; None when there is none."""
     relative = group_dir.relative_to(run_dir)
     if not relative.parts or not relative.parts[0].startswith(REUSABLE_PREFIXES):
         return None
@@ -48,9 +48,11 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config) -> Path |
         try:
             source_config = load_config(source / "config.yaml")
             same_split = _read_json(source / "splits.json") == _read_json(run_dir / "splits.json")
-        except (ConfigError, OSError, ValueError):
+            trained_on = _read_json(candidate / "done.json").get("data_folder")
+        except (ConfigError, OSError, ValueError, AttributeError):
             continue  # a source that cannot be read is no source; this run trains the group itself
-        if same_split and not settings_that_differ(source_config, config):
+        same_data = trained_on == str(Path(data_folder).resolve())  # older runs did not record it: not reused
+        if same_data and same_split and not settings_that_differ(source_config, config):
             return candidate
     return None
 

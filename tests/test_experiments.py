@@ -257,12 +257,17 @@ def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(t
         save_config(base, folder / "config.yaml")
         (folder / "splits.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
     config = load_config("demo", [f"pipeline.reuse_stages_from={json.dumps([str(source)])}"])
-    group = run / "stage1" / "unet"
-    assert find_trained_group(run, group, config) is None  # not finished there
-    (source / "stage1" / "unet" / "done.json").write_text("{}")
-    assert find_trained_group(run, group, config) == source / "stage1" / "unet"
-    assert find_trained_group(run, run / "stage3-v123" / "unet", config) is None  # Stage 3 is never copied
+    group, data = run / "stage1" / "unet", tmp_path / "data"
+    assert find_trained_group(run, group, config, data) is None  # not finished there
+    done = source / "stage1" / "unet" / "done.json"
+    done.write_text(json.dumps({"heads": {}, "data_folder": str(data.resolve())}))
+    assert find_trained_group(run, group, config, data) == source / "stage1" / "unet"
+    assert find_trained_group(run, run / "stage3-v123" / "unet", config, data) is None  # Stage 3 is never copied
+    assert find_trained_group(run, group, config, tmp_path / "other-data") is None  # trained on other data
     other_rate = load_config("demo", ["train.lr=0.02", f"pipeline.reuse_stages_from={json.dumps([str(source)])}"])
-    assert find_trained_group(run, group, other_rate) is None  # trained with other settings
+    assert find_trained_group(run, group, other_rate, data) is None  # trained with other settings
+    done.write_text("{}")
+    assert find_trained_group(run, group, config, data) is None  # a run that did not record its data
+    done.write_text(json.dumps({"heads": {}, "data_folder": str(data.resolve())}))
     (source / "splits.json").write_text(json.dumps({"train": ["a", "c"], "val": ["b"]}))
-    assert find_trained_group(run, group, config) is None  # another split
+    assert find_trained_group(run, group, config, data) is None  # another split
