@@ -186,6 +186,14 @@ def gather_from_ranks(local: T) -> list[T]:
     return gathered
 
 
+def per_image_means(sums: dict[str, float], seen: int) -> dict[str, float]:
+    """Each sum divided by the images seen, over every rank's images (as one process would count them)."""
+    if is_distributed():
+        reduced = all_reduce_sum(torch.tensor([*sums.values(), seen], dtype=torch.float64)).tolist()
+        sums, seen = dict(zip(sums, reduced[:-1], strict=True)), reduced[-1]
+    return {name: total / max(seen, 1) for name, total in sums.items()}
+
+
 def sum_scorer_over_ranks(scorer: S) -> S:
     """`scorer` (tatl.metrics Task1Scorer or Task2Scorer) holding the totals of every rank's images, in place."""
     if is_distributed():

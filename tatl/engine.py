@@ -221,7 +221,7 @@ def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimiz
             totals[n] += losses[n].item() * len(x)
         seen += len(x)
         bar.set_postfix(loss=f"{sum(losses.values()).item() / len(losses):.4f}")
-    return _per_image_means(totals, seen)
+    return distributed.per_image_means(totals, seen)
 
 
 @torch.no_grad()
@@ -244,16 +244,9 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
                 scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)
     distributed.sum_scorer_over_ranks(scorer)  # each rank scored its share of the images: add the sums up
-    losses, scores = _per_image_means(loss_sums, seen), scorer.result()
+    losses, scores = distributed.per_image_means(loss_sums, seen), scorer.result()
     return {n: {"loss": losses[n], **scores[n]} for n in active}
 
-
-def _per_image_means(sums: dict[str, float], seen: int) -> dict[str, float]:
-    """Each sum divided by the images seen, over every torchrun rank's images (as one process would count)."""
-    if distributed.is_distributed():
-        reduced = distributed.all_reduce_sum(torch.tensor([*sums.values(), seen], dtype=torch.float64)).tolist()
-        sums, seen = dict(zip(sums, reduced[:-1], strict=True)), reduced[-1]
-    return {name: total / max(seen, 1) for name, total in sums.items()}
 
 
 def _update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:

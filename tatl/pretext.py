@@ -114,5 +114,4 @@ def _validation_loss(model, dataset, batch_size: int, device: torch.device) -> f
     for x, y in torch.utils.data.DataLoader(mine, batch_size):
         total += F.mse_loss(model(x.to(device)), y.to(device), reduction="sum").item() / y[0].numel()
         seen += len(x)
-    total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
-    return total / max(seen, 1)
+    return distributed.per_image_means({"mse": total}, seen)["mse"]

@@ -41,6 +41,7 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data_fold
     relative = group_dir.relative_to(run_dir)
     if not relative.parts or not relative.parts[0].startswith(REUSABLE_PREFIXES):
         return None
+    this_data = str(Path(data_folder).resolve())
     for source in map(Path, config.pipeline.reuse_stages_from):
         candidate = source / relative
         if source.resolve() == run_dir.resolve() or not (candidate / "done.json").is_file():
@@ -51,7 +52,7 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data_fold
             trained_on = _read_json(candidate / "done.json").get("data_folder")
         except (ConfigError, OSError, ValueError, AttributeError):
             continue  # a source that cannot be read is no source; this run trains the group itself
-        same_data = trained_on == str(Path(data_folder).resolve())  # older runs did not record it: not reused
+        same_data = trained_on == this_data  # runs older than this check did not record it: not reused
         if same_data and same_split and not settings_that_differ(source_config, config):
             return candidate
     return None
