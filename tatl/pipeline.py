@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ class RunContext:
     @property
     def cache_dir(self) -> Path | None:
         return self.run_dir / "cache" if self.config.data.cache else None
+
+    @cached_property
+    def data_identity(self) -> dict[str, str]:
+        """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.reuse)."""
+        return reuse.data_identity(self.report.root, self.report.samples)
 
     @property
     def device(self) -> torch.device:
@@ -214,7 +220,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
                    to_dict(cfg), cfg.pipeline.threshold)
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
-    write_json(done, {"heads": best, "data_folder": str(Path(ctx.report.root).resolve())})  # tatl.reuse checks it
+    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.reuse checks it
     summary = ", ".join(f"{n} {cfg.train.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
     log(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
@@ -225,7 +231,7 @@ def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> 
     """Stage 1-2 of another run with the same settings and split (pipeline.reuse_stages_from): copied, not trained."""
     source = None
     if distributed.is_main_process():
-        source = reuse.find_trained_group(ctx.run_dir, group_dir, ctx.config, Path(ctx.report.root))
+        source = reuse.find_trained_group(ctx.run_dir, group_dir, ctx.config, ctx.data_identity)
         if source is not None:
             reuse.copy_group(source, group_dir)
     source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it

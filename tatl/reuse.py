@@ -5,19 +5,24 @@ train the same Segment-Net and the same Attribute-Agnostic Segmenter, and the ba
 Segment-Net. `pipeline.reuse_stages_from` (which `tatl experiment` fills in with the grid's earlier jobs of the same
 backbone, shape, fold and seed) names run folders to take them from: a Stage-1 or Stage-2 group folder is copied
 (hard links where the file system allows: no extra disk) instead of trained when the source has finished it on the
-same data folder (recorded in its done.json) with the same split, and was configured identically except for the
-settings that only Stage 3 and the evaluation use (STAGE3_ONLY). Otherwise this run trains the group itself,
-exactly as without the option.
+same data (its done.json records the folder and a fingerprint of every file the run read: path, size and
+modification time, so data regenerated or edited in place is not mistaken for the old) with the same split, and was
+configured identically except for the settings that only Stage 3 and the evaluation use (STAGE3_ONLY). Otherwise
+this run trains the group itself, exactly as without the option.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from tatl.config import Config, load_config, to_dict
+from tatl.data.cache import file_fingerprint
+from tatl.data.isic import Sample
 from tatl.errors import ConfigError
 
 # Settings a Stage-1 or Stage-2 network does not depend on (group folders are per shape: model.shapes neither).
@@ -35,13 +40,23 @@ def settings_that_differ(a: Config, b: Config) -> list[str]:
                   if key not in STAGE3_ONLY and flat_a.get(key) != flat_b.get(key))
 
 
-def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data_folder: Path) -> Path | None:
+def data_identity(root: Path, samples: Sequence[Sample]) -> dict[str, str]:
+    """What a group's done.json records of the data it was trained on: the folder, and a SHA-256 over the path,
+    size and modification time of every image and mask of `samples` (the same stat the decoded-image cache keys on:
+    no file is read)."""
+    files = sorted({str(path) for s in samples
+                    for path in (s.image_path, s.lesion_mask_path, *s.attribute_mask_paths.values()) if path})
+    listing = json.dumps([file_fingerprint(Path(path)) for path in files])
+    return {"data_folder": str(Path(root).resolve()), "data_fingerprint": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dict[str, str]) -> Path | None:
     """The first `pipeline.reuse_stages_from` run holding a finished copy of `group_dir` (a folder of `run_dir`)
-    trained on `data_folder` with this run's Stage 1-2 settings and split; None when there is none."""
+    trained on the same `data` (`data_identity`) with this run's Stage 1-2 settings and split; None when there is
+    none."""
     relative = group_dir.relative_to(run_dir)
     if not relative.parts or not relative.parts[0].startswith(REUSABLE_PREFIXES):
         return None
-    this_data = str(Path(data_folder).resolve())
     for source in map(Path, config.pipeline.reuse_stages_from):
         candidate = source / relative
         if source.resolve() == run_dir.resolve() or not (candidate / "done.json").is_file():
@@ -49,10 +64,10 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data_fold
         try:
             source_config = load_config(source / "config.yaml")
             same_split = _read_json(source / "splits.json") == _read_json(run_dir / "splits.json")
-            trained_on = _read_json(candidate / "done.json").get("data_folder")
+            done = _read_json(candidate / "done.json")
+            same_data = all(done.get(key) == value for key, value in data.items())  # older runs lack a key: not reused
         except (ConfigError, OSError, ValueError, AttributeError):
             continue  # a source that cannot be read is no source; this run trains the group itself
-        same_data = trained_on == this_data  # runs older than this check did not record it: not reused
         if same_data and same_split and not settings_that_differ(source_config, config):
             return candidate
     return None

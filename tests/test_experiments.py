@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -241,9 +242,23 @@ def test_settings_of_one_backbone_shape_fold_and_seed_train_stage_1_and_2_once(t
     assert boxes["TATL-NF"] == boxes["TATL-FE"] == boxes["Random"]  # the same Segment-Net, the same crops
 
 
+def write_folder_of_two_samples(folder: Path) -> list:
+    """Two samples' files (their bytes do not matter: the fingerprint reads only their path, size and time)."""
+    from tatl.data.isic import Sample
+
+    folder.mkdir()
+    samples = []
+    for stem in ("a", "b"):
+        image, mask = folder / f"{stem}.jpg", folder / f"{stem}_attribute_globules.png"
+        image.write_bytes(b"image " + stem.encode())
+        mask.write_bytes(b"mask")
+        samples.append(Sample(stem, image, None, {"globules": mask}))
+    return samples
+
+
 def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(tmp_path):
     from tatl.config import load_config, save_config
-    from tatl.reuse import find_trained_group, settings_that_differ
+    from tatl.reuse import data_identity, find_trained_group, settings_that_differ
 
     base = load_config("demo")
     stage3_changes = ["pipeline.encoder_mode=trainable", "pipeline.init=random", 'pipeline.variants=["1,3"]',
@@ -257,17 +272,26 @@ def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(t
         save_config(base, folder / "config.yaml")
         (folder / "splits.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
     config = load_config("demo", [f"pipeline.reuse_stages_from={json.dumps([str(source)])}"])
-    group, data = run / "stage1" / "unet", tmp_path / "data"
+    group = run / "stage1" / "unet"
+    data_folder = tmp_path / "data"
+    samples = write_folder_of_two_samples(data_folder)
+    data = data_identity(data_folder, samples)
     assert find_trained_group(run, group, config, data) is None  # not finished there
     done = source / "stage1" / "unet" / "done.json"
-    done.write_text(json.dumps({"heads": {}, "data_folder": str(data.resolve())}))
+    done.write_text(json.dumps({"heads": {}, **data}))
     assert find_trained_group(run, group, config, data) == source / "stage1" / "unet"
     assert find_trained_group(run, run / "stage3-v123" / "unet", config, data) is None  # Stage 3 is never copied
-    assert find_trained_group(run, group, config, tmp_path / "other-data") is None  # trained on other data
+    other_folder = {**data, "data_folder": str(tmp_path / "other-data")}
+    assert find_trained_group(run, group, config, other_folder) is None  # trained on other data
     other_rate = load_config("demo", ["train.lr=0.02", f"pipeline.reuse_stages_from={json.dumps([str(source)])}"])
     assert find_trained_group(run, group, other_rate, data) is None  # trained with other settings
-    done.write_text("{}")
-    assert find_trained_group(run, group, config, data) is None  # a run that did not record its data
-    done.write_text(json.dumps({"heads": {}, "data_folder": str(data.resolve())}))
+    done.write_text(json.dumps({"heads": {}, "data_folder": data["data_folder"]}))
+    assert find_trained_group(run, group, config, data) is None  # a run that did not record its fingerprint
+    done.write_text(json.dumps({"heads": {}, **data}))
+    os.utime(samples[1].image_path, ns=(1, 1))  # the same folder, an image replaced in place
+    edited = data_identity(data_folder, samples)
+    assert edited["data_folder"] == data["data_folder"] and edited != data
+    assert find_trained_group(run, group, config, edited) is None
+    assert find_trained_group(run, group, config, data) == source / "stage1" / "unet"  # the identity it recorded
     (source / "splits.json").write_text(json.dumps({"train": ["a", "c"], "val": ["b"]}))
     assert find_trained_group(run, group, config, data) is None  # another split
