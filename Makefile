@@ -30,6 +30,7 @@ bench: venv
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_stage3.py
 	$(PY) benchmarks/bench_stage3.py --encoder resnet152 --images 16
+	$(PY) benchmarks/bench_stage3.py --size 256 --images 16
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_flops.py
 	$(PY) benchmarks/bench_memory.py

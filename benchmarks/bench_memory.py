@@ -4,6 +4,9 @@ Every case runs in a fresh process and its peak is that process's own ru_maxrss 
 - python with torch and tatl imported, nothing run: the floor every case includes;
 - tatl's training epoch function (channels_last, SGD, loss Eq. 1) on the faithful EfficientNet-b0 U-Net at --size
   px, batch --batch, for each number of --steps (random images held in memory);
+- Stage 3 of TATL-FE (five attribute decoders on the frozen encoder) for the first number of --steps, as tatl
+  trains it (head by head: one head's activations alive at a time) and as a plain loop would (one backward of the
+  summed losses, bench_stage3.summed_backward_epoch);
 - load_predictor on the run folder below, nothing predicted: the networks' share of the predict peaks;
 - `tatl predict RUN FOLDER --out OUT` on folders of --folders generated 6000x4000 JPEGs (q90, ~3.6 MB each), with the
   run predicting at --predict-size px (tatl's default stage size). The claim under test is bounded memory: one image
@@ -80,6 +83,30 @@ def child_train(size: int, batch: int, steps: int) -> None:
                     optimizers, torch.amp.GradScaler("cuda", enabled=False), None, True, "bench")
 
 
+def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
+    import numpy as np
+    import torch
+    from bench_stage3 import frozen_encoder_heads, summed_backward_epoch
+
+    from tatl.config import ATTRIBUTES_2018, TrainConfig
+    from tatl.data.dataset import SegmentationDataset
+    from tatl.engine import train_one_epoch
+    from tatl.losses import TatlLoss
+    from tatl.models import build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(steps * batch, size, size, 3), dtype=np.uint8)
+    masks = (rng.random((steps * batch, len(ATTRIBUTES_2018), size, size)) > 0.7).astype(np.uint8)
+    dataset, device, names = SegmentationDataset(images, masks), torch.device("cpu"), list(ATTRIBUTES_2018)
+    torch.manual_seed(0)
+    model, optimizers = frozen_encoder_heads(build_model("unet", "paper-efficientnet-b0"), names, device)
+    if plain:
+        return summed_backward_epoch(model, optimizers, dataset, device)
+    cfg = TrainConfig(batch_size=batch, device="cpu", channels_last=True, augment=False)
+    train_one_epoch(model, names, dataset, cfg, 0, device, TatlLoss(), optimizers,
+                    torch.amp.GradScaler("cuda", enabled=False), None, False, "bench")
+
+
 def write_large_jpegs(folder: Path, count: int) -> list[Path]:
     from bench_decode import write_test_jpeg
 
@@ -98,7 +125,7 @@ def main() -> None:
     parser.add_argument("--folders", type=int, nargs="+", default=[2, 4, 8], help="JPEGs per predicted folder")
     parser.add_argument("--predict-size", type=int, default=256, help="stage input side of the predicting run")
     parser.add_argument("--run", type=Path, help="a trained run folder (default: train a tiny one)")
-    parser.add_argument("--child", choices=["idle", "load", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["idle", "load", "train", "stage3", "stage3-plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "idle":
         return child_idle()
@@ -106,6 +133,8 @@ def main() -> None:
         return child_load(args.run)
     if args.child == "train":
         return child_train(args.size, args.batch, args.steps[0])
+    if args.child in ("stage3", "stage3-plain"):
+        return child_stage3(args.size, args.batch, args.steps[0], plain=args.child == "stage3-plain")
     me = [sys.executable, str(HERE)]
     tatl = str(Path(sys.executable).with_name("tatl"))
     rows = []
@@ -118,6 +147,11 @@ def main() -> None:
                        "--steps", str(steps)]
             rows.append({"case": f"train: {steps} steps, faithful U-Net, {args.size} px, batch {args.batch}",
                          "kind": "train", "count": steps, **peak_rss(command, folder)})
+        for child, how in (("stage3", "tatl, head by head"), ("stage3-plain", "plain, summed backward")):
+            command = [*me, "--child", child, "--size", str(args.size), "--batch", str(args.batch),
+                       "--steps", str(args.steps[0])]
+            rows.append({"case": f"Stage 3 TATL-FE: {args.steps[0]} steps, 5 U decoders on the frozen encoder, "
+                                 f"{args.size} px, batch {args.batch} ({how})", **peak_rss(command, folder)})
         run = args.run or tiny_run(folder)
         view = resized_run(run, args.predict_size, folder)
         rows.append({"case": f"load the run's networks only ({args.predict_size} px run, load_predictor)",

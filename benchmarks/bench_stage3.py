@@ -7,6 +7,13 @@ encoder outweighs its decoders). Prints seconds per epoch of both and the ratio 
 of repeats, measured in this one run) and writes benchmarks/out/stage3.json (stage3-cuda.json on a GPU, where
 both run with autocast, as `tatl run` trains).
 
+Two more measurements of how tatl's shared step is computed, each against the plain way in the same run:
+- "summed backward": the shared epoch done as a plain loop would, one backward of the five summed losses (all five
+  decoders' activations alive at once) instead of tatl's head-by-head backward;
+- the faithful U decoder's convolution of [upsampled x, frozen skip] at each block where x needs a gradient, as
+  one convolution of the concatenation vs tatl's two convolutions that never compute the skip's gradient
+  (tatl.faithful.concatenated_conv), forward + backward of five heads.
+
     .venv/bin/python benchmarks/bench_stage3.py [--images 32] [--size 128] [--repeats 3] [--device auto|cpu|cuda]
         [--encoder paper-efficientnet-b0]
 """
@@ -15,16 +22,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from common import add_device_argument, machine, median_seconds, pick_device, write_result
 from tatl.config import ATTRIBUTES_2018, TrainConfig
 from tatl.data.dataset import SegmentationDataset
 from tatl.data.synth import render_sample
 from tatl.engine import autocast_dtype, train_one_epoch
+from tatl.faithful import FAITHFUL_BODIES, UNET_FILTERS, concatenated_conv
 from tatl.losses import TatlLoss
 from tatl.models import build_model
 from tatl.multihead import MultiHeadSegmenter
@@ -44,14 +54,68 @@ def synthetic_arrays(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def epoch_seconds(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfig, repeats: int,
                   device: torch.device) -> float:
-    model = MultiHeadSegmenter.from_model(copy.deepcopy(base), names).to(device, memory_format=torch.channels_last)
-    model.encoder.requires_grad_(False)
-    optimizers = {n: torch.optim.SGD(model.heads[n].parameters(), lr=0.01, momentum=0.9) for n in names}
+    model, optimizers = frozen_encoder_heads(base, names, device)
     epochs = itertools.count()
     amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return median_seconds(lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), device, TatlLoss(),
                                                   optimizers, scaler, amp_dtype, False, "bench"), repeats)
+
+
+def frozen_encoder_heads(base: torch.nn.Module, names: list[str], device: torch.device):
+    """A TATL-FE group as Stage 3 trains it: the encoder frozen in eval mode, one SGD per head."""
+    model = MultiHeadSegmenter.from_model(copy.deepcopy(base), names).to(device, memory_format=torch.channels_last)
+    model.encoder.requires_grad_(False)
+    model.train()
+    model.encoder.eval()
+    return model, {n: torch.optim.SGD(model.heads[n].parameters(), lr=0.01, momentum=0.9) for n in names}
+
+
+def summed_backward_epoch(model: MultiHeadSegmenter, optimizers: dict, dataset, device: torch.device) -> None:
+    """The shared epoch as a plain loop: frozen features once per batch, one backward of the summed losses."""
+    loss_fn = TatlLoss()
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True):
+        x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            features = model.encoder(x)
+        sum(loss_fn(model.heads[n](features), y[:, k : k + 1]) for k, n in enumerate(optimizers)).backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
+
+
+def summed_backward_epoch_seconds(base: torch.nn.Module, names: list[str], dataset, repeats: int,
+                                  device: torch.device) -> float:
+    model, optimizers = frozen_encoder_heads(base, names, device)
+    return median_seconds(lambda: summed_backward_epoch(model, optimizers, dataset, device), repeats)
+
+
+def block_steps(convs: list[torch.nn.Conv2d], xs: list[torch.Tensor], skip: torch.Tensor, split: bool) -> None:
+    for conv, x in zip(convs, xs, strict=True):
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        out = concatenated_conv(conv, x, skip) if split else conv(torch.cat([x, skip], dim=1))
+        out.sum().backward()
+
+
+def concatenation_vs_split(size: int, repeats: int, device: torch.device, heads: int = 5) -> list[dict]:
+    """Per U block with a skip after the first (whose input has no gradient either way): seconds of forward and
+    backward of `heads` convolutions, of the concatenation vs split (tatl.faithful.concatenated_conv)."""
+    encoder_channels = [96, 144, 240, 672, 1280]  # faithful EfficientNet-b0 skips and bottleneck
+    rows = []
+    for level in range(1, 4):
+        up, skip_channels = UNET_FILTERS[level - 1], encoder_channels[-2 - level]
+        side = size // 2 ** (4 - level)
+        conv = torch.nn.Conv2d(up + skip_channels, UNET_FILTERS[level], 3, padding=1, bias=False)
+        convs = [copy.deepcopy(conv).to(device, memory_format=torch.channels_last) for _ in range(heads)]
+        xs = [torch.randn(8, up, side // 2, side // 2, device=device).contiguous(memory_format=torch.channels_last)
+              .requires_grad_() for _ in range(heads)]
+        skip = torch.randn(8, skip_channels, side, side, device=device).contiguous(memory_format=torch.channels_last)
+        plain, tatl = (median_seconds(functools.partial(block_steps, convs, xs, skip, split), repeats)
+                       for split in (False, True))
+        rows.append({"block": level + 1, "in": f"{up}+{skip_channels}", "out": UNET_FILTERS[level], "side": side,
+                     "concatenation_s": plain, "split_s": tatl, "ratio": plain / tatl})
+    return rows
 
 
 def main() -> None:
@@ -76,13 +140,26 @@ def main() -> None:
                           device)
             for k, a in enumerate(ATTRIBUTES_2018)
         )
-        rows.append({"shape": shape, "shared_encoder_s": shared, "one_by_one_s": alone, "ratio": alone / shared})
+        summed = summed_backward_epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks),
+                                               args.repeats, device)
+        rows.append({"shape": shape, "shared_encoder_s": shared, "one_by_one_s": alone, "ratio": alone / shared,
+                     "summed_backward_s": summed, "head_by_head_ratio": summed / shared})
+    blocks = concatenation_vs_split(args.size, args.repeats, device) if args.encoder in FAITHFUL_BODIES else []
     print(f"Stage 3 TATL-FE, {args.encoder}, {len(ATTRIBUTES_2018)} attributes, {args.images} images at "
           f"{args.size} px, batch 8; {machine(device)}")
-    print("| shape | shared frozen encoder, s/epoch | one by one, s/epoch | speed-up |\n|---|---:|---:|---:|")
+    print("| shape | shared frozen encoder, s/epoch | one by one, s/epoch | speed-up | shared, summed backward "
+          "(plain), s/epoch | head-by-head speed-up |\n|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['shape']} | {row['shared_encoder_s']:.2f} | {row['one_by_one_s']:.2f} | {row['ratio']:.2f}x |")
-    result = {"rows": rows, "images": args.images, "size": args.size, "encoder": args.encoder}
+        print(f"| {row['shape']} | {row['shared_encoder_s']:.2f} | {row['one_by_one_s']:.2f} | {row['ratio']:.2f}x "
+              f"| {row['summed_backward_s']:.2f} | {row['head_by_head_ratio']:.2f}x |")
+    if blocks:
+        print("\nU decoder, convolution of [upsampled x, frozen skip], forward + backward of 5 heads, batch 8:")
+        print("| block | in channels | out | side px | concatenation s | split (tatl) s | speed-up |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for b in blocks:
+            print(f"| {b['block']} | {b['in']} | {b['out']} | {b['side']} | {b['concatenation_s']:.3f} "
+                  f"| {b['split_s']:.3f} | {b['ratio']:.2f}x |")
+    result = {"rows": rows, "blocks": blocks, "images": args.images, "size": args.size, "encoder": args.encoder}
     print(f"wrote {write_result(f'stage3-{args.encoder}', result, device)}")
 
 

@@ -214,11 +214,15 @@ def use_sync_batchnorm(model: MultiHeadSegmenter) -> None:
 
 def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
                      device: torch.device) -> nn.Module:
-    """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).
+    """TrainingForward, wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks): whole with
+    a trainable encoder, head by head with a frozen one (the engine runs one backward per head then).
 
     A trainable encoder must not hold parameters its forward never uses: call freeze_unused_parameters first (as
     engine.fit does), or DDP stops at the second step waiting for their gradients."""
-    return data_parallel(TrainingForward(model, names, train_encoder), device)
+    if train_encoder:
+        return data_parallel(TrainingForward(model, names, train_encoder), device)
+    heads = {name: data_parallel(model.heads[name], device) for name in names}
+    return TrainingForward(model, names, train_encoder, heads)
 
 
 def data_parallel(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:

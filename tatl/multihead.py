@@ -69,22 +69,31 @@ class MultiHeadSegmenter(nn.Module):
 class TrainingForward(nn.Module):
     """One training step's forward as a module of its own, so DistributedDataParallel can wrap it: the encoder
     (under no_grad when frozen: no activations kept for a backward that never reaches it) and the heads still
-    training. Only what is trained is registered, so DDP averages exactly the gradients that exist."""
+    training. Only what is trained is registered, so DDP averages exactly the gradients that exist.
 
-    def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool):
+    A trainable encoder is wrapped whole (one forward, one backward). With a frozen encoder the engine runs
+    `features` once and then each head's forward and backward in turn; `heads` may then hold each head wrapped in
+    its own DDP (tatl.distributed.training_forward), so each head's backward averages its own gradients."""
+
+    def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
+                 heads: dict[str, nn.Module] | None = None):
         super().__init__()
-        self.heads = nn.ModuleDict({name: model.heads[name] for name in names})
+        self.heads = nn.ModuleDict(heads or {name: model.heads[name] for name in names})
         if train_encoder:
             self.encoder = model.encoder
         else:
             self.__dict__["frozen_encoder"] = model.encoder  # a plain attribute: not DDP's to synchronise
 
+    @property
+    def encoder_frozen(self) -> bool:
+        return "encoder" not in self._modules
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not self.encoder_frozen:
+            return self.encoder(x)
+        with torch.no_grad():
+            return self.frozen_encoder(x)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if "encoder" in self._modules:
-            features = self.encoder(x)
-        else:
-            with torch.no_grad():
-                features = self.frozen_encoder(x)
+        features = self.features(x)
         return {name: head(features) for name, head in self.heads.items()}
-
-

@@ -55,6 +55,42 @@ def test_faithful_skips_are_keras_expansions() -> None:
         assert torch.equal(expansion, block.bn1(block.conv_pw(x)))
 
 
+def test_a_decoder_block_on_frozen_skips_skips_their_gradient_but_not_its_math(monkeypatch) -> None:
+    """TATL-FE: the convolution of [upsampled x, frozen skip] runs as two (tatl.faithful.concatenated_conv), so the
+    backward computes no gradient for the skip. Output and every gradient must be those of the concatenation."""
+    from tatl import faithful
+    from tatl.faithful import UnetBlock
+
+    calls = []
+    original = faithful.concatenated_conv
+    monkeypatch.setattr(faithful, "concatenated_conv", lambda *args: calls.append(1) or original(*args))
+    torch.manual_seed(0)
+    block = UnetBlock(24, 16, 8).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 24, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    skip = torch.randn(2, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+
+    def output_and_gradients(skip_needs_grad: bool):
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        out = block(x, skip.clone().requires_grad_(skip_needs_grad))  # needing a gradient: the concatenation
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}
+
+    split = output_and_gradients(False)
+    assert len(calls) == 1
+    concatenated = output_and_gradients(True)
+    assert len(calls) == 1  # a skip that needs its gradient: the concatenation
+    with torch.no_grad():
+        block(x, skip)  # prediction: one convolution (and one to fold BatchNorm into)
+    assert len(calls) == 1
+    torch.testing.assert_close(split[0], concatenated[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split[1], concatenated[1], rtol=1e-5, atol=1e-5)
+    assert split[2].keys() == concatenated[2].keys() and len(split[2]) == 6
+    for name in split[2]:
+        torch.testing.assert_close(split[2][name], concatenated[2][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert split[1].abs().sum() > 0 and split[2]["conv1.0.weight"].abs().sum() > 0
+
+
 def test_input_size_must_be_multiple_of_32() -> None:
     with pytest.raises(ConfigError, match="multiple of 32"):
         make_model()(torch.randn(1, 3, 48, 64))
