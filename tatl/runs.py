@@ -16,6 +16,7 @@ from tatl.data.checks import DataReport, check_dataset, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
+from tatl.folders import check_output_folder
 from tatl.pipeline import RunContext, log
 
 SYNTHETIC = "synthetic"
@@ -30,8 +31,7 @@ _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS re
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DataError(f"{run_dir}: output path exists and is a file, not a folder")
+    check_output_folder(run_dir, "run folder")
     content = {p.name for p in run_dir.iterdir()} - {".lock"} if run_dir.is_dir() else set()
     if content == {"config.yaml"} and not resume:  # a run stopped by its checks before anything else was written
         print(f"note: {run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from tatl.errors import ConfigError, DataError
+    from tatl.folders import check_output_folder
     from tatl.predict import MANIFEST, load_predictor, write_json_file
 
     try:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"tatl export needs onnx and onnxruntime ({error}): pip install 'tatl[onnx]'") from None
     if (args.model / MANIFEST).is_file():
         raise DataError(f"{args.model} is already an ONNX export; give the run folder")
-    check_output_folder(args.onnx)  # before the seconds of loading: a typo in OUT_DIR fails at once
+    check_output_folder(args.onnx, "output folder")  # before the seconds of loading: a typo in OUT_DIR fails at once
     predictor = load_predictor(args.model, args.variant, engine="torch", device="cpu")
     settings = predictor.settings
     try:
@@ -62,17 +63,6 @@ def run(args: argparse.Namespace) -> int:
     write_json_file(args.onnx / MANIFEST, manifest(args.model, settings, entries))
     print(f"wrote {args.onnx / MANIFEST}; predict with: tatl predict {args.onnx} INPUT --out OUT", file=sys.stderr)
     return 0
-
-
-def check_output_folder(out_dir: Path) -> None:
-    """OUT_DIR is a folder or can be made one: neither it nor its nearest existing parent is a file."""
-    from tatl.errors import DataError
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: output path exists and is a file, not a folder")
-    existing = next((parent for parent in out_dir.parents if parent.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise DataError(f"{out_dir}: cannot create the output folder ({existing} is a file)")
 
 
 def file_name(network) -> str:

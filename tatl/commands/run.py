@@ -63,12 +63,12 @@ def _resolved_config(args: argparse.Namespace):
     """The run's config: defaults + --config + --set, or, with --resume, the saved one + --set (checked)."""
     from tatl.config import load_config
     from tatl.errors import ConfigError, DataError
+    from tatl.folders import check_output_folder
 
     if not args.resume:
         return load_config(args.config, _overrides(args))
     saved = args.out / "config.yaml"
-    if args.out.exists() and not args.out.is_dir():
-        raise DataError(f"{args.out}: output path exists and is a file, not a folder")
+    check_output_folder(args.out, "run folder")
     if args.config:
         raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
     if not saved.is_file():

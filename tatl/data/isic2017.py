@@ -47,6 +47,7 @@ from tatl.data.images import ImageFileError, inspect_image
 from tatl.data.isic import ATTRIBUTE_INFIX, IMAGE_EXTENSIONS, LESION_SUFFIX, SUPERPIXELS_SUFFIX, Sample
 from tatl.data.synth import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
 from tatl.errors import DataError
+from tatl.folders import check_output_folder
 
 ATTRIBUTES_2017 = ("milia_like_cyst", "negative_network", "pigment_network", "streaks")
 FEATURES_SUFFIX = "_features"
@@ -388,8 +389,7 @@ def _read_stamp(out_dir: Path) -> dict:
 
 def _prepare_out_dir(out_dir: Path) -> None:
     """Refuse a foreign non-empty folder; empty a previous conversion (complete or interrupted) of ours."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is a file; choose a folder for the converted dataset")
+    check_output_folder(out_dir, "converted dataset")
     ours = (out_dir / CONVERSION_STAMP).exists() or (out_dir / _INCOMPLETE).exists()
     if out_dir.is_dir() and any(out_dir.iterdir()) and not ours:
         raise DataError(f"{out_dir}: folder exists, is not empty and is not a tatl conversion (nothing overwritten)")

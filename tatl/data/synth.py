@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tatl.errors import DataError
+from tatl.folders import check_output_folder
 
 GENERATOR_VERSION = "1"  # bump whenever the bytes written for the same arguments change
 ATTRIBUTE_FREQUENCIES: dict[str, float] = {  # share of ISIC 2018 Task 2 training images with a non-empty mask
@@ -263,8 +264,7 @@ def _draw_attribute(rng, name: str, image: np.ndarray, lesion_colour: np.ndarray
 
 def _check_target(out: Path) -> None:
     """Refuse a file, or a non-empty folder that is neither a synthetic dataset nor an interrupted one."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is a file; choose a folder for the synthetic dataset")
+    check_output_folder(out, "synthetic dataset")
     readme = out / "README.txt"
     ours = (out / INCOMPLETE_MARKER).exists() or (
         readme.is_file() and readme.read_text(errors="replace").startswith(README_FIRST_LINE)
