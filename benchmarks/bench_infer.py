@@ -27,8 +27,8 @@ is one; fp32 for all three, as `tatl predict` runs).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,16 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import PH2, add_device_argument, machine, median_seconds, pick_device, resized_run, tiny_run, write_result
+from common import (
+    PH2,
+    add_device_argument,
+    interleaved_medians,
+    machine,
+    pick_device,
+    resized_run,
+    tiny_run,
+    write_result,
+)
 from tatl.checkpoints import load_checkpoint
 from tatl.data.crops import lesion_box
 from tatl.data.dataset import LESION, normalize
@@ -118,14 +127,8 @@ def gflop_per_image(predict, path: Path) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def interleaved_medians(pipelines: dict, paths: list[Path], repeats: int) -> dict[str, float]:
-    """Seconds per pass over `paths` of each pipeline, median of `repeats` after a warm-up. The pipelines take turns
-    within each repeat, so a change in the machine's load affects all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(repeats):
-        for name, predict in pipelines.items():
-            times[name].append(median_seconds(lambda p=predict: [p(path) for path in paths], 1, warmup=0))
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
+def passes_over(paths: list[Path], predict) -> Callable[[], list]:
+    return lambda: [predict(path) for path in paths]
 
 
 def image_paths(folder: Path, count: int, large: bool) -> tuple[list[Path], str]:
@@ -168,8 +171,9 @@ def main() -> None:
                  "tatl": gflop_per_image(shared.predict, paths[0])}
 
         # warm-up: the checks above have run every pipeline
-        times = interleaved_medians({"separate": separate.predict, "tatl_no_sharing": alone.predict,
-                                     "tatl": shared.predict}, paths, args.repeats)
+        pipelines = {"separate": separate.predict, "tatl_no_sharing": alone.predict, "tatl": shared.predict}
+        times = interleaved_medians({name: passes_over(paths, p) for name, p in pipelines.items()}, args.repeats,
+                                    warmup=0)
     n = len(paths)
     rows = {f"{k}_images_per_s": n / t for k, t in times.items()}
     rows.update(ratio=times["separate"] / times["tatl"], ratio_sharing_only=times["tatl_no_sharing"] / times["tatl"],

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import add_device_argument, machine, median_seconds, pick_device, write_result
+from common import add_device_argument, interleaved_medians, machine, pick_device, write_result
 from tatl.config import ATTRIBUTES_2018, TrainConfig
 from tatl.data.dataset import SegmentationDataset
 from tatl.data.synth import render_sample
@@ -52,14 +52,14 @@ def synthetic_arrays(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(masks)
 
 
-def epoch_seconds(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfig, repeats: int,
-                  device: torch.device) -> float:
+def tatl_epoch(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfig, device: torch.device):
+    """A function running one more epoch of tatl's train_one_epoch for `names` on the frozen encoder."""
     model, optimizers = frozen_encoder_heads(base, names, device)
     epochs = itertools.count()
     amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return median_seconds(lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), device, TatlLoss(),
-                                                  optimizers, scaler, amp_dtype, False, "bench"), repeats)
+    return lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), device, TatlLoss(), optimizers, scaler,
+                                   amp_dtype, False, "bench")
 
 
 def frozen_encoder_heads(base: torch.nn.Module, names: list[str], device: torch.device):
@@ -85,12 +85,6 @@ def summed_backward_epoch(model: MultiHeadSegmenter, optimizers: dict, dataset, 
             optimizer.step()
 
 
-def summed_backward_epoch_seconds(base: torch.nn.Module, names: list[str], dataset, repeats: int,
-                                  device: torch.device) -> float:
-    model, optimizers = frozen_encoder_heads(base, names, device)
-    return median_seconds(lambda: summed_backward_epoch(model, optimizers, dataset, device), repeats)
-
-
 def block_steps(convs: list[torch.nn.Conv2d], xs: list[torch.Tensor], skip: torch.Tensor, split: bool) -> None:
     for conv, x in zip(convs, xs, strict=True):
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -111,8 +105,9 @@ def concatenation_vs_split(size: int, repeats: int, device: torch.device, heads:
         xs = [torch.randn(8, up, side // 2, side // 2, device=device).contiguous(memory_format=torch.channels_last)
               .requires_grad_() for _ in range(heads)]
         skip = torch.randn(8, skip_channels, side, side, device=device).contiguous(memory_format=torch.channels_last)
-        plain, tatl = (median_seconds(functools.partial(block_steps, convs, xs, skip, split), repeats)
-                       for split in (False, True))
+        times = interleaved_medians({"plain": functools.partial(block_steps, convs, xs, skip, False),
+                                     "tatl": functools.partial(block_steps, convs, xs, skip, True)}, repeats)
+        plain, tatl = times["plain"], times["tatl"]
         rows.append({"block": level + 1, "in": f"{up}+{skip_channels}", "out": UNET_FILTERS[level], "side": side,
                      "concatenation_s": plain, "split_s": tatl, "ratio": plain / tatl})
     return rows
@@ -133,15 +128,16 @@ def main() -> None:
     for shape in ("unet", "linknet"):
         torch.manual_seed(0)
         base = build_model(shape, args.encoder)
-        shared = epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks), cfg, args.repeats,
-                               device)
-        alone = sum(
-            epoch_seconds(base, [a], SegmentationDataset(images, masks[:, k : k + 1]), cfg, args.repeats,
-                          device)
-            for k, a in enumerate(ATTRIBUTES_2018)
-        )
-        summed = summed_backward_epoch_seconds(base, list(ATTRIBUTES_2018), SegmentationDataset(images, masks),
-                                               args.repeats, device)
+        names, dataset = list(ATTRIBUTES_2018), SegmentationDataset(images, masks)
+        alone = [tatl_epoch(base, [a], SegmentationDataset(images, masks[:, k : k + 1]), cfg, device)
+                 for k, a in enumerate(names)]
+        summed_model, summed_optimizers = frozen_encoder_heads(base, names, device)
+        times = interleaved_medians({  # taking turns: a drift in the machine's speed hits all three alike
+            "shared": tatl_epoch(base, names, dataset, cfg, device),
+            "one_by_one": lambda alone=alone: [epoch() for epoch in alone],
+            "summed": lambda m=summed_model, o=summed_optimizers, d=dataset: summed_backward_epoch(m, o, d, device),
+        }, args.repeats)
+        shared, alone, summed = times["shared"], times["one_by_one"], times["summed"]
         rows.append({"shape": shape, "shared_encoder_s": shared, "one_by_one_s": alone, "ratio": alone / shared,
                      "summed_backward_s": summed, "head_by_head_ratio": summed / shared})
     blocks = concatenation_vs_split(args.size, args.repeats, device) if args.encoder in FAITHFUL_BODIES else []

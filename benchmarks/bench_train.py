@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import add_device_argument, machine, median_seconds, pick_device, write_result
+from common import add_device_argument, interleaved_medians, machine, pick_device, write_result
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset, load_images, load_masks, normalize
 from tatl.data.isic import find_samples
@@ -86,7 +86,6 @@ def main() -> None:
         plain_model.to(device)
         optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
         loader = torch.utils.data.DataLoader(DecodeEveryTime(samples), batch_size=BATCH, shuffle=True)
-        plain_s = median_seconds(lambda: plain_epoch(plain_model, loader, optimizer, TatlLoss(), device), args.repeats)
         # tatl: cache once (timed separately), then epochs from memory, channels_last
         started = time.perf_counter()
         cache = Path(folder) / "cache"
@@ -101,11 +100,12 @@ def main() -> None:
         model = MultiHeadSegmenter.from_model(base, ["lesion"]).to(device, memory_format=torch.channels_last)
         optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
         epoch = iter(range(1000))
-        tatl_s = median_seconds(
-            lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epoch), device, TatlLoss(),
-                                    optimizers, scaler, amp_dtype, True, "bench"),
-            args.repeats,
-        )
+        times = interleaved_medians({  # taking turns: a drift in the machine's speed hits both alike
+            "plain": lambda: plain_epoch(plain_model, loader, optimizer, TatlLoss(), device),
+            "tatl": lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epoch), device, TatlLoss(),
+                                            optimizers, scaler, amp_dtype, True, "bench"),
+        }, args.repeats)
+        plain_s, tatl_s = times["plain"], times["tatl"]
     n = len(samples)
     rows = {"plain_images_per_s": n / plain_s, "tatl_images_per_s": n / tatl_s, "ratio": plain_s / tatl_s,
             "tatl_cache_build_s": cache_s, "images": n, "source": source, "size": SIZE, "batch": BATCH,

@@ -59,6 +59,23 @@ def median_seconds(work: Callable[[], object], repeats: int = 3, warmup: int = 1
     return statistics.median(times)
 
 
+def interleaved_medians(works: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each of `works` over `repeats` rounds after `warmup` rounds. They take turns within each
+    round, so a change in the machine's load (this CPU's speed drifts by 10-20% over minutes) affects all alike."""
+    for _ in range(warmup):
+        for work in works.values():
+            work()
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            synchronize()
+            started = time.perf_counter()
+            work()
+            synchronize()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def write_result(name: str, result: dict, device: torch.device | None = None) -> Path:
     """benchmarks/out/NAME.json, or NAME-cuda.json for figures measured on a GPU (both kept, side by side)."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
