@@ -3,9 +3,9 @@ attributes trained one by one (one network per attribute, each with its own froz
 
 Both compute the same updates (tests/test_engine.py checks equality); only the cost differs. Synthetic lesion crops
 at 128 px, batch 8, faithful EfficientNet-b0 (U and Link) or --encoder (e.g. resnet152, a Table 6 backbone whose
-encoder outweighs its decoders). Prints seconds per epoch of both and the ratio (median
-of repeats, measured in this one run) and writes benchmarks/out/stage3.json (stage3-cuda.json on a GPU, where
-both run with autocast, as `tatl run` trains).
+encoder outweighs its decoders). Prints seconds per epoch of both and the ratio (median of repeats, measured in
+this one run) and writes benchmarks/out/stage3-ENCODER-SIZEpx.json (ending -cuda.json on a GPU, where both run with
+autocast, as `tatl run` trains).
 
 Two more measurements of how tatl's shared step is computed, each against the plain way in the same run:
 - "summed backward": the shared epoch done as a plain loop would, one backward of the five summed losses (all five
@@ -156,7 +156,7 @@ def main() -> None:
             print(f"| {b['block']} | {b['in']} | {b['out']} | {b['side']} | {b['concatenation_s']:.3f} "
                   f"| {b['split_s']:.3f} | {b['ratio']:.2f}x |")
     result = {"rows": rows, "blocks": blocks, "images": args.images, "size": args.size, "encoder": args.encoder}
-    print(f"wrote {write_result(f'stage3-{args.encoder}', result, device)}")
+    print(f"wrote {write_result(f'stage3-{args.encoder}-{args.size}px', result, device)}")
 
 
 if __name__ == "__main__":
