@@ -65,6 +65,37 @@ def test_shared_frozen_encoder_equals_one_at_a_time(tmp_path: Path):
                 torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_frozen_encoder_heads_train_one_after_another_with_one_graph_alive(tmp_path: Path):
+    """The memory claim of head-by-head training: when a head's forward starts, no earlier head's autograd graph (the
+    tensors it saved for backward) is alive any more. A backward of the summed losses would keep all of them."""
+    import weakref
+
+    class Saved:  # what autograd keeps for the backward, wrapped so we can see when it is freed
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+
+    def pack(tensor):
+        holder = Saved(tensor)
+        alive.add(holder)
+        return holder
+
+    images, masks = tiny_data(n=8)
+    cfg = config(epochs=1, augment=False)
+    multi = MultiHeadSegmenter.from_model(tiny_model(), NAMES)
+    alive_at_start: dict[str, list[int]] = {n: [] for n in NAMES}
+    for name in NAMES:
+        multi.heads[name].register_forward_pre_hook(lambda _m, _x, name=name: alive_at_start[name].append(len(alive)))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+        fit(multi, *datasets(images, masks, cfg), cfg, {n: tmp_path / n for n in NAMES}, train_encoder=False,
+            label="multi")
+    trained = [counts[:2] for counts in alive_at_start.values()]  # 2 training batches of 4; validation follows
+    assert all(len(counts) == 2 for counts in trained)
+    assert all(count == 0 for counts in trained for count in counts), alive_at_start
+    assert len(alive) == 0
+
+
 def test_frozen_encoder_weights_and_batchnorm_stats_stay_bit_identical(tmp_path: Path):
     images, masks = tiny_data()
     cfg = config(epochs=1)
