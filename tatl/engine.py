@@ -233,7 +233,8 @@ def _backward_head_by_head(step_model: TrainingForward, x: torch.Tensor, targets
 
     The decoders are disjoint, so each gets exactly the gradient one backward of the summed losses would give it,
     but only one head's activations are alive at a time instead of all of them: a fifth of the activation memory,
-    and on a CPU 1.3-1.5x faster with five heads at 256 px (benchmarks/RESULTS.md, Stage 3)."""
+    and on a CPU 1.24x (U) and 1.46x (Link) faster with five heads at 256 px, no faster at 128 px
+    (benchmarks/RESULTS.md, Stage 3)."""
     with _autocast(device, amp_dtype):
         features = step_model.features(x)
     losses = {}

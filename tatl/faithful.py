@@ -134,7 +134,8 @@ def concatenated_conv(conv: nn.Conv2d, x: torch.Tensor, skip: torch.Tensor) -> t
 
     Used when training a decoder on a frozen encoder (TATL-FE Stage 3): the skip needs no gradient, and this way the
     backward never computes one, which the convolution of the concatenation does for all its input channels
-    (20-35% of those convolutions' time on a CPU, tests/test_models.py checks both give the same gradients).
+    (16-30% of those convolutions' time on a CPU: benchmarks/RESULTS.md; tests/test_models.py checks both give the
+    same gradients).
     """
     split = x.shape[1]
     out = F.conv2d(x, conv.weight[:, :split], conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
