@@ -60,44 +60,48 @@ def child_load(run: Path) -> None:
     load_predictor(run, device="cpu")
 
 
-def child_train(size: int, batch: int, steps: int) -> None:
+def random_data(count: int, size: int, channels: int):
+    """`count` random RGB images and `channels`-channel binary masks (30% positive) as a SegmentationDataset."""
     import numpy as np
+
+    from tatl.data.dataset import SegmentationDataset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+    masks = (rng.random((count, channels, size, size)) > 0.7).astype(np.uint8)
+    return SegmentationDataset(images, masks)
+
+
+def child_train(size: int, batch: int, steps: int) -> None:
     import torch
 
     from tatl.config import TrainConfig
-    from tatl.data.dataset import SegmentationDataset
     from tatl.engine import train_one_epoch
     from tatl.losses import TatlLoss
     from tatl.models import build_model
     from tatl.multihead import MultiHeadSegmenter
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(steps * batch, size, size, 3), dtype=np.uint8)
-    masks = (rng.random((steps * batch, 1, size, size)) > 0.7).astype(np.uint8)
+    dataset = random_data(steps * batch, size, 1)
     torch.manual_seed(0)
     model = MultiHeadSegmenter.from_model(build_model("unet", "paper-efficientnet-b0"), ["lesion"])
     model = model.to(memory_format=torch.channels_last)
     optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
     cfg = TrainConfig(batch_size=batch, device="cpu", channels_last=True, augment=False)
-    train_one_epoch(model, ["lesion"], SegmentationDataset(images, masks), cfg, 0, torch.device("cpu"), TatlLoss(),
+    train_one_epoch(model, ["lesion"], dataset, cfg, 0, torch.device("cpu"), TatlLoss(),
                     optimizers, torch.amp.GradScaler("cuda", enabled=False), None, True, "bench")
 
 
 def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
-    import numpy as np
     import torch
     from bench_stage3 import frozen_encoder_heads, summed_backward_epoch
 
     from tatl.config import ATTRIBUTES_2018, TrainConfig
-    from tatl.data.dataset import SegmentationDataset
     from tatl.engine import train_one_epoch
     from tatl.losses import TatlLoss
     from tatl.models import build_model
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(steps * batch, size, size, 3), dtype=np.uint8)
-    masks = (rng.random((steps * batch, len(ATTRIBUTES_2018), size, size)) > 0.7).astype(np.uint8)
-    dataset, device, names = SegmentationDataset(images, masks), torch.device("cpu"), list(ATTRIBUTES_2018)
+    names, device = list(ATTRIBUTES_2018), torch.device("cpu")
+    dataset = random_data(steps * batch, size, len(names))
     torch.manual_seed(0)
     model, optimizers = frozen_encoder_heads(build_model("unet", "paper-efficientnet-b0"), names, device)
     if plain:

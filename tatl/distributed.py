@@ -219,10 +219,12 @@ def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder:
 
     A trainable encoder must not hold parameters its forward never uses: call freeze_unused_parameters first (as
     engine.fit does), or DDP stops at the second step waiting for their gradients."""
+    step_model = TrainingForward(model, names, train_encoder)
     if train_encoder:
-        return data_parallel(TrainingForward(model, names, train_encoder), device)
-    heads = {name: data_parallel(model.heads[name], device) for name in names}
-    return TrainingForward(model, names, train_encoder, heads)
+        return data_parallel(step_model, device)
+    for name in names:
+        step_model.heads[name] = data_parallel(step_model.heads[name], device)
+    return step_model
 
 
 def data_parallel(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:

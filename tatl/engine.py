@@ -273,7 +273,6 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
     return {n: {"loss": losses[n], **scores[n]} for n in active}
 
 
-
 def _update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:
     score = -row["loss"] if cfg.monitor == "loss" else row[cfg.monitor]
     row["improved"] = score > progress.best_score

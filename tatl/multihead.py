@@ -72,13 +72,12 @@ class TrainingForward(nn.Module):
     training. Only what is trained is registered, so DDP averages exactly the gradients that exist.
 
     A trainable encoder is wrapped whole (one forward, one backward). With a frozen encoder the engine runs
-    `features` once and then each head's forward and backward in turn; `heads` may then hold each head wrapped in
-    its own DDP (tatl.distributed.training_forward), so each head's backward averages its own gradients."""
+    `features` once and then each head's forward and backward in turn; under torchrun each of `heads` is then
+    wrapped in its own DDP (tatl.distributed.training_forward), so each head's backward averages its own gradients."""
 
-    def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool,
-                 heads: dict[str, nn.Module] | None = None):
+    def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool):
         super().__init__()
-        self.heads = nn.ModuleDict(heads or {name: model.heads[name] for name in names})
+        self.heads = nn.ModuleDict({name: model.heads[name] for name in names})
         if train_encoder:
             self.encoder = model.encoder
         else:

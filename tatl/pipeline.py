@@ -228,7 +228,8 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
 
 
 def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> None:
-    """Stage 1-2 of another run with the same settings and split (pipeline.reuse_stages_from): copied, not trained."""
+    """Stage 1-2 of another run on the same data with the same settings and split (pipeline.reuse_stages_from):
+    copied, not trained."""
     source = None
     if distributed.is_main_process():
         source = reuse.find_trained_group(ctx.run_dir, group_dir, ctx.config, ctx.data_identity)
