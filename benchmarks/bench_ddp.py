@@ -37,10 +37,11 @@ def worker(args: argparse.Namespace) -> None:
     from tatl import distributed
     from tatl.config import TrainConfig
     from tatl.data.dataset import SegmentationDataset
-    from tatl.engine import autocast_dtype, evaluate_heads, train_one_epoch
-    from tatl.losses import TatlLoss
-    from tatl.models import build_model
-    from tatl.multihead import MultiHeadSegmenter
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.models.networks import build_model
+    from tatl.training import parallel
+    from tatl.training.engine import autocast_dtype, evaluate_heads, train_one_epoch
+    from tatl.training.losses import TatlLoss
 
     torch.set_num_threads(args.threads)
     distributed.setup(args.device)
@@ -51,11 +52,11 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = MultiHeadSegmenter.from_model(build_model("unet", "paper-efficientnet-b0"), ["a"])
     model.to(device, memory_format=torch.channels_last)
-    distributed.freeze_unused_parameters(model, train_set[0][0][None].to(device))
+    parallel.freeze_unused_parameters(model, train_set[0][0][None].to(device))
     optimizers = {"a": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
     amp_dtype = autocast_dtype(device, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step_model = distributed.training_forward(model, ["a"], True, device)
+    step_model = parallel.training_forward(model, ["a"], True, device)
     train_times, val_times = [], []
     for epoch in range(args.epochs):
         distributed.barrier()

@@ -132,10 +132,10 @@ def epoch_comparison(source: str, count: int, repeats: int, folder: Path) -> dic
     from tatl.data.dataset import SegmentationDataset, load_images, load_masks, normalize
     from tatl.data.images import image_size, read_mask, resize_mask
     from tatl.data.isic import find_samples
-    from tatl.engine import train_one_epoch
-    from tatl.losses import TatlLoss
-    from tatl.models import build_model
-    from tatl.multihead import MultiHeadSegmenter
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.models.networks import build_model
+    from tatl.training.engine import train_one_epoch
+    from tatl.training.losses import TatlLoss
 
     class DecodeEveryEpoch(torch.utils.data.Dataset):
         """tatl's own readers at every access: the work the cache saves."""

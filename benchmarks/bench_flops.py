@@ -22,8 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from common import machine, median_seconds, write_result
-from tatl.losses import TatlLoss
-from tatl.models import build_model
+from tatl.models.networks import build_model
+from tatl.training.losses import TatlLoss
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

@@ -8,7 +8,7 @@ difference is printed). The work is counted the same way: stage-resolution maps,
 - separate: each of the 13 networks on its own, as 13 independent scripts would run them: the JPEG fully decoded
   (then cropped and resized) for every network, fp32 NCHW, each attribute network with its own encoder pass.
 - tatl, no sharing: `load_predictor(share_encoders=False)`: tatl's reader (JPEG draft mode, one decode per stage),
-  channels_last and BatchNorm folded into the convolutions (tatl.fusion), but each network with its own encoder
+  channels_last and BatchNorm folded into the convolutions (tatl.models.fusion), but each network with its own encoder
   pass.
 - tatl: `load_predictor`, as `tatl predict` runs it: the frozen Stage-2/3 encoder, bit-identical in every
   checkpoint of a TATL-FE run, found by comparing the weights and run once per shape for all six heads.
@@ -47,13 +47,14 @@ from common import (
     write_result,
 )
 from tatl.checkpoints import load_checkpoint
+from tatl.constants import LESION
 from tatl.data.crops import lesion_box
-from tatl.data.dataset import LESION, normalize
+from tatl.data.dataset import normalize
 from tatl.data.images import read_image
 from tatl.data.isic import find_samples
-from tatl.inference import average_probabilities
-from tatl.models import build_model
-from tatl.predict import Predictor, checkpoint_paths, load_predictor
+from tatl.inference.predictor import Predictor, checkpoint_paths, load_predictor
+from tatl.models.networks import build_model
+from tatl.pipeline.scoring import average_probabilities
 
 
 class SeparateNetwork:

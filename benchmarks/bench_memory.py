@@ -51,11 +51,11 @@ def peak_rss(command: list[str], folder: Path) -> dict:
 def child_idle() -> None:
     import torch  # noqa: F401
 
-    import tatl.predict  # noqa: F401
+    import tatl.inference.predictor  # noqa: F401
 
 
 def child_load(run: Path) -> None:
-    from tatl.predict import load_predictor
+    from tatl.inference.predictor import load_predictor
 
     load_predictor(run, device="cpu")
 
@@ -76,10 +76,10 @@ def child_train(size: int, batch: int, steps: int) -> None:
     import torch
 
     from tatl.config import TrainConfig
-    from tatl.engine import train_one_epoch
-    from tatl.losses import TatlLoss
-    from tatl.models import build_model
-    from tatl.multihead import MultiHeadSegmenter
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.models.networks import build_model
+    from tatl.training.engine import train_one_epoch
+    from tatl.training.losses import TatlLoss
 
     dataset = random_data(steps * batch, size, 1)
     torch.manual_seed(0)
@@ -95,10 +95,11 @@ def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
     import torch
     from bench_stage3 import frozen_encoder_heads, summed_backward_epoch
 
-    from tatl.config import ATTRIBUTES_2018, TrainConfig
-    from tatl.engine import train_one_epoch
-    from tatl.losses import TatlLoss
-    from tatl.models import build_model
+    from tatl.config import TrainConfig
+    from tatl.constants import ATTRIBUTES_2018
+    from tatl.models.networks import build_model
+    from tatl.training.engine import train_one_epoch
+    from tatl.training.losses import TatlLoss
 
     names, device = list(ATTRIBUTES_2018), torch.device("cpu")
     dataset = random_data(steps * batch, size, len(names))
@@ -144,7 +145,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        rows.append({"case": "python + import torch, tatl.predict (nothing run)",
+        rows.append({"case": "python + import torch, tatl.inference.predictor (nothing run)",
                      **peak_rss([*me, "--child", "idle"], folder)})
         for steps in args.steps:
             command = [*me, "--child", "train", "--size", str(args.size), "--batch", str(args.batch),

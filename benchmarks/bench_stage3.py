@@ -12,7 +12,7 @@ Two more measurements of how tatl's shared step is computed, each against the pl
   decoders' activations alive at once) instead of tatl's head-by-head backward;
 - the faithful U decoder's convolution of [upsampled x, frozen skip] at each block where x needs a gradient, as
   one convolution of the concatenation vs tatl's two convolutions that never compute the skip's gradient
-  (tatl.faithful.concatenated_conv), forward + backward of five heads.
+  (tatl.models.faithful.concatenated_conv), forward + backward of five heads.
 
     .venv/bin/python benchmarks/bench_stage3.py [--images 32] [--size 128] [--repeats 3] [--device auto|cpu|cuda]
         [--encoder paper-efficientnet-b0]
@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from common import add_device_argument, interleaved_medians, machine, pick_device, write_result
-from tatl.config import ATTRIBUTES_2018, TrainConfig
+from tatl.config import TrainConfig
+from tatl.constants import ATTRIBUTES_2018
 from tatl.data.dataset import SegmentationDataset
 from tatl.data.synth import render_sample
-from tatl.engine import autocast_dtype, train_one_epoch
-from tatl.faithful import FAITHFUL_BODIES, UNET_FILTERS, concatenated_conv
-from tatl.losses import TatlLoss
-from tatl.models import build_model
-from tatl.multihead import MultiHeadSegmenter
+from tatl.models.faithful import FAITHFUL_BODIES, UNET_FILTERS, concatenated_conv
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.training.engine import autocast_dtype, train_one_epoch
+from tatl.training.losses import TatlLoss
 
 
 def synthetic_arrays(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +95,7 @@ def block_steps(convs: list[torch.nn.Conv2d], xs: list[torch.Tensor], skip: torc
 
 def concatenation_vs_split(size: int, repeats: int, device: torch.device, heads: int = 5) -> list[dict]:
     """Per U block with a skip after the first (whose input has no gradient either way): seconds of forward and
-    backward of `heads` convolutions, of the concatenation vs split (tatl.faithful.concatenated_conv)."""
+    backward of `heads` convolutions, of the concatenation vs split (tatl.models.faithful.concatenated_conv)."""
     encoder_channels = [96, 144, 240, 672, 1280]  # faithful EfficientNet-b0 skips and bottleneck
     rows = []
     for level in range(1, 4):

@@ -29,10 +29,10 @@ from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset, load_images, load_masks, normalize
 from tatl.data.isic import find_samples
 from tatl.data.synth import write_synthetic_dataset
-from tatl.engine import autocast_dtype, train_one_epoch
-from tatl.losses import TatlLoss
-from tatl.models import build_model
-from tatl.multihead import MultiHeadSegmenter
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.training.engine import autocast_dtype, train_one_epoch
+from tatl.training.losses import TatlLoss
 
 PH2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
 SIZE, BATCH = 256, 8

@@ -34,7 +34,7 @@ def add_device_argument(parser) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    from tatl.engine import resolve_device
+    from tatl.device import resolve_device
 
     return resolve_device(name)
 

@@ -1,64 +1,24 @@
 """Checkpoints that survive a kill at any moment and load no code.
 
-Writes go to a temporary file in the same folder, are fsynced, then renamed over the target: a reader sees the old
-file or the new one, never half of one. Loading uses `torch.load(weights_only=True)`, which refuses pickles that
-would run code, so checkpoints shared between groups are safe to open.
+Writes go through `tatl.io.atomic_write` (durable: fsynced, then renamed over the target): a reader sees the old
+file or the new one, never half of one; under torchrun rank 0 alone writes.
+Loading uses `torch.load(weights_only=True)`, which refuses pickles that would run code, so checkpoints shared
+between groups are safe to open.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tatl import distributed
-from tatl.errors import CheckpointError, DataError
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call write(file_object) on a temp file next to `path`, fsync, then rename it to `path`.
-
-    Under torchrun only rank 0 writes: every rank holds the same state, and N writers of one file would only race.
-    """
-    if not distributed.is_main_process():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except OSError as error:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot write ({error.strerror or error})") from None
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename itself is durable only once the folder entry is synced.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from tatl.errors import CheckpointError
+from tatl.io import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+    atomic_write(path, lambda handle: torch.save(state, handle), durable=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -101,7 +61,3 @@ def _load_failure(path: Path, error: Exception) -> str:
         return f"the file is truncated or damaged ({first}); was it copied or written completely?"
     return text.splitlines()[0] if text else type(error).__name__
 
-
-def write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from tatl.constants import ATTRIBUTES_2018
 from tatl.errors import ConfigError
+from tatl.io import write_text
 
-ATTRIBUTES_2018 = ["globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks"]
 PRESETS_DIR = Path(__file__).parent / "presets"
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")  # the ablations of Tables 2-3: which stages a variant uses
 MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
@@ -79,7 +80,7 @@ class PipelineConfig:
     threshold: float = 0.5  # probability above which a pixel is positive
     tune_thresholds: bool = False  # pick each attribute's threshold on validation; stored in RUN/thresholds.json
     # Run folders whose finished Stage-1/2 networks this run copies instead of training when they were trained with
-    # the same settings and split on the same data folder (tatl.reuse); `tatl experiment` fills it in with the
+    # the same settings and split on the same data folder (tatl.pipeline.reuse); `tatl experiment` fills it in with the
     # grid's matching jobs.
     reuse_stages_from: list[str] = field(default_factory=list)
 
@@ -129,10 +130,7 @@ def load_config(path_or_preset: str | Path | None = None, overrides: list[str] |
 
 
 def save_config(config: Config, path: Path) -> None:
-    text = yaml.safe_dump(to_dict(config), sort_keys=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False), durable=True)
 
 
 def apply_override(config: Config, override: str) -> None:

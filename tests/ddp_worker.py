@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: `tatl.engine.fit` on a tiny network without BatchNorm.
+"""Run under torchrun by tests/test_distributed.py: `tatl.training.engine.fit` on a tiny network without BatchNorm.
 
 Without BatchNorm, N processes each taking 1/N of every batch compute exactly the update one process computes on the
 whole batch (the loss is a per-image mean), so the test can ask for equality, not a tolerance. The encoder carries a
@@ -6,7 +6,7 @@ parameter its forward never uses, as smp's efficientnet-b0 does, which DDP must 
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT frozen|trainable|pretext
 
-"pretext" trains the context-restoration network (tatl.pretext) instead, the same BatchNorm-free way.
+"pretext" trains the context-restoration network (tatl.training.pretext) instead, the same BatchNorm-free way.
 """
 
 import sys
@@ -20,9 +20,9 @@ from torch import nn
 from tatl import distributed
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset
-from tatl.engine import evaluate_heads, fit
-from tatl.losses import TatlLoss
-from tatl.multihead import DecoderHead, MultiHeadSegmenter
+from tatl.models.multihead import DecoderHead, MultiHeadSegmenter
+from tatl.training.engine import evaluate_heads, fit
+from tatl.training.losses import TatlLoss
 
 NAMES = ["a", "b"]
 
@@ -75,7 +75,7 @@ class TinyRestorer(nn.Module):
 
 
 def pretext(out: Path) -> None:
-    from tatl import pretext
+    from tatl.training import pretext
 
     built = []
 

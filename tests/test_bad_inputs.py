@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from tatl.cli import main
-from tatl.data.synth import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR, write_synthetic_dataset
+from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
+from tatl.data.synth import write_synthetic_dataset
 from tatl.errors import ConfigError
 
 TINY = [
@@ -501,7 +502,7 @@ def test_weights_of_another_architecture_are_refused_before_the_data_is_read(fin
 
 def another_architecture(path: Path) -> None:
     """A tatl-shaped checkpoint of a Link network where the run's U network belongs."""
-    from tatl.models import build_model
+    from tatl.models.networks import build_model
 
     torch.save({"model": build_model("linknet", "tu-resnet10t").state_dict(), "epoch": 0}, path)
 
@@ -549,12 +550,12 @@ def test_export_refuses_a_folder_that_is_not_a_run(data, tmp_path, capsys):
 
 def test_export_to_a_file_or_below_one_is_refused_before_loading(finished_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import tatl.predict
+    import tatl.inference.predictor
 
     def not_loaded(*args, **kwargs):
         raise AssertionError("the run was loaded before its output path was checked")
 
-    monkeypatch.setattr(tatl.predict, "load_predictor", not_loaded)
+    monkeypatch.setattr(tatl.inference.predictor, "load_predictor", not_loaded)
     _, run = finished_run
     target = tmp_path / "file.onnx"
     target.write_text("not a folder")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tatl.bound import generalization_bound, hessian_spectral_norm, initialisations, open_run
 from tatl.cli import main
 from tatl.errors import DataError
+from tatl.evaluation.bound import generalization_bound, hessian_spectral_norm, initialisations, open_run
 
 TINY_RUN = [
     "run", "synthetic", "--config", "demo", "--set", "synth.n=16", "--set", "synth.size=64",
@@ -123,7 +123,7 @@ def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
 def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
     from dataclasses import asdict
 
-    from tatl.commands.bound import bound_markdown
+    from tatl.evaluation.bound_report import bound_markdown
 
     undefined = {**asdict(generalization_bound(risk=0.0, hessian_norm=0.1, m=16)), "estimated_on": 16}
     result = {"settings": {"variant": "1,2,3", "shape": "unet", "c": 0.01, "k": 4, "samples": "present",
@@ -136,11 +136,11 @@ def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
 
 
 def test_initialisations_follow_the_runs_init(tmp_path: Path):
-    """The bound is estimated at the start the run's Stage 3 really had (tatl.pipeline._stage3_start)."""
+    """The bound is estimated at the start the run's Stage 3 really had (tatl.pipeline.stages._stage3_start)."""
     from types import SimpleNamespace
 
     from tatl.config import load_config
-    from tatl.models import build_model
+    from tatl.models.networks import build_model
 
     def names(*overrides: str) -> list[str]:
         config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]", *overrides])

@@ -89,8 +89,8 @@ def test_the_optimizer_is_sgd_with_the_configured_rate_and_momentum():
     import segmentation_models_pytorch as smp
     import torch
 
-    from tatl.engine import _optimizer
-    from tatl.multihead import MultiHeadSegmenter
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.training.engine import _optimizer
 
     config = load_config("paper")
     network = smp.Unet("tu-resnet10t", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 4))

@@ -17,10 +17,10 @@ import torch
 from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset
-from tatl.engine import autocast_dtype, fit
-from tatl.inference import predict_probabilities
-from tatl.models import build_model
-from tatl.multihead import MultiHeadSegmenter
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.pipeline.scoring import predict_probabilities
+from tatl.training.engine import autocast_dtype, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

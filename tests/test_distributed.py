@@ -15,6 +15,7 @@ from compare import assert_close_numbers
 
 from tatl import distributed
 from tatl.errors import ConfigError
+from tatl.training import parallel
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -199,13 +200,13 @@ def test_sync_batchnorm_keeps_every_weight_and_outside_torchrun_computes_the_sam
     a single process trains and predicts with it exactly as with plain BatchNorm."""
     import copy
 
-    from tatl.models import build_model
-    from tatl.multihead import MultiHeadSegmenter
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.models.networks import build_model
 
     torch.manual_seed(0)
     plain = MultiHeadSegmenter.from_model(build_model("unet", encoder, None), ["a", "b"])
     synced = copy.deepcopy(plain)
-    distributed.use_sync_batchnorm(synced)
+    parallel.use_sync_batchnorm(synced)
     batchnorms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert batchnorms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in batchnorms)
     assert len(batchnorms) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
@@ -266,7 +267,7 @@ def test_an_error_on_another_rank_after_rank_0_stops_every_rank(tmp_path):
 
 def test_experiment_refuses_torchrun_and_gives_its_jobs_a_plain_environment(monkeypatch, capsys):
     from tatl.cli import main
-    from tatl.commands.experiment import job_environment
+    from tatl.experiments.runners import job_environment
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_PORT", "29500")

@@ -11,8 +11,8 @@ import torch
 from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset
-from tatl.engine import TrainingDiverged, fit
-from tatl.multihead import MultiHeadSegmenter
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.training.engine import TrainingDiverged, fit
 
 NAMES = ["a", "b", "c"]
 
@@ -249,7 +249,7 @@ def test_the_mixed_precision_path_trains_in_low_precision_and_keeps_fp32_weights
     """The CUDA path (autocast; fp16 with a gradient scaler) run on the CPU, where tatl itself stays fp32: the
     forward is in `dtype`, fp16 steps go through an enabled scaler, losses stay finite, weights move and are saved
     in fp32."""
-    from tatl import engine
+    from tatl.training import engine
 
     monkeypatch.setattr(engine, "autocast_dtype", lambda device, cfg: dtype)
     scalers = []

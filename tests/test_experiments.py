@@ -11,7 +11,7 @@ import yaml
 
 from tatl.cli import main
 from tatl.errors import ConfigError, TatlError
-from tatl.experiments import Job, plan_jobs, read_grid, safe_name, write_tables
+from tatl.experiments.grid import Job, plan_jobs, read_grid, safe_name, write_tables
 
 TINY_SET = ["synth.n=16", "synth.size=64", "data.stage1_size=32", "data.image_size=32", "train.epochs=1",
             "train.batch_size=8", "data.n_folds=2", "data.attributes=[pigment_network, globules]"]
@@ -76,7 +76,7 @@ def test_settings_colliding_on_disk_are_refused(tmp_path):
 
 
 def test_ray_missing_gives_the_install_command(monkeypatch):
-    from tatl.commands.experiment import import_ray
+    from tatl.experiments.runners import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(TatlError, match=r"pip install 'tatl\[ray\]'"):
@@ -136,7 +136,7 @@ def fake_job_arguments(job: Job, out: Path, fail: bool) -> list[str]:
 
 
 def run_fake_jobs(tmp_path: Path, runner) -> tuple[list[Job], Path, dict]:
-    from tatl.commands.experiment import GridRecord, Progress
+    from tatl.experiments.runners import GridRecord, Progress
 
     grid = read_grid(write_grid(tmp_path, shapes=["unet", "linknet"]))
     jobs, _ = plan_jobs(grid)
@@ -162,7 +162,7 @@ def check_fake_jobs(jobs: list[Job], out: Path, status: dict) -> None:
 
 
 def test_local_pool_runs_every_job_and_reports_failures(tmp_path, capsys):
-    from tatl.commands.experiment import run_local
+    from tatl.experiments.runners import run_local
 
     jobs, out, status = run_fake_jobs(tmp_path, lambda *a: run_local(*a, workers=3))
     check_fake_jobs(jobs, out, status)
@@ -174,7 +174,7 @@ def test_local_pool_runs_every_job_and_reports_failures(tmp_path, capsys):
 @pytest.mark.slow
 def test_ray_runs_every_job_and_reports_failures(tmp_path):
     ray = pytest.importorskip("ray")
-    from tatl.commands.experiment import run_ray
+    from tatl.experiments.runners import run_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -258,7 +258,7 @@ def write_folder_of_two_samples(folder: Path) -> list:
 
 def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(tmp_path):
     from tatl.config import load_config, save_config
-    from tatl.reuse import data_identity, find_trained_group, settings_that_differ
+    from tatl.pipeline.reuse import data_identity, find_trained_group, settings_that_differ
 
     base = load_config("demo")
     stage3_changes = ["pipeline.encoder_mode=trainable", "pipeline.init=random", 'pipeline.variants=["1,3"]',

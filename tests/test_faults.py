@@ -68,7 +68,7 @@ def first_run(tmp_path_factory) -> dict:
     data, weights, run = base / "data", base / "weights" / "encoder.pt", base / "run"
     write_synthetic_dataset(data, n=8, size=64, seed=0)
     weights.parent.mkdir()
-    from tatl.models import build_model
+    from tatl.models.networks import build_model
 
     torch.manual_seed(0)
     torch.save(build_model("unet", "tu-resnet10t").encoder.state_dict(), weights)
@@ -253,12 +253,12 @@ def test_a_second_run_on_a_folder_being_trained_is_refused_and_the_first_finishe
 def test_a_failing_report_does_not_fail_the_run(first_run, tmp_path, capsys, monkeypatch):
     """The report only views the results: after hours of training its failure is printed, the exit code is 0 and
     metrics.json and summary.md are there."""
-    import tatl.report
+    import tatl.reporting.report
 
     def broken(*args, **kwargs):
         raise ValueError("matplotlib is broken")
 
-    monkeypatch.setattr(tatl.report, "write_report", broken)
+    monkeypatch.setattr(tatl.reporting.report, "write_report", broken)
     run = tmp_path / "run"
     assert main(["run", str(first_run["data"]), "--out", str(run), *TINY_ONE_NETWORK]) == 0
     err = capsys.readouterr().err

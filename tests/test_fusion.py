@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tatl.fusion import fold_batchnorm
-from tatl.models import build_model
+from tatl.models.fusion import fold_batchnorm
+from tatl.models.networks import build_model
 
 
 def with_random_statistics(model: nn.Module) -> nn.Module:
@@ -53,8 +53,8 @@ def test_only_an_eval_mode_network_is_folded_and_batchnorm_without_statistics_st
 
 
 def test_predict_runs_the_folded_networks(tmp_path):
-    from tatl.multihead import MultiHeadSegmenter
-    from tatl.predict import TorchNetwork
+    from tatl.inference.predictor import TorchNetwork
+    from tatl.models.multihead import MultiHeadSegmenter
 
     torch.manual_seed(0)
     model = MultiHeadSegmenter.from_model(with_random_statistics(build_model("linknet", "paper-efficientnet-b0")),

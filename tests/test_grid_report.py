@@ -12,8 +12,8 @@ from test_report import parse as parse_page
 
 from tatl.cli import main
 from tatl.errors import DataError
-from tatl.experiments import plan_jobs, read_grid
-from tatl.report import write_report
+from tatl.experiments.grid import plan_jobs, read_grid
+from tatl.reporting.report import write_report
 
 BACKBONES, SETTINGS = ["tu-resnet10t", "vgg16"], ["TATL (FE)", "Random"]  # write_grid's settings
 COMBINATIONS = [[b, s] for b in BACKBONES for s in SETTINGS]
@@ -126,7 +126,7 @@ def test_tatl_report_rebuilds_the_grid_report(grid_folder: Path, capsys):
 
 
 def test_a_grid_with_no_finished_job_says_so(tmp_path: Path):
-    from tatl.commands.experiment import GridRecord
+    from tatl.experiments.runners import GridRecord
 
     grid = read_grid(write_grid(tmp_path))
     jobs, _ = plan_jobs(grid)
@@ -137,15 +137,14 @@ def test_a_grid_with_no_finished_job_says_so(tmp_path: Path):
     assert {row[0]: row[1] for row in page.table("Job status")[1:]}["not started"] == str(len(jobs))
 
 
-def test_a_failing_report_does_not_fail_the_grid(grid_folder: Path, monkeypatch, capsys):
-    from tatl.commands.experiment import write_grid_report
+def test_a_failing_report_does_not_fail_the_grid(grid_folder: Path, monkeypatch):
+    from tatl.reporting.report import write_report_or_say_why
 
     def broken(*args, **kwargs):
         raise ValueError("no room")
 
-    monkeypatch.setattr("tatl.report.write_report", broken)
-    write_grid_report(grid_folder)
-    assert "report not written: ValueError: no room" in capsys.readouterr().err
+    monkeypatch.setattr("tatl.reporting.report.write_report", broken)
+    assert "report not written: ValueError: no room" in write_report_or_say_why(grid_folder)
 
 
 def test_a_grid_json_not_written_by_tatl_experiment_is_refused(tmp_path: Path):

@@ -12,8 +12,8 @@ from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
 from tatl.data.dataset import SegmentationDataset, build_augmentation
 from tatl.data.synth import write_synthetic_dataset
-from tatl.models import build_model
-from tatl.pretext import RestorationDataset, swap_patches
+from tatl.models.networks import build_model
+from tatl.training.pretext import RestorationDataset, swap_patches
 
 ATTRIBUTES = ["globules", "pigment_network"]
 TINY = [
@@ -50,10 +50,10 @@ def encoder_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def fits(monkeypatch) -> list[dict]:
     """Every network the pipeline trains, as it enters training: label, heads, encoder state, datasets, mode."""
-    import tatl.pipeline
+    import tatl.pipeline.stages
 
     calls: list[dict] = []
-    real_fit = tatl.pipeline.fit
+    real_fit = tatl.pipeline.stages.fit
 
     def spy(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs):
         calls.append({"label": label, "heads": sorted(model.heads), "train_set": train_set, "val_set": val_set,
@@ -61,7 +61,7 @@ def fits(monkeypatch) -> list[dict]:
                       "start": {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}})
         return real_fit(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs)
 
-    monkeypatch.setattr(tatl.pipeline, "fit", spy)
+    monkeypatch.setattr(tatl.pipeline.stages, "fit", spy)
     return calls
 
 
@@ -190,10 +190,10 @@ def test_augmentation_init_trains_on_copies_of_every_training_image(data: Path, 
                                                                    fits: list[dict], monkeypatch):
     import albumentations as A
 
-    import tatl.engine
+    import tatl.training.engine
 
     iterated: list[tuple[object, list[int]]] = []  # (dataset, the indices one training epoch went through)
-    real_loader = tatl.engine._loader
+    real_loader = tatl.training.engine._loader
 
     def loader(dataset, cfg, epoch, device):
         out = real_loader(dataset, cfg, epoch, device)
@@ -201,7 +201,7 @@ def test_augmentation_init_trains_on_copies_of_every_training_image(data: Path, 
             iterated.append((dataset, [index for batch in out.batch_sampler for index in batch]))
         return out
 
-    monkeypatch.setattr(tatl.engine, "_loader", loader)
+    monkeypatch.setattr(tatl.training.engine, "_loader", loader)
     run = tmp_path / "run"
     assert main(["run", str(data), "--out", str(run), *TINY, "--set", f"model.encoder_weights={encoder_file}",
                  "--set", "pipeline.init=augmentation", "--set", "pipeline.augmentation_copies=3",

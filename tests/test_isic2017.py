@@ -13,10 +13,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tatl.cli import main
 from tatl.config import Config
+from tatl.constants import ATTRIBUTES_2017
 from tatl.data.checks import check_dataset
-from tatl.data.isic import find_samples
+from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, find_samples
 from tatl.data.isic2017 import (
-    ATTRIBUTES_2017,
     CONVERSION_STAMP,
     SUPERPIXELS_INDEX,
     check_isic2017,
@@ -30,10 +30,10 @@ from tatl.data.isic2017 import (
     write_features_json,
     write_superpixels,
 )
-from tatl.data.synth import ATTRIBUTE_DIR, INPUT_DIR, ISIC2017_DIRS, render_sample, write_synthetic_isic2017
+from tatl.data.synth import ISIC2017_DIRS, render_sample, write_synthetic_isic2017
 from tatl.errors import ConfigError, DataError
-from tatl.metrics2017 import pooled_scores, predictions_to_features, score_isic2017
-from tatl.runs import resolve_data
+from tatl.metrics.isic2017 import pooled_scores, predictions_to_features, score_isic2017
+from tatl.pipeline.setup import resolve_data
 
 IMAGES, LESIONS, FEATURES = ISIC2017_DIRS
 
@@ -308,7 +308,7 @@ def test_tiny_run_on_2017_data_scores_the_four_features(synthetic2017, tmp_path)
     scores = metrics["variant 1,2,3"]["unet"]
     assert set(scores) - {"micro_average", "macro_average"} == set(ATTRIBUTES_2017)
     # predict writes the 2017 submission format next to the 2018 masks, and the 2017 scorer reads it
-    from tatl.metrics2017 import score_isic2017
+    from tatl.metrics.isic2017 import score_isic2017
 
     images = next(p for p in data.iterdir() if p.is_dir() and p.name.endswith("_Data"))
     out = tmp_path / "pred"

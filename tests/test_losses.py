@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tatl.losses import ALPHA, TatlLoss, dice_distance, jaccard_distance
+from tatl.training.losses import ALPHA, TatlLoss, dice_distance, jaccard_distance
 
 
 def logits_of(probs: list) -> torch.Tensor:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tatl.commands import evaluate
 from tatl.errors import DataError
-from tatl.metrics import Task1Scorer, Task2Scorer, format_scores, score_task2_folders
+from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer, format_scores, score_task2_folders
 
 task2 = pytest.importorskip("isic_challenge_scoring.task2")
 segmentation = pytest.importorskip("isic_challenge_scoring.segmentation")

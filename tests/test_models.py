@@ -1,4 +1,4 @@
-"""Networks, parameter counts and weights: tatl.models, tatl.faithful, tatl.weights, `tatl params`."""
+"""Networks, parameter counts and weights: tatl.models.networks, .faithful and .weights, `tatl params`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import time
 import pytest
 import torch
 
-from tatl import weights
+from tatl import constants
 from tatl.errors import CheckpointError, ConfigError
-from tatl.faithful import check_input_size, forward_keeping_expansion
-from tatl.models import build_model, count_parameters
-from tatl.weights import load_state_file, transfer_weights
+from tatl.models import weights
+from tatl.models.faithful import check_input_size, forward_keeping_expansion
+from tatl.models.networks import build_model, count_parameters
+from tatl.models.weights import load_state_file, transfer_weights
 
 SMALL_ENCODERS = ["paper-efficientnet-b0", "resnet18"]
 
@@ -56,10 +57,10 @@ def test_faithful_skips_are_keras_expansions() -> None:
 
 
 def test_a_decoder_block_on_frozen_skips_skips_their_gradient_but_not_its_math(monkeypatch) -> None:
-    """TATL-FE: the convolution of [upsampled x, frozen skip] runs as two (tatl.faithful.concatenated_conv), so the
-    backward computes no gradient for the skip. Output and every gradient must be those of the concatenation."""
-    from tatl import faithful
-    from tatl.faithful import UnetBlock
+    """TATL-FE: the convolution of [upsampled x, frozen skip] runs as two (tatl.models.faithful.concatenated_conv), so
+    the backward computes no gradient for the skip. Output and every gradient must be those of the concatenation."""
+    from tatl.models import faithful
+    from tatl.models.faithful import UnetBlock
 
     calls = []
     original = faithful.concatenated_conv
@@ -239,7 +240,7 @@ def test_lite0_weights_recognise_an_imagenet_photo() -> None:
     photo = datasets.load_sample_image("china.jpg")[:, 100:527].copy()  # central square crop
     image = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
     image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
-    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (weights.IMAGENET_MEAN, weights.IMAGENET_STD))
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (constants.IMAGENET_MEAN, constants.IMAGENET_STD))
     image = (image - mean) / std  # our pipeline's normalisation: the fold makes the TF weights accept it
     with torch.no_grad():
         top3 = classifier(image).topk(3).indices[0].tolist()
@@ -264,8 +265,8 @@ def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsy
     # `tatl params --json` builds every shape x paper backbone (VGG16, ResNet-152, DenseNet-169,
     # Inception-ResNet-v2, EfficientNet-b0 faithful and smp). A spy on build_model runs a 64x64 forward pass on each
     # network it builds and counts it again, so the networks checked are the very ones the table counts.
-    from tatl import models
     from tatl.cli import main
+    from tatl.models import networks as models
 
     real_build, checked = models.build_model, {}
 

@@ -10,7 +10,7 @@ import pytest
 from compare import assert_close_numbers
 
 from tatl.cli import main
-from tatl.config import ATTRIBUTES_2018
+from tatl.constants import ATTRIBUTES_2018
 
 TINY = [
     "--config", "demo",
@@ -132,7 +132,8 @@ def test_real_isic_sample_with_pigment_network_only(isic_sample: Path, tmp_path:
 def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tatl.runs import prepare_run_dir; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from tatl.pipeline.setup import prepare_run_dir; "
          "prepare_run_dir(Path(sys.argv[1]), False); print('locked', flush=True); time.sleep(60)", str(run)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -140,14 +141,14 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path
         assert holder.stdout.readline().strip() == "locked"
         (run / "config.yaml").write_text("{}\n")
         from tatl.errors import DataError
-        from tatl.runs import prepare_run_dir
+        from tatl.pipeline.setup import prepare_run_dir
 
         with pytest.raises(DataError, match="another tatl process"):
             prepare_run_dir(run, resume=True)
     finally:
         holder.kill()
         holder.wait()
-    from tatl.runs import prepare_run_dir
+    from tatl.pipeline.setup import prepare_run_dir
 
     prepare_run_dir(run, resume=True)  # the dead holder's lock is gone with it
 
@@ -177,7 +178,7 @@ def tuned_run(tmp_path_factory) -> Path:
 
 def _context(run: Path):
     from tatl.config import load_config
-    from tatl.runs import prepare_context
+    from tatl.pipeline.setup import prepare_context
 
     return prepare_context("synthetic", run, load_config(run / "config.yaml"), stage1_only=False)
 
@@ -188,8 +189,8 @@ def _boxes(run: Path) -> dict:
 
 def _validation_probabilities(ctx, variant: str, boxes) -> dict:
     """{shape: {attribute: probabilities}} of the variant's networks, reloaded from the run (nothing retrained)."""
-    from tatl import pipeline
     from tatl.data.dataset import load_images
+    from tatl.pipeline import stages as pipeline
 
     images = load_images(ctx.val, ctx.config.data.image_size, boxes, ctx.cache_dir)
     out = {}
@@ -201,15 +202,16 @@ def _validation_probabilities(ctx, variant: str, boxes) -> dict:
 
 
 def _truth_box(ctx, sample):
+    from tatl.constants import LESION
     from tatl.data.crops import lesion_box
-    from tatl.data.dataset import LESION, full_size_target
+    from tatl.data.dataset import full_size_target
 
     size, p = ctx.report.sizes[sample.image_id], ctx.config.pipeline
     return lesion_box(full_size_target(sample, LESION, size), size, p.crop_margin, p.min_lesion_fraction)[0]
 
 
 def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: Path, capsys):
-    from tatl.inference import score_attributes
+    from tatl.pipeline.scoring import score_attributes
 
     stored = json.loads((tiny_run / "thresholds.json").read_text())
     assert stored["tuned"] is False
@@ -230,7 +232,7 @@ def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: P
 
 
 def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(tuned_run: Path):
-    from tatl.inference import THRESHOLD_GRID, score_attributes, tune_thresholds
+    from tatl.pipeline.scoring import THRESHOLD_GRID, score_attributes, tune_thresholds
 
     stored = json.loads((tuned_run / "thresholds.json").read_text())
     assert stored["tuned"] is True and set(stored["variants"]) == {"1,2,3"}
@@ -241,7 +243,7 @@ def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(
         assert all(t in THRESHOLD_GRID for t in per_attribute.values())
     assert any(t != 0.5 for per_attribute in thresholds.values() for t in per_attribute.values())
     assert set(stored["stage2"]["crops"]["unet"]) == {"union"}  # the Stage-2 scores' thresholds are kept too
-    from tatl.summary import TUNED_NOTE
+    from tatl.reporting.summary import TUNED_NOTE
 
     assert TUNED_NOTE in (tuned_run / "summary.md").read_text()  # and the scores are labelled optimistic
     assert TUNED_NOTE in (tuned_run / "report.md").read_text()
@@ -265,10 +267,11 @@ def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(
 
 
 def test_truth_crop_source_crops_training_images_at_their_lesion_masks(tuned_run: Path):
-    from tatl import pipeline
+    from tatl.constants import LESION
     from tatl.data.crops import lesion_box
-    from tatl.data.dataset import LESION, load_images
-    from tatl.inference import predict_probabilities
+    from tatl.data.dataset import load_images
+    from tatl.pipeline import stages as pipeline
+    from tatl.pipeline.scoring import predict_probabilities
 
     ctx, boxes = _context(tuned_run), _boxes(tuned_run)
     cfg, p = ctx.config, ctx.config.pipeline
@@ -291,8 +294,9 @@ def test_truth_crop_source_crops_training_images_at_their_lesion_masks(tuned_run
 
 
 def test_stage2_trains_on_every_training_image_including_those_with_an_empty_union(tuned_run: Path, monkeypatch):
-    from tatl import pipeline
-    from tatl.data.dataset import UNION, full_size_target
+    from tatl.constants import UNION
+    from tatl.data.dataset import full_size_target
+    from tatl.pipeline import stages as pipeline
 
     ctx, boxes = _context(tuned_run), _boxes(tuned_run)
     seen = {}
@@ -381,7 +385,8 @@ class ThreadRanks:
 def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_process(tuned_run, monkeypatch):
     """Under torchrun each rank predicts and scores only its share of the images (tuned thresholds included) and
     every rank ends with the boxes and scores one process computes."""
-    from tatl import distributed, pipeline
+    from tatl import distributed
+    from tatl.pipeline import stages as pipeline
 
     ctx, boxes = _context(tuned_run), _boxes(tuned_run)
     segment_net = pipeline.stage1_segment_net(ctx)

@@ -18,15 +18,23 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tatl import cli, overlays
+from tatl import cli
 from tatl.checkpoints import load_checkpoint
-from tatl.commands.predict import OutputOptions, check_image_id, describe, predict_image
 from tatl.config import load_config
 from tatl.data.dataset import normalize
 from tatl.data.images import read_image
 from tatl.errors import DataError
-from tatl.models import build_model
-from tatl.predict import ImagePrediction, Networks, PredictionSettings, Predictor, load_predictor, settings_from_config
+from tatl.inference import overlays
+from tatl.inference.outputs import OutputOptions, check_image_id, describe, predict_image
+from tatl.inference.predictor import (
+    ImagePrediction,
+    Networks,
+    PredictionSettings,
+    Predictor,
+    load_predictor,
+    settings_from_config,
+)
+from tatl.models.networks import build_model
 
 ATTRIBUTES = ["pigment_network", "globules"]
 
@@ -294,7 +302,7 @@ def test_overlay_pixels_show_truth_green_prediction_red_and_every_attribute_in_t
     band[8:24, :16] = 0.9  # full size: rows 24-71, columns 0-63
     known = KnownMaps({"pigment_network": band, "globules": np.full((32, 32), 0.2, np.float32)})
     settings = PredictionSettings("3", ATTRIBUTES, ["unet"], "unet", 32, 32, 0.5, 0, 0.005, "frozen", "tu-resnet10t")
-    monkeypatch.setattr("tatl.predict.load_predictor", lambda *args, **kwargs: Predictor(
+    monkeypatch.setattr("tatl.inference.predictor.load_predictor", lambda *args, **kwargs: Predictor(
         settings, Networks([], {"unet": [known]}), "torch", tmp_path / "known"))
     truth = tmp_path / "truth"
     truth.mkdir()
@@ -315,8 +323,8 @@ def test_overlay_pixels_show_truth_green_prediction_red_and_every_attribute_in_t
         assert picture.mode == "RGB"
         sheet = np.asarray(picture).astype(int)
 
-    # The layout of tatl.overlays.render: title, then 4 panels in a row (image, prediction, one truth panel per
-    # attribute) under their captions, then the legend.
+    # The layout of tatl.inference.overlays.render: title, then 4 panels in a row (image, prediction, one truth
+    # panel per attribute) under their captions, then the legend.
     font_size = max(13, round(max(width, height) / 32))
     caption = font_size + overlays.PADDING
     top = caption + overlays.PADDING + caption - 4
@@ -366,13 +374,13 @@ def test_a_folder_is_streamed_one_image_at_a_time(run_dir, tmp_path, monkeypatch
     """No image's prediction or full-size map outlives it: when image k is read, every array of image k-1 is freed
     (garbage collected) and its masks are already written. What bounds memory on a folder of thousands of large
     images, asserted without timing or measuring memory."""
-    import tatl.predict
+    import tatl.io
 
     images = synthetic_images(run_dir, tmp_path / "in", 3)
     made: list[tuple[str, weakref.ref]] = []  # (image, weak reference) of every prediction and full-size map
     written: list[str] = []
     at_each_read: list[tuple[str, list[str], list[str]]] = []  # (image, still alive, written so far)
-    predict, full_size, write_atomically = Predictor.predict, ImagePrediction.full_size, tatl.predict.write_atomically
+    predict, full_size, atomic_write = Predictor.predict, ImagePrediction.full_size, tatl.io.atomic_write
 
     def watched_predict(self, path):
         gc.collect()
@@ -389,8 +397,8 @@ def test_a_folder_is_streamed_one_image_at_a_time(run_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(Predictor, "predict", watched_predict)
     monkeypatch.setattr(ImagePrediction, "full_size", watched_full_size)
-    monkeypatch.setattr(tatl.predict, "write_atomically", lambda path, write: (
-        written.append(Path(path).name), write_atomically(path, write))[1])
+    monkeypatch.setattr(tatl.io, "atomic_write", lambda path, write, *args, **kwargs: (
+        written.append(Path(path).name), atomic_write(path, write, *args, **kwargs))[1])
     out = tmp_path / "out"
     assert cli.main(["predict", str(run_dir), str(tmp_path / "in"), "--out", str(out), "--probabilities",
                      "--overlays", "--overlay-size", "128"]) == 0

@@ -11,7 +11,7 @@ from test_bound import tiny_trained_run
 
 from tatl.cli import main
 from tatl.errors import DataError
-from tatl.report import write_report
+from tatl.reporting.report import write_report
 
 TABLES = ["config.yaml (fully resolved)", "Images and split", "Images showing each attribute",
           "Stage 1: lesion segmentation", "Stage 3 (Table 2/3 style): unet", "Bound terms per attribute", "Parameters"]

@@ -61,10 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tatl.constants import ATTRIBUTES_2017, ATTRIBUTES_2018
     from tatl.data.checks import check_dataset
     from tatl.data.images import set_max_image_pixels
-    from tatl.data.isic import ATTRIBUTES_2018
-    from tatl.data.isic2017 import ATTRIBUTES_2017, check_isic2017, is_isic2017
+    from tatl.data.isic2017 import check_isic2017, is_isic2017
 
     previous = set_max_image_pixels(args.max_image_pixels) if args.max_image_pixels else None
     isic2017 = not args.lesion_only and is_isic2017(Path(args.data))  # lesion-only: the ISIC 2018 reading fits

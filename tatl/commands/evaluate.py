@@ -44,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format == "isic2017":
         from tatl.errors import ConfigError
-        from tatl.metrics2017 import format_scores_2017, score_isic2017, scores_to_json
+        from tatl.metrics.isic2017 import format_scores_2017, score_isic2017, scores_to_json
 
         if args.attributes:
             raise ConfigError("--attributes applies to --format isic2018; ISIC 2017 scores its four features")
         scores = score_isic2017(Path(args.prediction_dir), Path(args.truth_dir))
         print(scores_to_json(scores) if args.json else format_scores_2017(scores))
         return 0
-    from tatl.metrics import format_scores, score_task2_folders
+    from tatl.metrics.isic2018 import format_scores, score_task2_folders
 
     scores = score_task2_folders(Path(args.prediction_dir), Path(args.truth_dir), args.attributes or None)
     print(json.dumps(scores, indent=2) if args.json else format_scores(scores))

@@ -22,8 +22,6 @@ examples:
   tatl export runs/demo --onnx runs/demo-onnx-v23 --variant 2,3
   tatl predict runs/demo-onnx photos/ --out predictions/ --engine onnx
 """
-OPSET = 17
-TOLERANCE = 1e-4  # largest probability difference to PyTorch accepted at export time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,108 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
+    from tatl.inference.onnx_export import export_onnx
 
-    from tatl.errors import ConfigError, DataError
-    from tatl.folders import check_output_folder
-    from tatl.predict import MANIFEST, load_predictor, write_json_file
-
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as error:
-        raise ConfigError(f"tatl export needs onnx and onnxruntime ({error}): pip install 'tatl[onnx]'") from None
-    if (args.model / MANIFEST).is_file():
-        raise DataError(f"{args.model} is already an ONNX export; give the run folder")
-    check_output_folder(args.onnx, "output folder")  # before the seconds of loading: a typo in OUT_DIR fails at once
-    predictor = load_predictor(args.model, args.variant, engine="torch", device="cpu")
-    settings = predictor.settings
-    try:
-        args.onnx.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # no permission, read-only file system
-        raise DataError(f"{args.onnx}: cannot create the output folder ({error.strerror or error})") from None
-    entries = []
-    for network in [*predictor.networks.stage1, *[n for ns in predictor.networks.targets.values() for n in ns]]:
-        size = settings.stage1_size if network in predictor.networks.stage1 else settings.image_size
-        entry = export_network(network, size, args.onnx)
-        entries.append(entry)
-        print(f"wrote {args.onnx / entry['file']} (outputs {', '.join(entry['outputs'])}; max difference to "
-              f"PyTorch {entry['max_difference_to_torch']:.1e})", file=sys.stderr)
-    write_json_file(args.onnx / MANIFEST, manifest(args.model, settings, entries))
-    print(f"wrote {args.onnx / MANIFEST}; predict with: tatl predict {args.onnx} INPUT --out OUT", file=sys.stderr)
+    manifest = export_onnx(args.model, args.onnx, args.variant)
+    print(f"wrote {manifest}; predict with: tatl predict {args.onnx} INPUT --out OUT")
     return 0
-
-
-def file_name(network) -> str:
-    """stage1_unet, stage2_unet, stage3_unet_globules, stage23_unet (frozen: union and attributes share one file)."""
-    stages = sorted({"1" if n == "lesion" else "2" if n == "union" else "3" for n in network.names})
-    attributes = [n for n in network.names if n not in ("lesion", "union")]
-    suffix = f"_{attributes[0]}" if len(attributes) == 1 else ""
-    return f"stage{''.join(stages)}_{network.shape}{suffix}.onnx"
-
-
-def export_network(network, size: int, out_dir: Path) -> dict:
-    """Export one TorchNetwork (its ProbabilityHeads module) with dynamic batch and size; check it; describe it."""
-    import io
-    import warnings
-
-    import onnx
-    import torch
-
-    from tatl.errors import CheckpointError
-    from tatl.predict import write_atomically
-
-    module = network.module.to(memory_format=torch.contiguous_format)
-    example = torch.randn(1, 3, size, size)
-    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
-    dynamic.update({name: {0: "batch", 1: "height", 2: "width"} for name in network.names})
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter (dynamo=False) is deprecated but needs no onnxscript, and handles these
-        # convolutional networks with dynamic sizes exactly (checked below); torch 2.14 still ships it.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=network.names, dynamic_axes=dynamic)
-    data = buffer.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    difference = _difference_to_torch(module, data, network.names, size)
-    name = file_name(network)
-    if difference > TOLERANCE:
-        raise CheckpointError(f"{name}: ONNX export differs from PyTorch by {difference:.2e} (> {TOLERANCE})")
-    write_atomically(out_dir / name, lambda handle: handle.write(data))
-    return {"file": name, "shape": network.shape, "outputs": network.names, "input_size": size,
-            "sources": [str(p) for p in network.sources], "max_difference_to_torch": difference}
-
-
-def _difference_to_torch(module, data: bytes, names: list[str], size: int) -> float:
-    """Largest probability difference between onnxruntime and PyTorch on a random batch of another size."""
-    import numpy as np
-    import onnxruntime
-    import torch
-
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    x = torch.randn(2, 3, size, size + 32, generator=torch.Generator().manual_seed(0))  # exercises dynamic axes
-    with torch.no_grad():
-        expected = [p.numpy() for p in module(x)]
-    actual = session.run(names, {"image": x.numpy()})
-    return float(max(np.abs(a - e).max() for a, e in zip(actual, expected, strict=True)))
-
-
-def manifest(run_dir: Path, settings, entries: list[dict]) -> dict:
-    from dataclasses import asdict
-
-    from tatl.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-
-    return {
-        "format": "tatl-onnx-1",
-        "run": str(run_dir.resolve()),
-        "settings": asdict(settings),
-        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "colour": "RGB",
-                  "normalisation": "(pixel / 255 - mean) / std", "mean": IMAGENET_MEAN.tolist(),
-                  "std": IMAGENET_STD.tolist(), "size_multiple": 32},
-        "outputs": "probabilities (batch, height, width) per named head, after the sigmoid",
-        "pipeline": "stage 1 on the whole image resized to stage1_size -> lesion box + crop_margin -> crop resized "
-                    "to image_size -> mean of the shapes' probabilities -> pasted back at original size -> "
-                    "> threshold",
-        "networks": entries,
-    }

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tatl.report import write_report
+    from tatl.reporting.report import write_report
 
     path = write_report(args.folder, args.data, args.overlays)
     print(f"wrote {path} and {path.with_suffix('.md')}")

@@ -73,7 +73,7 @@ def _resolved_config(args: argparse.Namespace):
         raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
     if not saved.is_file():
         raise DataError(f"{args.out}: nothing to resume (no config.yaml); start a new run without --resume")
-    from tatl.runs import check_resume_settings
+    from tatl.pipeline.setup import check_resume_settings
 
     config = load_config(saved, _overrides(args))
     check_resume_settings(load_config(saved), config, args.out, args.data)
@@ -82,11 +82,11 @@ def _resolved_config(args: argparse.Namespace):
 
 def _train_and_score(args: argparse.Namespace, config) -> int:
     from tatl import distributed
-    from tatl.checkpoints import write_json
     from tatl.config import save_config
     from tatl.errors import DataError
-    from tatl.pipeline import log, run_pipeline
-    from tatl.runs import check_data_path, check_model_settings, prepare_context, prepare_run_dir
+    from tatl.io import write_json
+    from tatl.pipeline.setup import check_data_path, check_model_settings, prepare_context, prepare_run_dir
+    from tatl.pipeline.stages import log, run_pipeline
 
     run_dir: Path = args.out
     saved = run_dir / "config.yaml"
@@ -112,7 +112,7 @@ def _train_and_score(args: argparse.Namespace, config) -> int:
     write_json(run_dir / "metrics.json", metrics)
     (run_dir / "summary.md").write_text(_summary(metrics, config, run_dir))
     log(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'summary.md'}")
-    from tatl.report import write_report_or_say_why
+    from tatl.reporting.report import write_report_or_say_why
 
     log(write_report_or_say_why(run_dir, ctx.report.root))
     print((run_dir / "summary.md").read_text())
@@ -120,6 +120,6 @@ def _train_and_score(args: argparse.Namespace, config) -> int:
 
 
 def _summary(metrics: dict, config, run_dir: Path) -> str:
-    from tatl.summary import summary_markdown
+    from tatl.reporting.summary import summary_markdown
 
     return summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}", config.pipeline.tune_thresholds)

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 def _counts_2018(out, ids: list[str]) -> dict[str, int]:
     from PIL import Image
 
-    from tatl.data.synth import ATTRIBUTE_DIR, ATTRIBUTE_FREQUENCIES
+    from tatl.data.isic import ATTRIBUTE_DIR
+    from tatl.data.synth import ATTRIBUTE_FREQUENCIES
 
     counts = dict.fromkeys(ATTRIBUTE_FREQUENCIES, 0)
     for image_id in ids:
@@ -78,7 +79,8 @@ def _counts_2018(out, ids: list[str]) -> dict[str, int]:
 
 
 def _counts_2017(out, ids: list[str]) -> dict[str, int]:
-    from tatl.data.isic2017 import ATTRIBUTES_2017, read_features
+    from tatl.constants import ATTRIBUTES_2017
+    from tatl.data.isic2017 import read_features
     from tatl.data.synth import ISIC2017_DIRS
 
     counts = dict.fromkeys(ATTRIBUTES_2017, 0)

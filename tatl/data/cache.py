@@ -14,14 +14,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from tatl.errors import DataError
+from tatl.io import atomic_write
 
 KEY_VERSION = 1  # bump when the meaning of cached arrays changes (e.g. a new resize rule)
 
@@ -72,22 +71,12 @@ def _load(path: Path) -> np.ndarray | None:
 
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.stem}.", suffix=".tmp", delete=False)
-    except OSError as error:
-        raise _cache_error(folder, error, array) from error
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())  # the data is on disk before the name points at it
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise _cache_error(folder, error, array) from error
+        # every_rank: under torchrun each rank may build the same entry; the rename makes that harmless
+        atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), durable=True, every_rank=True)
+    except DataError as error:
+        cause = error.__cause__ if isinstance(error.__cause__, OSError) else OSError(str(error))
+        raise _cache_error(path.parent, cause, array) from cause
 
 
 def _cache_error(folder: Path, error: OSError, array: np.ndarray) -> DataError:

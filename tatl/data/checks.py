@@ -14,20 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tatl.constants import ATTRIBUTES_2018, LESION
 from tatl.data.images import ImageFileError, inspect_image, inspect_mask
-from tatl.data.isic import (
-    ATTRIBUTE_INFIX,
-    ATTRIBUTES_2018,
-    LESION_SUFFIX,
-    Sample,
-    Scan,
-    no_image_reason,
-    scan_dataset,
-)
+from tatl.data.isic import ATTRIBUTE_INFIX, LESION_SUFFIX, Sample, Scan, no_image_reason, scan_dataset
 from tatl.errors import DataError
 
 ERROR, NOTE = "error", "note"
-LESION = "lesion"  # mask kind of <id>_segmentation.png
 SHOWN_ERRORS = 20  # require_valid lists this many, then "and N more"
 
 

@@ -17,14 +17,15 @@ import albumentations as A
 import numpy as np
 import torch
 
+from tatl import constants
+from tatl.constants import LESION, UNION
 from tatl.data.cache import cached_array, file_fingerprint
 from tatl.data.crops import Box, crop_mask, whole_image_box
 from tatl.data.images import read_image, read_mask, resize_mask
 from tatl.data.isic import Sample
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-LESION, UNION = "lesion", "union"  # target names besides the attributes
+IMAGENET_MEAN = np.array(constants.IMAGENET_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(constants.IMAGENET_STD, dtype=np.float32)
 
 
 def load_images(

@@ -22,13 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tatl.constants import ATTRIBUTES_2018
 from tatl.errors import DataError
 
-ATTRIBUTES_2018 = ("globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 LESION_SUFFIX = "_segmentation"
 ATTRIBUTE_INFIX = "_attribute_"
 SUPERPIXELS_SUFFIX = "_superpixels"
+# The official ISIC 2018 training folders, as `tatl synth` and the ISIC 2017 conversion write them.
+INPUT_DIR = "ISIC2018_Task1-2_Training_Input"
+LESION_DIR = "ISIC2018_Task1_Training_GroundTruth"
+ATTRIBUTE_DIR = "ISIC2018_Task2_Training_GroundTruth_v3"
 
 _SPLIT_FOLDER = re.compile(r"Task(?:1-2|1|2)_(?P<split>[A-Za-z]+)_(?:Input|GroundTruth)")
 _ANY_ATTRIBUTE = re.compile(r"^(?P<id>.+?)_attribute_(?P<name>\w+)$")

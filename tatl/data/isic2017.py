@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ import numpy as np
 from PIL import Image
 
 # The per-sample bookkeeping of check-data, reused so both layouts report and summarise alike.
+from tatl.constants import ATTRIBUTES_2017, LESION
 from tatl.data.checks import (
     ERROR,
-    LESION,
     NOTE,
     DataReport,
     Problem,
@@ -44,12 +43,20 @@ from tatl.data.checks import (
     require_valid,
 )
 from tatl.data.images import ImageFileError, inspect_image
-from tatl.data.isic import ATTRIBUTE_INFIX, IMAGE_EXTENSIONS, LESION_SUFFIX, SUPERPIXELS_SUFFIX, Sample
-from tatl.data.synth import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
+from tatl.data.isic import (
+    ATTRIBUTE_DIR,
+    ATTRIBUTE_INFIX,
+    IMAGE_EXTENSIONS,
+    INPUT_DIR,
+    LESION_DIR,
+    LESION_SUFFIX,
+    SUPERPIXELS_SUFFIX,
+    Sample,
+)
 from tatl.errors import DataError
 from tatl.folders import check_output_folder
+from tatl.io import write_json
 
-ATTRIBUTES_2017 = ("milia_like_cyst", "negative_network", "pigment_network", "streaks")
 FEATURES_SUFFIX = "_features"
 SUPERPIXELS_INDEX = "superpixels.json"  # in a converted folder: image id -> its superpixel map, for 2017 predictions
 CONVERSION_STAMP = "conversion.json"  # written last: its fingerprint of the inputs makes conversion idempotent
@@ -222,14 +229,7 @@ def write_features_json(path: Path, features: Mapping[str, Sequence[float]]) -> 
     for name in sorted(features):
         values = np.asarray(features[name])
         document[name] = (values.astype(np.int64) if values.dtype.kind in "bui" else values.astype(float)).tolist()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, document, durable=False, indent=None, separators=(",", ":"))
 
 
 def rasterize(superpixels: np.ndarray, labels: np.ndarray) -> np.ndarray:

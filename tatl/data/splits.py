@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tatl.errors import ConfigError, DataError
+from tatl.io import write_json
 
 NO_ATTRIBUTE = ""  # stratum of the images that show no attribute
 SPLIT_KEYS = ("seed", "val_fraction", "train", "val", "folds")
@@ -87,15 +86,7 @@ def _folds(strata: dict[str, list[str]], n_folds: int, rng: random.Random) -> li
 
 
 def write_splits(path: Path, splits: dict) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(splits, handle, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    write_json(path, splits, indent=1)
 
 
 def read_splits(path: Path) -> dict:

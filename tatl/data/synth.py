@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
 from tatl.errors import DataError
 from tatl.folders import check_output_folder
 
@@ -39,9 +40,6 @@ ATTRIBUTE_FREQUENCIES: dict[str, float] = {  # share of ISIC 2018 Task 2 trainin
     "pigment_network": 0.587,
     "streaks": 0.039,
 }
-INPUT_DIR = "ISIC2018_Task1-2_Training_Input"
-LESION_DIR = "ISIC2018_Task1_Training_GroundTruth"
-ATTRIBUTE_DIR = "ISIC2018_Task2_Training_GroundTruth_v3"
 README_FIRST_LINE = "Synthetic ISIC-like dermoscopy dataset written by tatl (not real data)."
 INCOMPLETE_MARKER = ".tatl-synth-incomplete"  # present while writing, so an interrupted dataset is recognised as ours
 JPEG_QUALITY = 95
@@ -356,7 +354,8 @@ def write_synthetic_isic2017(
     Globules are drawn but not labelled, as in ISIC 2017. Returns the image ids."""
     from skimage.segmentation import slic
 
-    from tatl.data.isic2017 import ATTRIBUTES_2017, superpixel_means, write_features_json, write_superpixels
+    from tatl.constants import ATTRIBUTES_2017
+    from tatl.data.isic2017 import superpixel_means, write_features_json, write_superpixels
 
     out = Path(out)
     if n < 1 or size < 32 or (image_size_range is not None and not 32 <= image_size_range[0] <= image_size_range[1]):

@@ -211,9 +211,9 @@ def _draw_legend(draw: ImageDraw.ImageDraw, lines: list, left: int, top: int, fo
 
 
 class OverlayView:
-    """What an overlay of one prediction (a tatl.predict.ImagePrediction) shows: the Stage-1 lesion box, zoomed in
-    as a dermatologist looks, else the whole image; at most max_side pixels on its longer side. Full-size masks
-    are cropped to it and shrunk (a pixel is set when at least half of its area is)."""
+    """What an overlay of one prediction (a tatl.inference.predictor.ImagePrediction) shows: the Stage-1 lesion
+    box, zoomed in as a dermatologist looks, else the whole image; at most max_side pixels on its longer side.
+    Full-size masks are cropped to it and shrunk (a pixel is set when at least half of its area is)."""
 
     def __init__(self, prediction, max_side: int):
         whole = whole_image_box(prediction.size)

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 from tatl.config import Config
+from tatl.constants import ATTRIBUTES_2017, ATTRIBUTES_2018
 from tatl.data.checks import DataReport, check_dataset, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
-from tatl.pipeline import RunContext, log
+from tatl.pipeline.stages import RunContext, log
 
 SYNTHETIC = "synthetic"
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
@@ -83,9 +84,9 @@ def check_data_path(data: str) -> None:
 def check_model_settings(config: Config) -> None:
     """Refuse, before any data is read, the model settings that would fail when the first network is built: an
     unknown encoder, encoder weights that are missing, unsafe or do not fit it, an unavailable device."""
-    from tatl.engine import resolve_device
-    from tatl.models import build_model, check_encoder_name
-    from tatl.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
+    from tatl.device import resolve_device
+    from tatl.models.networks import build_model, check_encoder_name
+    from tatl.models.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
 
     m = config.model
     check_encoder_name(m.encoder_name)
@@ -122,13 +123,12 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
     """DATA as given, ISIC 2017 Part 2 data converted once into the run folder (ISIC 2018 layout, the four 2017
     features), or the synthetic default generated once into the run folder."""
     if data != SYNTHETIC:
-        from tatl.config import ATTRIBUTES_2018
-        from tatl.data.isic2017 import ATTRIBUTES_2017, convert_to_isic2018_layout, is_isic2017
+        from tatl.data.isic2017 import convert_to_isic2018_layout, is_isic2017
 
         root = Path(data)
         if not is_isic2017(root):
             return root
-        if list(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
+        if tuple(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
             log(f"note: ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
             config.data.attributes = list(ATTRIBUTES_2017)
         unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))

@@ -10,7 +10,7 @@ Where the pooled truth of a feature has one class only (e.g. no streak in a smal
 precision and sensitivity (or specificity) are undefined: NaN with a note, where the official scorer would crash.
 
 Added, for the scale of the paper's Table 3: Jaccard and Dice of masks rasterised from the superpixels
-(prediction > 0.5 per superpixel) with the ISIC 2018 Task 2 semantics of `tatl.metrics.Task2Scorer` (per-image
+(prediction > 0.5 per superpixel) with the ISIC 2018 Task 2 semantics of `tatl.metrics.isic2018.Task2Scorer` (per-image
 normalised confusion matrices), labelled as such. They need the superpixel maps: TRUTH_DIR is then the dataset
 folder, or an `ISIC-2017_<split>_Part2_GroundTruth` folder next to its `ISIC-2017_<split>_Data` folder.
 """
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from tatl.constants import ATTRIBUTES_2017
 from tatl.data.images import ImageFileError
 from tatl.data.isic2017 import (
-    ATTRIBUTES_2017,
     FEATURES_SUFFIX,
     dataset_folders,
     index_files,
@@ -39,7 +39,7 @@ from tatl.data.isic2017 import (
     superpixel_means,
 )
 from tatl.errors import DataError
-from tatl.metrics import Task2Scorer
+from tatl.metrics.isic2018 import Task2Scorer
 
 RANKED_METRICS = ("roc_auc", "average_precision", "accuracy", "sensitivity", "specificity")
 MASK_METRICS = ("jaccard", "dice")

@@ -19,6 +19,8 @@ def _variant_scores(scores: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return shape, values
 
 
+MICRO_NOTE = ("Average (macro) = unweighted mean over attributes, the scale of the paper's Tables 2-3. Micro = all "
+              "attributes' confusion matrices summed: the ISIC 2018 leaderboard's 'overall', not comparable with them.")
 TUNED_NOTE = (
     "Thresholds tuned on this validation split (pipeline.tune_thresholds, RUN/thresholds.json): these scores are "
     "optimistic, measured on the images the thresholds were picked on."

@@ -11,14 +11,11 @@ themselves, so it never trusts the config: a run whose encoders differ is still 
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,18 +23,18 @@ from torch import nn
 
 from tatl.checkpoints import load_checkpoint
 from tatl.config import VARIANTS, Config, load_config
+from tatl.constants import LESION, UNION
 from tatl.data.crops import Box, lesion_box, whole_image_box
-from tatl.data.dataset import LESION, UNION, normalize
+from tatl.data.dataset import normalize
 from tatl.data.images import image_size, read_image, set_max_image_pixels
-from tatl.engine import resolve_device
+from tatl.device import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
-from tatl.fusion import fold_batchnorm
-from tatl.inference import average_probabilities, full_size_probabilities
-from tatl.models import build_model
-from tatl.multihead import MultiHeadSegmenter
+from tatl.models.fusion import fold_batchnorm
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.pipeline.scoring import average_probabilities, full_size_probabilities
 
 MANIFEST = "manifest.json"
-_TEMPORARY_NUMBERS = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -301,25 +298,3 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
         set_max_image_pixels(settings.max_image_pixels)
     return Predictor(settings, networks, engine, model_dir, tta)
 
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """write(file) into a temporary file beside `path`, then rename: a killed process never leaves half a file.
-
-    Unlike checkpoints (tatl.checkpoints.atomic_write_bytes) there is no fsync per file and the file gets the
-    umask's permissions: outputs are cheap to recreate, come by the thousand and are meant to be shared.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY_NUMBERS)}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise DataError(f"{path}: cannot write ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json_file(path: Path, value: object) -> None:
-    text = json.dumps(value, indent=2) + "\n"
-    write_atomically(path, lambda handle: handle.write(text.encode()))

@@ -41,11 +41,11 @@ from tatl.data.dataset import load_images, load_masks, normalize
 from tatl.data.images import image_size
 from tatl.data.isic import Sample, find_samples
 from tatl.data.splits import read_splits
-from tatl.engine import resolve_device
+from tatl.device import resolve_device
 from tatl.errors import ConfigError, DataError, TatlError
-from tatl.losses import TatlLoss
-from tatl.models import build_model
-from tatl.weights import transfer_weights
+from tatl.models.networks import build_model
+from tatl.models.weights import transfer_weights
+from tatl.training.losses import TatlLoss
 
 Initialisation = Callable[[], dict[str, Tensor]]  # returns the state dict of a whole single network
 
@@ -157,7 +157,7 @@ class FinishedRun:
 def open_run(run_dir: Path, data: str | Path | None = None, need_data: bool = True) -> FinishedRun:
     """Read RUN/config.yaml and splits.json and find the data: `data` as given to `tatl run`, else the synthetic
     or converted ISIC 2017 data kept in the run folder."""
-    from tatl.runs import _train_val, resolve_data
+    from tatl.pipeline.setup import _train_val, resolve_data
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -188,7 +188,7 @@ def weights_name(encoder_weights: str | None) -> str:
 
 def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Initialisation]:
     """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2), the context-restoration pretext
-    network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline's
+    network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline.stages's
     _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder."""
     m, init = run.config.model, run.config.pipeline.init
     kind = "crops" if "1" in variant.split(",") else "full"
@@ -201,7 +201,7 @@ def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Ini
         weights = "imagenet"
 
     def fresh(start: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline._train_group gives Stage 3
+        torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline.stages._train_group gives Stage 3
         model = build_model(shape, m.encoder_name, weights if start is None else None)
         if start is not None:
             transfer_weights(start, model)  # the 3-channel restoration head is re-initialised, as in the pipeline

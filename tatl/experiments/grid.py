@@ -9,6 +9,7 @@ for its one shape, mean ± standard deviation over folds and seeds.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import re
@@ -21,6 +22,7 @@ import yaml
 
 from tatl.config import Config, load_config
 from tatl.errors import ConfigError
+from tatl.io import write_text
 
 REQUIRED_KEYS = ("data", "backbones", "shapes", "settings", "folds", "seeds")
 OPTIONAL_KEYS = ("base_config", "set")
@@ -202,7 +204,7 @@ def plan_jobs(grid: Grid) -> tuple[list[Job], Config]:
 
 
 def _check_backbone(backbone: str, path: Path) -> None:
-    from tatl.models import check_encoder_name  # imports smp and timm: only when a grid is planned
+    from tatl.models.networks import check_encoder_name  # imports smp and timm: only when a grid is planned
 
     try:
         check_encoder_name(backbone)
@@ -324,18 +326,15 @@ def write_tables(grid: Grid, jobs: list[Job], out: Path) -> list[Path]:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
     return path
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
     return path

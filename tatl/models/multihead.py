@@ -2,8 +2,8 @@
 
 Every stage's network is a MultiHeadSegmenter: Stage 1 and 2 have one head ("lesion", "union"), a frozen-encoder
 Stage 3 one head per attribute, a trainable-encoder Stage 3 one network per attribute. Each head's state reads and
-writes in the single-network key format (encoder.*, decoder.*, segmentation_head.*) of tatl.models, so checkpoints
-do not depend on how the heads were grouped in training.
+writes in the single-network key format (encoder.*, decoder.*, segmentation_head.*) of tatl.models.networks, so
+checkpoints do not depend on how the heads were grouped in training.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class MultiHeadSegmenter(nn.Module):
 
     def load_head_state(self, name: str, state: dict[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
         """Load one target's single-network state; a state of another architecture is a CheckpointError."""
-        from tatl.weights import describe_differences, state_differences
+        from tatl.models.weights import describe_differences, state_differences
 
         encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         head_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
@@ -73,7 +73,8 @@ class TrainingForward(nn.Module):
 
     A trainable encoder is wrapped whole (one forward, one backward). With a frozen encoder the engine runs
     `features` once and then each head's forward and backward in turn; under torchrun each of `heads` is then
-    wrapped in its own DDP (tatl.distributed.training_forward), so each head's backward averages its own gradients."""
+    wrapped in its own DDP (tatl.training.parallel.training_forward), so each head's backward averages its own
+    gradients."""
 
     def __init__(self, model: MultiHeadSegmenter, names: list[str], train_encoder: bool):
         super().__init__()

@@ -33,12 +33,15 @@ from torch import nn
 from tqdm import tqdm
 
 from tatl import distributed
-from tatl.checkpoints import atomic_write_bytes, load_checkpoint, save_checkpoint
+from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
+from tatl.device import resolve_device
 from tatl.errors import TatlError
-from tatl.losses import TatlLoss
-from tatl.metrics import Task2Scorer
-from tatl.multihead import MultiHeadSegmenter, TrainingForward
+from tatl.io import write_text
+from tatl.metrics.isic2018 import Task2Scorer
+from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
+from tatl.training import parallel
+from tatl.training.losses import TatlLoss
 
 
 class TrainingDiverged(TatlError):
@@ -54,14 +57,6 @@ class HeadProgress:
     bad_epochs: int = 0
     stopped: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TatlError("train.device=cuda but no CUDA GPU is available (use auto or cpu)")
-    return torch.device(name)
 
 
 def fit(
@@ -83,10 +78,10 @@ def fit(
         model.to(memory_format=torch.channels_last)
     model.encoder.requires_grad_(train_encoder)
     if cfg.sync_batchnorm and distributed.is_distributed() and device.type == "cuda":
-        distributed.use_sync_batchnorm(model)  # CPU has no SyncBatchNorm: each rank normalises its own slice there
+        parallel.use_sync_batchnorm(model)  # CPU has no SyncBatchNorm: each rank normalises its own slice there
     if train_encoder and distributed.is_distributed():
         example = train_set[0][0][None]  # augmentation is seeded per (seed, epoch, index): no random state moves
-        unused = distributed.freeze_unused_parameters(model, _to_device(example, example, device, cfg)[0])
+        unused = parallel.freeze_unused_parameters(model, _to_device(example, example, device, cfg)[0])
         if unused and distributed.is_main_process():
             print(f"[{label}] the encoder never uses {len(unused)} parameter(s) ({', '.join(unused[:3])}"
                   f"{' ...' if len(unused) > 3 else ''}): not trained, not synchronised", file=sys.stderr)
@@ -106,7 +101,7 @@ def fit(
             continue
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # stochastic depth etc.: same per epoch, also after resume
-        step_model = distributed.training_forward(model, active, train_encoder, device)  # the heads still training
+        step_model = parallel.training_forward(model, active, train_encoder, device)  # the heads still training
         train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
                                      amp_dtype, train_encoder, label, step_model)
         distributed.broadcast_buffers(model)  # under torchrun: validate (and save) rank 0's network on every rank
@@ -312,4 +307,4 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue().encode()))
+    write_text(path, buffer.getvalue(), durable=True)

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from tatl import distributed
-from tatl.checkpoints import load_checkpoint, save_checkpoint, write_json
+from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
 from tatl.data.dataset import normalize
-from tatl.engine import resolve_device
+from tatl.device import resolve_device
 from tatl.errors import TatlError
-from tatl.models import build_model
+from tatl.io import write_json
+from tatl.models.networks import build_model
+from tatl.training import parallel
 
 
 def swap_patches(image: np.ndarray, rng: np.random.Generator, swaps: int = 10, patch_fraction: float = 0.1):
@@ -73,7 +75,7 @@ def train_context_restoration(
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set, val_set = RestorationDataset(train_images, cfg.seed), RestorationDataset(val_images, cfg.seed + 1)
     # A whole smp network: some encoders (smp's efficientnet-b0) hold parameters the forward never uses.
-    step_model = distributed.data_parallel(model, device, find_unused_parameters=True)
+    step_model = parallel.data_parallel(model, device, find_unused_parameters=True)
     best, bad_epochs, best_state = float("inf"), 0, None
     for epoch in range(cfg.epochs):
         train_set.set_epoch(epoch)

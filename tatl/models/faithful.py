@@ -26,7 +26,7 @@ from torch import nn
 from tatl.errors import ConfigError
 
 # encoder_name -> timm model whose body the faithful networks use. Lite0 has the same stages and channels as b0
-# (no squeeze-excite, ReLU6) and has ImageNet weights that install offline (see tatl.weights); tf_ = TF padding
+# (no squeeze-excite, ReLU6) and has ImageNet weights that install offline (see tatl.models.weights); tf_ = TF padding
 # and BN epsilon, which is how those weights were trained.
 FAITHFUL_BODIES: dict[str, str] = {
     "paper-efficientnet-b0": "efficientnet_b0",

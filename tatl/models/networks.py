@@ -5,7 +5,7 @@ Every model has the interface the training engine relies on for several decoders
 of shape (B, classes, H, W), and `model(x) == head(decoder(encoder(x)))`. H and W must be multiples of 32.
 Images are normalised outside the model (ImageNet mean and std).
 
-Encoders: the paper-faithful EfficientNets of `tatl.faithful` (`paper-efficientnet-b0`, the default, and
+Encoders: the paper-faithful EfficientNets of `tatl.models.faithful` (`paper-efficientnet-b0`, the default, and
 `paper-efficientnet-lite0`), any segmentation-models-pytorch encoder (`efficientnet-b0`, `vgg16`, `resnet152`, ...)
 and timm models through smp as `tu-<timm name>`.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from torch import nn
 
-from tatl import weights
 from tatl.errors import ConfigError
-from tatl.faithful import FAITHFUL_BODIES, build_faithful, check_input_size
+from tatl.models import weights
+from tatl.models.faithful import FAITHFUL_BODIES, build_faithful, check_input_size
 
 SHAPES = ("unet", "linknet")
 DEFAULT_ENCODER = "paper-efficientnet-b0"
@@ -71,7 +71,7 @@ def build_model(
     encoder_weights: str | Path | None = None,
     classes: int = 1,
 ) -> nn.Module:
-    """Build a U ("unet") or Link ("linknet") network; see `tatl.weights.WEIGHTS_HELP` for encoder_weights."""
+    """Build a U ("unet") or Link ("linknet") network; see `tatl.models.weights.WEIGHTS_HELP` for encoder_weights."""
     check_shape(shape)
     check_encoder_name(encoder_name)
     if not isinstance(classes, int) or classes < 1:

@@ -1,7 +1,7 @@
 """Run trained segmenters over stage inputs, paste predictions back at original size, and score them.
 
 Scores are always computed the official way: on full-size masks at each image's original resolution (crops are
-pasted back into their box), per-image normalised confusion matrices (see tatl.metrics).
+pasted back into their box), per-image normalised confusion matrices (see tatl.metrics.isic2018).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tatl import distributed
 from tatl.data.crops import Box, paste_back, whole_image_box
 from tatl.data.dataset import SegmentationDataset, full_size_target
 from tatl.data.isic import Sample
-from tatl.metrics import Task1Scorer, Task2Scorer
-from tatl.multihead import MultiHeadSegmenter
+from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer
+from tatl.models.multihead import MultiHeadSegmenter
 
 THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from tatl.checkpoints import unsafe_pickle_reason
+from tatl.constants import IMAGENET_MEAN, IMAGENET_STD
 from tatl.errors import CheckpointError, ConfigError
 
 WEIGHTS_HELP = "none (default), imagenet (needs the Hugging Face hub), lite0 (offline), or a .pt/.pth/.safetensors path"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_PREFIX = "segmentation_head."
 LITE0_ENCODER = "paper-efficientnet-lite0"
 # Classification tops a backbone file may carry; an encoder has none of them (smp and we drop the classifier).
@@ -179,9 +178,9 @@ def transfer_weights(
     if any(differences.values()):
         raise CheckpointError(f"weights do not fit the target network: {describe_differences(differences)}")
     if reinit:
-        from tatl.faithful import init_like_keras
+        from tatl.models.faithful import init_like_keras
 
-        # Glorot-uniform kernels and zero biases: how both smp (initialize_head) and tatl.faithful build a head.
+        # Glorot-uniform kernels and zero biases: how both smp (initialize_head) and tatl.models.faithful build a head.
         init_like_keras(target.segmentation_head)
     fitting = {key: value for key, value in source_state.items() if key not in reinit}
     target.load_state_dict({**target.state_dict(), **fitting}, strict=True)

@@ -1,9 +1,9 @@
 """One report of a run folder: `DIR/report.html` (self-contained: inline style, images as base64 PNG, no script)
 and `DIR/report.md` with its pictures in `DIR/report/`.
 
-A report is a list of sections, each a list of blocks (tatl.render: Table, Figure, Text), built once and rendered
-twice, so the HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run
-(RUN/metrics.json) or an experiment grid (DIR/grid.json; its sections are in tatl.grid_report). Optional parts
+A report is a list of sections, each a list of blocks (tatl.reporting.render: Table, Figure, Text), built once and
+rendered twice, so the HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run
+(RUN/metrics.json) or an experiment grid (DIR/grid.json; its sections are in tatl.reporting.grid_report). Optional parts
 (the data, the bound, the overlays) that cannot be built say why in the report instead of failing it: a report
 written at the end of a long run must not lose it.
 """
@@ -17,10 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tatl.errors import DataError, TatlError
-from tatl.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
-
-MICRO_NOTE = ("Average (macro) = unweighted mean over attributes, the scale of the paper's Tables 2-3. Micro = all "
-              "attributes' confusion matrices summed: the ISIC 2018 leaderboard's 'overall', not comparable with them.")
+from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
+from tatl.reporting.summary import MICRO_NOTE
 
 
 def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 3) -> Path:
@@ -52,14 +50,16 @@ def write_report_or_say_why(folder: Path, data: str | Path | None = None) -> str
 
 
 def grid_sections(grid_dir: Path) -> list[Section]:
-    from tatl.grid_report import grid_sections as sections  # imports this module: only when a grid is reported
+    from tatl.reporting.grid_report import (
+        grid_sections as sections,  # imports this module: only when a grid is reported
+    )
 
     return sections(grid_dir)
 
 
 # ------------------------------------------------------------------------------------------------ a run's parts
 def run_sections(run_dir: Path, data: str | Path | None, overlays: int) -> list[Section]:
-    from tatl.bound import open_run
+    from tatl.evaluation.bound import open_run
 
     run = open_run(run_dir, data, need_data=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -84,7 +84,7 @@ def _optional(build: Callable, default):
 
 
 def tuned_note(config) -> list[Block]:
-    from tatl.summary import TUNED_NOTE
+    from tatl.reporting.summary import TUNED_NOTE
 
     return [Text(TUNED_NOTE)] if config.pipeline.tune_thresholds else []
 
@@ -200,7 +200,7 @@ def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
 
 
 def bound_blocks(run_dir: Path) -> list[Block]:
-    from tatl.commands.bound import BOUND_HEADER, bound_caption, bound_rows
+    from tatl.evaluation.bound_report import BOUND_HEADER, bound_caption, bound_rows
 
     folder = run_dir / "bound"
     if not (folder / "bound.json").is_file():
@@ -219,8 +219,8 @@ def overlay_figures(run, presence: dict[str, set[str]], count: int, side: int = 
     --truth` run on them (into a scratch folder), so they look exactly like that command's."""
     import tempfile
 
-    from tatl.commands.predict import OutputOptions, predict_image
-    from tatl.predict import load_predictor
+    from tatl.inference.outputs import OutputOptions, predict_image
+    from tatl.inference.predictor import load_predictor
 
     if not run.samples:
         raise DataError("the run's data folder is not known (tatl report DIR --data DATA)")
@@ -243,7 +243,7 @@ def overlay_figures(run, presence: dict[str, set[str]], count: int, side: int = 
 
 def parameter_table(config) -> Table:
     """Keras-style counts (BatchNorm statistics included, as the paper's Table 5) and nn.Parameters."""
-    from tatl.models import build_model, count_parameters
+    from tatl.models.networks import build_model, count_parameters
 
     m, attributes, mode = config.model, len(config.data.attributes), config.pipeline.encoder_mode
     rows = []

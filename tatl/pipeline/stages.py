@@ -23,25 +23,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tatl import distributed, reuse
-from tatl.checkpoints import load_checkpoint, write_json
+from tatl import distributed
+from tatl.checkpoints import load_checkpoint
 from tatl.config import Config, to_dict
+from tatl.constants import LESION, UNION
 from tatl.data.checks import DataReport
 from tatl.data.crops import Box, lesion_box
-from tatl.data.dataset import LESION, UNION, SegmentationDataset, full_size_target, load_images, load_masks
+from tatl.data.dataset import SegmentationDataset, full_size_target, load_images, load_masks
 from tatl.data.isic import Sample
-from tatl.engine import fit, resolve_device
-from tatl.inference import (
+from tatl.device import resolve_device
+from tatl.io import write_json
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.models.weights import transfer_weights
+from tatl.pipeline import reuse
+from tatl.pipeline.scoring import (
     average_probabilities,
     predict_probabilities,
     score_attributes,
     score_lesions,
     tune_thresholds,
 )
-from tatl.models import build_model
-from tatl.multihead import MultiHeadSegmenter
-from tatl.pretext import train_context_restoration
-from tatl.weights import transfer_weights
+from tatl.training.engine import fit
+from tatl.training.pretext import train_context_restoration
 
 
 @dataclass
@@ -60,7 +64,7 @@ class RunContext:
 
     @cached_property
     def data_identity(self) -> dict[str, str]:
-        """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.reuse)."""
+        """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.pipeline.reuse)."""
         return reuse.data_identity(self.report.root, self.report.samples)
 
     @property
@@ -220,7 +224,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
                    to_dict(cfg), cfg.pipeline.threshold)
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
-    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.reuse checks it
+    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
     summary = ", ".join(f"{n} {cfg.train.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
     log(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")

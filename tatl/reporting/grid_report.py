@@ -3,7 +3,7 @@
 The grid and its jobs are read back from DIR/grid.json, not from the grid file, which may have moved or changed
 since. Each job's status is taken from its run folder first: grid.json is only as current as the last event of the
 last `tatl experiment` (a grid killed mid-run leaves jobs "running" there). Tables 6-7 are built by
-tatl.experiments' own aggregation, so the page and DIR/table6.md, table7.md cannot disagree.
+tatl.experiments.grid' own aggregation, so the page and DIR/table6.md, table7.md cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tatl.errors import DataError
-from tatl.experiments import SHAPE_LABELS, Columns, Grid, Job, Setting, results_rows, table_cells, table_specs
-from tatl.render import Block, Figure, Link, Section, Table, Text, figure_png, pyplot
-from tatl.report import MICRO_NOTE
+from tatl.experiments.grid import SHAPE_LABELS, Columns, Grid, Job, Setting, results_rows, table_cells, table_specs
+from tatl.reporting.render import Block, Figure, Link, Section, Table, Text, figure_png, pyplot
+from tatl.reporting.summary import MICRO_NOTE
 
 STATUSES = {  # the order of the counts table, and what each status means for the next `tatl experiment`
     "finished": "metrics.json written; skipped when the grid runs again",

@@ -1,0 +1,1 @@
+"""Analyses of a finished run: the generalisation bound of Section 4.4."""
