@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tatl"
 # Lowest first. A leaf module is shared by every layer and imports only other leaves.
 LAYERS = [
     ("leaves", ["tatl.errors", "tatl.constants", "tatl.io", "tatl.folders", "tatl.device", "tatl.logs",
-                "tatl.config", "tatl.layout", "tatl.distributed", "tatl.checkpoints", "tatl.progress"]),
+                "tatl.config", "tatl.layout", "tatl.distributed", "tatl.checkpoints"]),
     ("data", ["tatl.data"]),
     ("metrics", ["tatl.metrics"]),
     ("models", ["tatl.models"]),
