@@ -7,9 +7,10 @@ import torch
 from tatl.errors import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """`key`: the setting that asked for the device, named in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda: no CUDA GPU is available (use auto or cpu)")
+        raise ConfigError(f"{key}=cuda but no CUDA GPU is available (use auto or cpu)")
     return torch.device(name)

@@ -266,9 +266,9 @@ def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsy
     # Inception-ResNet-v2, EfficientNet-b0 faithful and smp). A spy on build_model runs a 64x64 forward pass on each
     # network it builds and counts it again, so the networks checked are the very ones the table counts.
     from tatl.cli import main
-    from tatl.models import networks as models
+    from tatl.models import parameter_table
 
-    real_build, checked = models.build_model, {}
+    real_build, checked = parameter_table.build_model, {}
 
     def build_and_check(shape, encoder_name, *args, **kwargs):
         model = real_build(shape, encoder_name, *args, **kwargs)
@@ -279,7 +279,7 @@ def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsy
         checked[(shape, encoder_name)] = (tuple(logits.shape), finite, count_parameters(model))
         return model
 
-    monkeypatch.setattr(models, "build_model", build_and_check)
+    monkeypatch.setattr(parameter_table, "build_model", build_and_check)
     assert main(["params", "--json"]) == 0
     rows = {(row["shape"], row["encoder_name"]): row for row in json.loads(capsys.readouterr().out)["rows"]}
     encoders = ["paper-efficientnet-b0", "efficientnet-b0", "vgg16", "resnet152", "densenet169", "inceptionresnetv2"]

@@ -258,7 +258,7 @@ def estimate_bounds(run: FinishedRun, settings: BoundSettings) -> dict:
             transfer_weights(state, model)
             print(f"bound: {attribute}, {name}: {len(used)} of m = {len(rows)} samples", file=sys.stderr, flush=True)
             losses, norms = per_sample_estimates(model, images[used], masks[used, index],
-                                                 resolve_device(settings.device), settings.iterations,
+                                                 resolve_device(settings.device, "--device"), settings.iterations,
                                                  settings.tolerance, settings.wrt)
             terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), len(rows), settings.c,
                                          settings.k)

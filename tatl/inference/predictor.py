@@ -289,7 +289,7 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
         tuned_path = model_dir / "thresholds.json"
         tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else None
         settings = settings_from_config(load_config(model_dir / "config.yaml"), variant, tuned)
-        networks = load_run_networks(model_dir, settings, resolve_device(device), share_encoders)
+        networks = load_run_networks(model_dir, settings, resolve_device(device, "--device"), share_encoders)
     else:
         settings, networks = load_export_networks(model_dir, device)
         if variant and variant != settings.variant:
