@@ -36,3 +36,21 @@ def isic_sample() -> Path:
 def ph2() -> Path:
     """150 PH2 images with expert lesion masks, in the ISIC Task 1 layout."""
     return shared_data_path("ph2")
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list[tuple]:
+    """Every attempt to open a network connection during the test, each refused at once: a test asserts this list
+    is empty to show that a code path never waits on the network (instead of timing it)."""
+    import socket
+
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts

@@ -16,7 +16,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 from tatl.data import cache as cache_module
 from tatl.data.cache import cached_array, file_fingerprint
 from tatl.data.checks import check_dataset
-from tatl.data.images import read_image, read_mask, resize_mask, union_mask
+from tatl.data.images import read_image, read_mask, resize_mask
 from tatl.data.isic import find_samples
 from tatl.data.splits import make_splits, read_splits, stratify, write_splits
 from tatl.errors import DataError
@@ -184,15 +184,64 @@ def test_resize_mask_keeps_area_when_shrinking_and_is_nearest_when_enlarging():
     assert np.array_equal(same, mask) and same is not mask
 
 
-def test_union_is_pixel_or():
-    a = np.array([[1, 0], [0, 0]], dtype=bool)
-    b = np.array([[0, 0], [0, 1]], dtype=bool)
-    assert np.array_equal(union_mask([a, b]), np.array([[1, 0], [0, 1]], dtype=bool))
-    assert not a[1, 1]  # the inputs are not modified
-    with pytest.raises(ValueError, match="no mask"):
-        union_mask([])
-    with pytest.raises(ValueError, match="differ in shape"):
-        union_mask([a, np.zeros((3, 3), dtype=bool)])
+def write_grey(path: Path, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint8)).save(path)  # 2-D uint8: a mode-L PNG
+
+
+def union_dataset(root: Path) -> tuple[list, dict[str, np.ndarray], int]:
+    """Four 16x16 images and, by hand, the union each must get at binarize threshold 128 (value > 128 positive):
+    overlapping attributes, all-zero attribute masks (an ISIC image without attribute), no attribute file at all,
+    and a soft mask with grey values on both sides of the threshold."""
+    side, expected = 16, {}
+    for image_id in ("both", "empty", "grey", "no_files"):
+        smooth_image(side, side).save(root / f"{image_id}.png")
+        expected[image_id] = np.zeros((side, side), dtype=bool)
+    globules, streaks = np.zeros((side, side), np.uint8), np.zeros((side, side), np.uint8)
+    globules[1:6, 1:9], streaks[4:12, 6:14] = 255, 255  # overlapping on rows 4-5, columns 6-8
+    write_grey(root / "both_attribute_globules.png", globules)
+    write_grey(root / "both_attribute_streaks.png", streaks)
+    expected["both"][1:6, 1:9] = expected["both"][4:12, 6:14] = True
+    for name in ("globules", "streaks"):
+        write_grey(root / f"empty_attribute_{name}.png", np.zeros((side, side)))
+    soft = np.zeros((side, side), np.uint8)
+    soft[0:4], soft[4:8], soft[8:12], soft[12:16] = 127, 128, 129, 200  # rows of grey values around 128
+    write_grey(root / "grey_attribute_streaks.png", soft)
+    write_grey(root / "grey_attribute_globules.png", np.zeros((side, side)))
+    expected["grey"][8:16] = True  # 129 and 200 are positive, 127 and 128 are not
+    return find_samples(root, attributes=("globules", "streaks")), expected, side
+
+
+def test_stage2_union_target_is_the_pixel_or_of_the_attribute_masks(tmp_path):
+    # What Stage 2 trains and is validated on (load_masks(..., [UNION], ...) through stages._dataset) and is scored
+    # against at original size (full_size_target(sample, UNION, ...) in pipeline.scoring): Eq. 4 of the paper.
+    import torch
+
+    from tatl.constants import UNION
+    from tatl.data.dataset import SegmentationDataset, full_size_target, load_masks
+
+    (tmp_path / "data").mkdir()
+    samples, expected, side = union_dataset(tmp_path / "data")
+    assert [s.image_id for s in samples] == ["both", "empty", "grey", "no_files"]
+    assert samples[3].attribute_mask_paths == {}
+    sizes = {s.image_id: (side, side) for s in samples}
+    for sample in samples:
+        union = full_size_target(sample, UNION, sizes[sample.image_id], binarize_threshold=128)
+        assert union.dtype == bool and np.array_equal(union, expected[sample.image_id]), sample.image_id
+    masks = load_masks(samples, [UNION], side, None, sizes, tmp_path / "cache", binarize_threshold=128)
+    assert masks.shape == (4, 1, side, side) and masks.dtype == np.uint8 and set(np.unique(masks)) == {0, 1}
+    for index, sample in enumerate(samples):
+        assert np.array_equal(masks[index, 0], expected[sample.image_id]), sample.image_id
+    assert not masks[1].any() and not masks[3].any()  # no attribute: an all-zero target, still trained on
+    assert masks[0].sum() == 5 * 8 + 8 * 8 - 2 * 3  # the overlap is counted once
+    _, target = SegmentationDataset(np.zeros((4, side, side, 3), np.uint8), masks, targets=[UNION])[0]
+    assert target.dtype == torch.float32 and np.array_equal(target[0].numpy(), expected["both"])
+    # The threshold is part of the cache key: 128 itself becomes positive at 127, without a stale cached answer.
+    lower = load_masks(samples, [UNION], side, None, sizes, tmp_path / "cache", binarize_threshold=127)
+    assert np.array_equal(lower[2, 0], np.arange(side)[:, None].repeat(side, axis=1) >= 4)
+    with pytest.raises(DataError, match=r"grey_attribute_streaks\.png.*values other than 0 and 255"):
+        full_size_target(samples[2], UNION, sizes["grey"])  # a soft mask without a threshold is refused
+    with pytest.raises(DataError, match=r"grey_attribute_streaks\.png"):
+        load_masks(samples, [UNION], side, None, sizes, None)
 
 
 # --- cache -----------------------------------------------------------------------------------------------------

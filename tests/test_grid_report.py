@@ -104,6 +104,12 @@ def test_experiment_writes_a_grid_report_with_every_table(grid_folder: Path):
     counts = {row[0]: row[1] for row in page.table("Job status")[1:]}
     assert counts == {"finished": "14", "running": "0", "failed": "0", "started": "1", "not started": "1"}
     assert len(page.table("Jobs")) == 1 + 16
+    # The results first, as on a paper's results page; job status and the grid definition after.
+    sections = page.sections()
+    assert [title for title, _ in sections] == ["Results: Tables 6-7 style", "Macro Dice per setting", "Jobs", "Grid"]
+    assert [(kind, text[:7]) for kind, text in sections[0][1]] == [("table", "Table 6"), ("table", "Table 7")]
+    assert [kind for kind, _ in sections[1][1]] == ["figure"]
+    assert [text for _, text in sections[2][1]] == ["Job status (16 jobs)", "Jobs"]
     markdown = (grid_folder / "report.md").read_text()
     assert "validation fold" in markdown and "ISIC 2018 leaderboard's 'overall'" in markdown
     assert (grid_folder / "report" / "macro-dice.png").read_bytes().startswith(PNG)
@@ -134,6 +140,7 @@ def test_a_grid_with_no_finished_job_says_so(tmp_path: Path):
     page = parse(write_report(tmp_path / "out"))
     assert "No job has finished yet" in (tmp_path / "out" / "report.md").read_text()
     assert not any(caption.startswith(("Table 6", "Table 7")) for caption in page.captions) and not page.images
+    assert [title for title, _ in page.sections()] == ["Results", "Jobs", "Grid"]  # why no scores, first
     assert {row[0]: row[1] for row in page.table("Job status")[1:]}["not started"] == str(len(jobs))
 
 

@@ -11,10 +11,14 @@ from test_bound import tiny_trained_run
 
 from tatl.cli import main
 from tatl.errors import DataError
-from tatl.reporting.report import write_report
+from tatl.reporting.render import Table
+from tatl.reporting.report import result_tables, write_report
 
 TABLES = ["config.yaml (fully resolved)", "Images and split", "Images showing each attribute",
           "Stage 1: lesion segmentation", "Stage 3 (Table 2/3 style): unet", "Bound terms per attribute", "Parameters"]
+# What a reader came for first (the scores, Figure 5), how they were obtained after.
+RUN_SECTIONS = ["Results", "Predictions on validation images", "Configuration", "Data", "Training curves", "Networks",
+                "Generalisation bound"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -22,12 +26,13 @@ VOID = {"meta", "img", "br", "hr"}  # elements without an end tag
 
 
 class PageParser(HTMLParser):
-    """Collects table captions and image sources, anything that would load from outside the page, and checks that
-    every element is closed in order."""
+    """Collects table captions and image sources, anything that would load from outside the page, and the page's
+    outline in order (("section", h2), ("table", caption), ("figure", alt)); checks that every element is closed in
+    order."""
 
     def __init__(self):
         super().__init__()
-        self.captions, self.images, self.external, self.open_tags = [], [], [], []
+        self.captions, self.images, self.external, self.open_tags, self.outline = [], [], [], [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -35,6 +40,7 @@ class PageParser(HTMLParser):
             self.open_tags.append(tag)
         if tag == "img":
             self.images.append(attrs.get("src", ""))
+            self.outline.append(("figure", attrs.get("alt", "")))
         if tag in ("script", "link", "iframe") or (tag == "img" and not attrs.get("src", "").startswith("data:")):
             self.external.append(tag)
 
@@ -45,6 +51,19 @@ class PageParser(HTMLParser):
     def handle_data(self, data):
         if self.open_tags and self.open_tags[-1] == "caption":
             self.captions.append(data)
+            self.outline.append(("table", data))
+        elif self.open_tags and self.open_tags[-1] == "h2":
+            self.outline.append(("section", data))
+
+    def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(section title, its tables and figures in order) for each section, in order."""
+        sections = []
+        for kind, text in self.outline:
+            if kind == "section":
+                sections.append((text, []))
+            else:
+                sections[-1][1].append((kind, text))
+        return sections
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +105,42 @@ def test_report_markdown_has_the_same_tables_and_its_pictures(reported_run: Path
     assert f"| Average (macro) | {macro:.3f} |" in markdown
 
 
+def test_report_opens_with_the_scores_and_the_overlays(reported_run: Path):
+    page = parse(reported_run / "report.html")
+    sections = page.sections()
+    assert [title for title, _ in sections] == RUN_SECTIONS
+    (_, results), (_, overlays) = sections[:2]
+    first_table = next(text for kind, text in results if kind == "table")
+    assert first_table.startswith("Stage 3 (Table 2/3 style): unet, ISIC 2018 Task 2 scores")
+    assert len(overlays) == 2 and all(kind == "figure" and text.endswith("(validation)") for kind, text in overlays)
+    config = page.outline.index(("table", "config.yaml (fully resolved)"))
+    assert max(page.outline.index(item) for item in overlays) < config
+    markdown = (reported_run / "report.md").read_text()
+    order = [markdown.index(marker) for marker in ("**Stage 3 (Table 2/3 style): unet", "(validation)](report/overlay-",
+                                                    "**config.yaml", "**Parameters", "**Bound terms")]
+    assert order == sorted(order)
+
+
+def test_result_tables_put_the_ensemble_first_and_the_earlier_stages_last():
+    scores = {a: {"jaccard": 0.1, "dice": 0.2} for a in ("globules", "macro_average", "micro_average")}
+    metrics = {"stage1": {"jaccard": 0.8, "threshold_jaccard": 0.8, "dice": 0.9},
+               "stage2-crops": {"unet": {"union": {"jaccard": 0.3, "dice": 0.4}}},
+               "variant 1,2,3": {"unet": scores, "linknet": scores, "ensemble": scores}}
+    tables = [block for block in result_tables(metrics, ["globules"]) if isinstance(block, Table)]
+    assert [table.title.split(",")[0] for table in tables] == [
+        "Stage 3 (Table 2/3 style): U+Link ensemble", "Stage 3 (Table 2/3 style): unet",
+        "Stage 3 (Table 2/3 style): linknet", "Stage 1: lesion segmentation (ISIC 2018 Task 1 scores",
+        "Stage 2: abnormal region (union of attributes)"]
+    assert [bool(table.note) for table in tables] == [False, False, True, False, False]  # the note once, under Stage 3
+
+
 def test_a_run_whose_data_is_unknown_still_gets_a_report(reported_run: Path, tmp_path: Path):
     for name in ("config.yaml", "splits.json", "metrics.json"):
         shutil.copy(reported_run / name, tmp_path / name)
     shutil.copytree(reported_run / "stage1", tmp_path / "stage1")
     page = parse(write_report(tmp_path))
-    assert any(c.startswith("Stage 3 (Table 2/3 style)") for c in page.captions)
+    assert [title for title, _ in page.sections()] == RUN_SECTIONS
+    assert page.sections()[0][1][0] == ("table", page.captions[0]) and page.captions[0].startswith("Stage 3 (Table")
     markdown = (tmp_path / "report.md").read_text()
     assert "Per-attribute counts need the data folder" in markdown and "Not available:" in markdown
 

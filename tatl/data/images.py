@@ -32,7 +32,7 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,17 +319,3 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))  # 2-D uint8: mode L
     return np.asarray(image.resize((width, height), Image.Resampling.BOX)) >= 128
 
-
-def union_mask(masks: Iterable[np.ndarray]) -> np.ndarray:
-    """Pixel-wise OR of same-shape masks (Eq. 4 of the paper: the attribute-agnostic target)."""
-    union = None
-    for mask in masks:
-        if union is None:
-            union = np.array(mask, dtype=bool)
-        elif mask.shape != union.shape:
-            raise ValueError(f"union_mask: masks differ in shape, {union.shape} and {mask.shape}")
-        else:
-            union |= mask.astype(bool)
-    if union is None:
-        raise ValueError("union_mask: no mask given (the union of nothing has no size)")
-    return union

@@ -32,17 +32,17 @@ VALIDATION_NOTE = ("Every score is measured on the job's validation fold (data.f
 
 
 def grid_sections(grid_dir: Path) -> list[Section]:
-    """Grid definition, job status, and (once a job has finished) Tables 6-7 and the macro Dice chart."""
+    """Tables 6-7 and the macro Dice chart (or why there are no scores yet), then job status and the grid definition:
+    a paper's results page opens with the results."""
     grid, jobs, record = read_grid_record(grid_dir)
     rows, attributes = results_rows(jobs, grid_dir)
     recorded = {entry["name"]: entry for entry in record["jobs"]}
     statuses = {job.name: job_status(job, recorded[job.name].get("status", ""), grid_dir) for job in jobs}
-    sections: list[Section] = [("Grid", definition_tables(grid, jobs, record)),
-                               ("Jobs", job_blocks(jobs, statuses, rows, recorded, grid_dir))]
-    if not any(row["finished"] for row in rows):
-        return [*sections, ("Results", [Text(f"No job has finished yet (0 of {len(jobs)}): no scores to show. "
-                                             "Run `tatl experiment` again to continue the grid.")])]
-    return [*sections, *result_sections(grid, rows, attributes)]
+    results = result_sections(grid, rows, attributes) if any(row["finished"] for row in rows) else [
+        ("Results", [Text(f"No job has finished yet (0 of {len(jobs)}): no scores to show. "
+                          "Run `tatl experiment` again to continue the grid.")])]
+    return [*results, ("Jobs", job_blocks(jobs, statuses, rows, recorded, grid_dir)),
+            ("Grid", definition_tables(grid, jobs, record))]
 
 
 def read_grid_record(grid_dir: Path) -> tuple[Grid, list[Job], dict[str, Any]]:

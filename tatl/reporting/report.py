@@ -64,14 +64,15 @@ def run_sections(run_dir: Path, data: str | Path | None, overlays: int) -> list[
     run = open_run(run_dir, data, need_data=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     presence = _optional(lambda: attribute_presence(run), {})
+    # A paper's results page: what a reader came for (the scores, then Figure 5) first, how they were obtained after.
     return [
+        ("Results", [*tuned_note(run.config), *result_tables(metrics, run.config.data.attributes)]),
+        ("Predictions on validation images", _optional(lambda: overlay_figures(run, presence, overlays), None)),
         ("Configuration", [config_table(run_dir)]),
         ("Data", data_blocks(run, presence)),
         ("Training curves", curve_figures(run_dir)),
-        ("Results", [*tuned_note(run.config), *result_tables(metrics, run.config.data.attributes)]),
-        ("Generalisation bound", bound_blocks(run_dir)),
-        ("Predictions on validation images", _optional(lambda: overlay_figures(run, presence, overlays), None)),
         ("Networks", [parameter_table(run.config)]),
+        ("Generalisation bound", bound_blocks(run_dir)),
     ]
 
 
@@ -171,7 +172,8 @@ def _curve_figure(group: str, heads: dict[str, list[dict]]) -> Figure | None:
 
 # ---------------------------------------------------------------------------------------------- result tables
 def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
-    blocks: list[Block] = []
+    """The Stage-3 scores (Tables 2-3: the U+Link ensemble, then each shape) first, then Stages 1 and 2."""
+    blocks = attribute_tables(metrics, attributes)
     if "stage1" in metrics:
         s1 = metrics["stage1"]
         blocks.append(Table("Stage 1: lesion segmentation (ISIC 2018 Task 1 scores, validation, original size)",
@@ -183,8 +185,14 @@ def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
                 for shape, v in metrics[key].items()]
         blocks.append(Table(f"Stage 2: abnormal region (union of attributes), {key[7:]} inputs",
                             ["network", "Jaccard", "Dice"], rows))
+    return blocks or [Text("metrics.json holds no scores.")]
+
+
+def attribute_tables(metrics: dict, attributes: list[str]) -> list[Block]:
+    """One Stage-3 table per network (the ensemble first: the paper's headline), a column pair per variant."""
+    blocks: list[Block] = []
     variants = [k for k in metrics if k.startswith("variant ")]
-    networks = list(dict.fromkeys(n for v in variants for n in metrics[v]))
+    networks = sorted(dict.fromkeys(n for v in variants for n in metrics[v]), key=lambda n: n != "ensemble")
     for network in networks:
         shown = [v for v in variants if network in metrics[v]]
         header = ["attribute"] + [f"stages {v[8:]} {score}" for v in shown for score in ("Jaccard", "Dice")]
@@ -196,7 +204,7 @@ def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
         last = network == networks[-1]  # the note once, under the last table
         blocks.append(Table(f"Stage 3 (Table 2/3 style): {name}, ISIC 2018 Task 2 scores, validation, original size",
                             header, rows, MICRO_NOTE if last else ""))
-    return blocks or [Text("metrics.json holds no scores.")]
+    return blocks
 
 
 def bound_blocks(run_dir: Path) -> list[Block]:
