@@ -36,3 +36,12 @@ def isic_sample() -> Path:
 def ph2() -> Path:
     """150 PH2 images with expert lesion masks, in the ISIC Task 1 layout."""
     return shared_data_path("ph2")
+
+
+@pytest.fixture(autouse=True)
+def cli_logging():
+    """Console logging as `tatl` sets it up (info lines on stderr), so a test that calls a library function directly
+    reads on stderr what the command line would show, whatever the tests before it configured."""
+    from tatl import logs
+
+    logs.configure(logs.NORMAL)
