@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 
-from tatl import __version__
+from tatl import __version__, logs
 from tatl.errors import TatlError
 
 # subcommand name -> (module in tatl.commands, one-line help). Modules are imported only when their
@@ -48,6 +48,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tatl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for input errors")
+    _add_verbosity(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if name != selected:
@@ -64,9 +65,18 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         # SUPPRESS: no default here, so `tatl --debug COMMAND` (before the command) is not reset to False.
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks for input errors")
+        _add_verbosity(sub, default=argparse.SUPPRESS)
         module.add_arguments(sub)
         sub.set_defaults(_module=module)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    """-q/--quiet and -v/--verbose, accepted before and after the command name (SUPPRESS, as for --debug)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="show warnings and errors only: no progress lines, no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="also show debug lines")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     selected = next((word for word in argv if not word.startswith("-")), None)
     parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:  # one before the command name, the other after it
+        parser.error("argument -v/--verbose: not allowed with argument -q/--quiet")
+    logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.NORMAL)
     if args.command is None:
         parser.print_help()
         return 0

@@ -21,9 +21,12 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tatl.io import is_main_process
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 ROOT = "tatl"
@@ -45,16 +48,31 @@ class _ConsoleFormatter(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
-class _TqdmSafeHandler(logging.StreamHandler):
-    """Writes through tqdm when a bar is on the screen, so log lines do not tear it."""
+class _ConsoleHandler(logging.Handler):
+    """Writes to the current sys.stderr, looked up at each line (pytest and embedding programs replace it), through
+    tqdm so that a bar on the screen is not torn."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
+            sys.stderr.flush()  # a parent process reading our stderr line by line sees each line at once
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+
+class _ToParent(logging.Handler):
+    """Stands in for propagation while log_to_file has lowered the tatl level: hands the parent logger's handlers
+    (a program's own logging set-up) only the records they would have had without the file."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        super().__init__(level)
+        self.parent = logger.parent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.parent is not None:
+            self.parent.handle(record)
 
 
 def configure(verbosity: int = NORMAL) -> None:
@@ -62,7 +80,7 @@ def configure(verbosity: int = NORMAL) -> None:
     logger = logging.getLogger(ROOT)
     for handler in [h for h in logger.handlers if getattr(h, "_tatl_console", False)]:
         logger.removeHandler(handler)
-    handler = _TqdmSafeHandler(sys.stderr)
+    handler = _ConsoleHandler()
     handler._tatl_console = True  # type: ignore[attr-defined]
     handler.setFormatter(_ConsoleFormatter("%(message)s"))
     handler.setLevel(_LEVELS[max(QUIET, min(VERBOSE, verbosity))])
@@ -77,10 +95,14 @@ def configure(verbosity: int = NORMAL) -> None:
 def log_to_file(path: Path) -> Iterator[None]:
     """Append every tatl record (debug and up) to `path`, with time, level and module, while the block runs."""
     logger = logging.getLogger(ROOT)
-    if logger.level == logging.NOTSET or logger.level > logging.DEBUG:
-        logger.setLevel(logging.DEBUG)  # a program that never called configure() still gets a full file
-        if not any(getattr(h, "_tatl_console", False) for h in logger.handlers):
-            logger.propagate = True  # and keeps what it configured for the root logger
+    before = (logger.level, logger.propagate)
+    gate = None
+    if logger.getEffectiveLevel() > logging.DEBUG:  # a program that never called configure(): a full file anyway,
+        if logger.propagate:  # while its own handlers keep getting what they got before
+            gate = _ToParent(logger, logger.getEffectiveLevel())
+            logger.addHandler(gate)
+            logger.propagate = False
+        logger.setLevel(logging.DEBUG)
     handler = None
     if is_main_process():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -92,13 +114,17 @@ def log_to_file(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
+        for added in (handler, gate):
+            if added is not None:
+                logger.removeHandler(added)
+                added.close()
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
-    """A progress bar over `items` on stderr (see the module docstring for when it is shown)."""
+def progress(items: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "it") -> tqdm:
+    """A progress bar over `items` on stderr (see the module docstring for when it is shown). items None: a bar the
+    caller advances with .update(n), for work that is not one loop (jobs finishing in other processes)."""
     from tqdm import tqdm
 
     hidden = not _state["show_progress"] or not is_main_process()

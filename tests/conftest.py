@@ -54,3 +54,12 @@ def network_attempts(monkeypatch) -> list[tuple]:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return attempts
+
+
+@pytest.fixture(autouse=True)
+def cli_logging():
+    """Console logging as `tatl` sets it up (info lines on stderr), so a test that calls a library function directly
+    reads on stderr what the command line would show, whatever the tests before it configured."""
+    from tatl import logs
+
+    logs.configure(logs.NORMAL)

@@ -322,7 +322,7 @@ def test_unknown_attribute_is_named_before_training_and_the_folder_can_be_reused
         assert code == 2
         lines = err.strip().splitlines()
         if attempt:
-            assert lines.pop(0).startswith(f"note: {run} holds only the config.yaml of a run that stopped before")
+            assert lines.pop(0).startswith(f"warning: {run} holds only the config.yaml of a run that stopped before")
         one_line_error("\n".join(lines), "run", "data.attributes: no image", "globulez", f"{ID}_attribute_globulez.png",
                        "has masks for globules, milia_like_cyst, negative_network, pigment_network, streaks")
         assert nothing_trained(run)

@@ -14,8 +14,10 @@ and OUT/report.html (+ report.md), the page `tatl report OUT` rebuilds.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   tatl experiment configs/grid-example.yaml --out grids/example               # tiny synthetic grid, minutes on CPU
@@ -67,14 +69,14 @@ def run(args: argparse.Namespace) -> int:
     record = GridRecord(grid, jobs, out)
     if args.dry_run:
         print("\n".join(f"{record.status[job.name]:<10} {job.name}" for job in jobs))
-        print(f"{len(jobs)} jobs, configs valid", file=sys.stderr)
+        log.info(f"{len(jobs)} jobs, configs valid")
         return 0
     if args.aggregate_only:
         return _aggregate(grid, jobs, out, record)
     ray = import_ray() if args.ray else None
     data = prepare_data(grid, config, out)
     todo = [job for job in jobs if not job.is_finished(out)]
-    print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} finished before (skipped), {len(todo)} to run", file=sys.stderr)
+    log.info(f"{len(jobs)} jobs: {len(jobs) - len(todo)} finished before (skipped), {len(todo)} to run")
     arguments = {job.name: job_args(job, out, data, grid.base_config, stage_sources(job, jobs, out)) for job in todo}
     record.data_folder = data
     progress = Progress(record, len(todo))
@@ -88,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     _aggregate(grid, jobs, out, record)
     failed = [job for job in jobs if record.status[job.name] == "failed"]
     for job in failed:
-        print(f"\nFAILED {job.name} (exit {record.details[job.name].get('returncode')}), end of "
-              f"{job.log_path(out)}:\n{log_tail(job.log_path(out), LOG_TAIL_LINES)}", file=sys.stderr)
-    print(f"{len(jobs) - len(failed)} of {len(jobs)} jobs finished, {len(failed)} failed", file=sys.stderr)
+        log.error(f"FAILED {job.name} (exit {record.details[job.name].get('returncode')}), end of "
+                  f"{job.log_path(out)}:\n{log_tail(job.log_path(out), LOG_TAIL_LINES)}")
+    log.info(f"{len(jobs) - len(failed)} of {len(jobs)} jobs finished, {len(failed)} failed")
     return 1 if failed else 0
 
 
@@ -109,13 +111,13 @@ def _aggregate(grid, jobs: list, out: Path, record) -> int:
     record.write()
     paths = write_tables(grid, jobs, out)
     print((out / "table7.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in [out / "grid.json", *paths]), file=sys.stderr)
+    log.info("wrote " + ", ".join(str(p) for p in [out / "grid.json", *paths]))
     _write_grid_report(out)
     return 0
 
 
 def _write_grid_report(out: Path) -> None:
-    """OUT/report.html and report.md; a failure is printed, never fails the grid (the tables are written)."""
+    """OUT/report.html and report.md; a failure is logged, never fails the grid (the tables are written)."""
     from tatl.reporting.report import write_report_or_say_why
 
-    print(write_report_or_say_why(out), file=sys.stderr)
+    log.info(write_report_or_say_why(out))

@@ -23,9 +23,12 @@ Stage 1, or when Stage 1 finds no lesion, the lesion is the whole image ("area_r
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tatl.errors import DataError  # light: tatl.errors imports nothing
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 examples:
@@ -62,11 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
     import time
 
-    from tqdm import tqdm
-
+    from tatl import logs
     from tatl.inference.outputs import OutputOptions, find_images, predict_image, run_report, score_against_truth
     from tatl.inference.predictor import load_predictor
     from tatl.io import write_json
@@ -84,19 +85,19 @@ def run(args: argparse.Namespace) -> int:
     records: dict[str, dict] = {}
     failed: dict[str, str] = {}
     started = time.perf_counter()
-    for path in tqdm(images, unit="image", file=sys.stderr, disable=None, desc="predict"):
+    for path in logs.progress(images, "predict", unit="image"):
         try:
             image_id = options.image_id(path, records)
             records[image_id] = predict_image(predictor, path, image_id, options)
         except DataError as error:  # one bad file must not cost the other thousands
             failed[str(path)] = str(error).removeprefix(f"{path}: ")
-            tqdm.write(f"tatl predict: skipped {path}: {failed[str(path)]}", file=sys.stderr)
+            log.warning(f"skipped {path}: {failed[str(path)]}")
     seconds = time.perf_counter() - started
     if not records:
         raise DataError(f"{args.input}: none of its {len(images)} image file(s) could be predicted (reasons above)")
     write_json(args.out / "predictions.json", run_report(predictor, records, failed))
-    print(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
-          f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""), file=sys.stderr)
+    log.info(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
+             f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""))
     if args.truth:
         from tatl.metrics.isic2018 import format_scores
 

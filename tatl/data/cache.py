@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import numpy as np
 
 from tatl.errors import DataError
 from tatl.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 KEY_VERSION = 1  # bump when the meaning of cached arrays changes (e.g. a new resize rule)
 
@@ -54,7 +57,9 @@ def cached_array(cache_dir: Path | None, key: dict, build: Callable[[], np.ndarr
     path = cache_file(cache_dir, key)
     cached = _load(path)
     if cached is not None:
+        log.debug(f"cache: {path.name} read")
         return cached
+    log.debug(f"cache: {path.name} not found, decoding")
     array = np.asarray(build())
     _write_atomic(path, array)
     return np.load(path, mmap_mode="r")

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tatl import logs
 from tatl.constants import ATTRIBUTES_2018, LESION
 from tatl.data.images import ImageFileError, inspect_image, inspect_mask
 from tatl.data.isic import ATTRIBUTE_INFIX, LESION_SUFFIX, Sample, Scan, no_image_reason, scan_dataset
@@ -87,7 +88,8 @@ def check_dataset(
 
     # Decoding and PNG inflating release the GIL: threads give a near-linear speed-up.
     with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
-        results = list(pool.map(check, scan.samples))
+        checked = pool.map(check, scan.samples)
+        results = list(logs.progress(checked, f"checking {scan.root}", len(scan.samples), "image"))
     report = DataReport(scan.root, scan.samples, attributes, {}, {}, problems, {}, scan.layout)
     for sample, result in zip(scan.samples, results, strict=True):
         _add_result(report, sample, result)

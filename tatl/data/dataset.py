@@ -17,7 +17,7 @@ import albumentations as A
 import numpy as np
 import torch
 
-from tatl import constants
+from tatl import constants, logs
 from tatl.constants import LESION, UNION
 from tatl.data.cache import cached_array, file_fingerprint
 from tatl.data.crops import Box, crop_mask, whole_image_box
@@ -45,7 +45,8 @@ def load_images(
             return read_image(sample.image_path, size=(size, size), box=box)
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow releases the GIL while decoding
-            return np.stack(list(pool.map(one, samples)))
+            decoded = pool.map(one, samples)
+            return np.stack(list(logs.progress(decoded, f"decoding images ({size} px)", len(samples), "image")))
 
     return cached_array(cache_dir, key, build)
 
@@ -76,7 +77,8 @@ def load_masks(
             return np.stack([resize_mask(crop_mask(m, box), (size, size)) for m in full]).astype(np.uint8)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            return np.stack(list(pool.map(one, samples)))
+            decoded = pool.map(one, samples)
+            return np.stack(list(logs.progress(decoded, f"decoding masks ({size} px)", len(samples), "image")))
 
     return cached_array(cache_dir, key, build)
 

@@ -29,6 +29,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from tatl import logs
+
 # The per-sample bookkeeping of check-data, reused so both layouts report and summarise alike.
 from tatl.constants import ATTRIBUTES_2017, LESION
 from tatl.data.checks import (
@@ -256,11 +258,11 @@ def check_isic2017(
     binarize_threshold: int | None = None,
 ) -> DataReport:
     """Every problem of an ISIC 2017 Part 2 dataset, as a check-data report (features in place of masks)."""
-    return _check(scan_isic2017(root), attributes, need_lesion, binarize_threshold, None)
+    return _check(scan_isic2017(root), attributes, need_lesion, binarize_threshold, None, f"checking {root}")
 
 
 def _check(scan: Scan2017, attributes: Sequence[str], need_lesion: bool, binarize_threshold: int | None,
-           masks_dir: Path | None) -> DataReport:
+           masks_dir: Path | None, desc: str) -> DataReport:
     unknown = [a for a in attributes if a not in ATTRIBUTES_2017]
     if unknown:
         raise DataError(f"{scan.root}: ISIC 2017 has the features {', '.join(ATTRIBUTES_2017)}, not {unknown}")
@@ -269,7 +271,7 @@ def _check(scan: Scan2017, attributes: Sequence[str], need_lesion: bool, binariz
         return _check_sample(sample, need_lesion, binarize_threshold, masks_dir)
 
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # PNG and JPEG decoding release the GIL
-        results = list(pool.map(check, scan.samples))
+        results = list(logs.progress(pool.map(check, scan.samples), desc, len(scan.samples), "image"))
     samples = [Sample(s.image_id, s.image_path, s.lesion_mask_path, {}) for s in scan.samples]
     report = DataReport(scan.root, samples, tuple(attributes), {}, {}, list(scan.problems), {}, scan.layout)
     for sample, result in zip(samples, results, strict=True):
@@ -356,7 +358,8 @@ def convert_to_isic2018_layout(root: Path, out_dir: Path, binarize_threshold: in
     if _read_stamp(out_dir).get("fingerprint") == fingerprint:
         return out_dir
     _prepare_out_dir(out_dir)
-    require_valid(_check(scan, ATTRIBUTES_2017, False, binarize_threshold, out_dir / ATTRIBUTE_DIR))
+    require_valid(_check(scan, ATTRIBUTES_2017, False, binarize_threshold, out_dir / ATTRIBUTE_DIR,
+                         f"converting {root} (ISIC 2017)"))
     for sample in scan.samples:
         _link(sample.image_path, out_dir / INPUT_DIR / f"{sample.image_id}{sample.image_path.suffix}")
         if sample.lesion_mask_path is not None:

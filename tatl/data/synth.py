@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tatl import logs
 from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
 from tatl.errors import DataError
 from tatl.folders import check_output_folder
@@ -317,7 +318,7 @@ def write_synthetic_dataset(
         (out / folder).mkdir()
     counts = dict.fromkeys(ATTRIBUTE_FREQUENCIES, 0)
     ids = []
-    for index in range(n):
+    for index in logs.progress(range(n), "generating synthetic images", unit="image"):
         sample = render_sample(index, seed, size, image_size_range, hairs)
         ids.append(_write_sample(out, image_id(index), sample))
         for name, mask in sample.attributes.items():
@@ -373,7 +374,7 @@ def write_synthetic_isic2017(
     for folder in (images, lesions, features):
         folder.mkdir()
     ids = [image_id(index) for index in range(n)]
-    for index, name in enumerate(ids):
+    for index, name in enumerate(logs.progress(ids, "generating synthetic images", unit="image")):
         sample = render_sample(index, seed, size, image_size_range, hairs)
         segments = sample.image.shape[0] * sample.image.shape[1] // PIXELS_PER_SUPERPIXEL
         superpixels = slic(sample.image, n_segments=segments, slic_zero=True, start_label=0)

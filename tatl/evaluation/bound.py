@@ -24,8 +24,8 @@ since the subset only estimates means over the m samples.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tatl import logs
 from tatl.checkpoints import load_checkpoint
 from tatl.config import VARIANTS, Config, load_config
 from tatl.data.crops import Box
@@ -47,6 +48,7 @@ from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.training.losses import TatlLoss
 
+log = logging.getLogger(__name__)
 Initialisation = Callable[[], dict[str, Tensor]]  # returns the state dict of a whole single network
 
 
@@ -105,14 +107,14 @@ def _unit(vectors: list[Tensor]) -> list[Tensor]:
 
 
 def per_sample_estimates(model: nn.Module, images: np.ndarray, masks: np.ndarray, device: torch.device,
-                         iterations: int = 20, tolerance: float = 1e-3,
-                         wrt: str = "all") -> tuple[list[float], list[float]]:
+                         iterations: int = 20, tolerance: float = 1e-3, wrt: str = "all",
+                         desc: str = "Hessian norms") -> tuple[list[float], list[float]]:
     """(Eq. 1 loss, Hessian spectral norm) of each sample; wrt "decoder" leaves the encoder's weights out."""
     model.to(device).eval()  # BatchNorm from running statistics: each sample's loss is its own
     params = [p for name, p in model.named_parameters() if wrt == "all" or not name.startswith("encoder.")]
     loss_fn = TatlLoss()
     losses, norms = [], []
-    for index in range(len(images)):
+    for index in logs.progress(range(len(images)), desc, unit="sample"):
         x = normalize(images[index])[None].to(device)
         y = torch.from_numpy(masks[index].astype(np.float32))[None].to(device)
         loss = loss_fn(model(x), y)
@@ -256,10 +258,10 @@ def estimate_bounds(run: FinishedRun, settings: BoundSettings) -> dict:
                 continue
             model = build_model(shape, run.config.model.encoder_name)
             transfer_weights(state, model)
-            print(f"bound: {attribute}, {name}: {len(used)} of m = {len(rows)} samples", file=sys.stderr, flush=True)
+            log.info(f"bound: {attribute}, {name}: {len(used)} of m = {len(rows)} samples")
             losses, norms = per_sample_estimates(model, images[used], masks[used, index],
                                                  resolve_device(settings.device, "--device"), settings.iterations,
-                                                 settings.tolerance, settings.wrt)
+                                                 settings.tolerance, settings.wrt, f"bound: {attribute}, {name}")
             terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), len(rows), settings.c,
                                          settings.k)
             per_init[name] = {**asdict(terms), "estimated_on": len(used)}
@@ -273,7 +275,7 @@ def _starting_states(inits: dict[str, Initialisation]) -> dict[str, dict[str, Te
         try:
             out[name] = make()
         except TatlError as error:
-            print(f"bound: initialisation {name} left out: {error}", file=sys.stderr)
+            log.warning(f"bound: initialisation {name} left out: {error}")
     return out
 
 

@@ -4,12 +4,17 @@ Ray task per job), its log in OUT/logs/, its status in OUT/grid.json, progress o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tatl import logs
+
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 12
 
@@ -42,7 +47,7 @@ def prepare_data(grid, config, out: Path) -> str:
     root, s = out / "data", config.synth
     readme = root / "README.txt"
     if not readme.exists():
-        print(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}", file=sys.stderr)
+        log.info(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}")
         write_synthetic_dataset(root, n=s.n, size=s.size, seed=s.seed)
     elif f"images: {s.n}, {s.size} x {s.size * 3 // 4} px, seed {s.seed}," not in readme.read_text():
         raise DataError(f"{root}: synthetic data generated with other synth.* values; use a new --out")
@@ -108,10 +113,8 @@ class Progress:
     """One line per event, a tqdm bar over the jobs to run, and grid.json kept up to date."""
 
     def __init__(self, record: GridRecord, total: int) -> None:
-        from tqdm import tqdm
-
         self.record, self.total, self.ended = record, total, 0
-        self.bar = tqdm(total=total, unit="job", file=sys.stderr, disable=None, dynamic_ncols=True)
+        self.bar = logs.progress(None, "grid", total=total, unit="job")
         record.write()
 
     def started(self, job, verb: str = "started") -> None:
@@ -131,7 +134,7 @@ class Progress:
         left = self.total - self.ended - running
         self.bar.set_postfix_str(f"{running} running, {left} waiting")
         counts = f"[{self.ended}/{self.total} done, {running} running, {left} waiting]"
-        self.bar.write(f"{counts} {message}", file=sys.stderr)
+        log.info(f"{counts} {message}")
 
     def close(self) -> None:
         self.bar.close()
@@ -158,29 +161,29 @@ def run_local(jobs: list, arguments: dict[str, list[str]], out: Path, progress: 
             while waiting and len(running) < workers:
                 job = waiting.pop(0)
                 job.log_path(out).parent.mkdir(parents=True, exist_ok=True)
-                log = job.log_path(out).open("w")
-                process = subprocess.Popen([sys.executable, *arguments[job.name]], stdout=log,
+                log_file = job.log_path(out).open("w")
+                process = subprocess.Popen([sys.executable, *arguments[job.name]], stdout=log_file,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                running[process] = (job, log, time.perf_counter())
+                running[process] = (job, log_file, time.perf_counter())
                 progress.started(job)
             for process in [p for p in running if p.poll() is not None]:
-                job, log, started = running.pop(process)
-                log.close()
+                job, log_file, started = running.pop(process)
+                log_file.close()
                 progress.ended_job(job, process.returncode, time.perf_counter() - started)
             time.sleep(POLL_SECONDS)
     finally:
-        for process, (job, log, _) in running.items():
+        for process, (job, log_file, _) in running.items():
             process.terminate()
             process.wait()
-            log.close()
+            log_file.close()
             progress.record.update(job, "pending", interrupted=True)  # its folder continues with --resume
 
 
 def run_job_process(arguments: list[str], log_path: str, threads: int) -> int:
     """One job on whichever machine runs it (a Ray task): its own interpreter, its log on the shared folder."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        return subprocess.run([sys.executable, *arguments], stdout=log, stderr=subprocess.STDOUT,
+    with open(log_path, "w") as log_file:
+        return subprocess.run([sys.executable, *arguments], stdout=log_file, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, env=job_environment(threads)).returncode
 
 

@@ -7,9 +7,9 @@ Stage 1, or when Stage 1 finds no lesion, the lesion is the whole image ("area_r
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +22,8 @@ from tatl.errors import DataError
 from tatl.inference.overlays import OverlayView
 from tatl.io import remove_stale_temporaries, write_png
 from tatl.metrics.isic2018 import PNG_THRESHOLD, read_score_png, score_task2_folders
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 NOT_INPUTS = ("_segmentation", "_abnormal", "_superpixels")  # masks beside ISIC images, or our own outputs
@@ -191,5 +193,5 @@ def score_against_truth(out: Path, truth: Path, attributes: list[str], image_ids
             except OSError:  # no symlinks (some Windows set-ups)
                 shutil.copyfile(path, Path(folder) / path.name)
         scored = {scorer_id(p.stem.rpartition("_attribute_")[0]) for p in kept}
-        print(f"scoring {len(scored)} of the {len(image_ids)} predicted image(s) against {truth}", file=sys.stderr)
+        log.info(f"scoring {len(scored)} of the {len(image_ids)} predicted image(s) against {truth}")
         return score_task2_folders(out, Path(folder), sorted({p.stem.rpartition("_attribute_")[2] for p in kept}))

@@ -12,7 +12,7 @@ themselves, so it never trusts the config: a run whose encoders differ is still 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,8 @@ from tatl.models.fusion import fold_batchnorm
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.pipeline.scoring import average_probabilities, full_size_probabilities
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -167,8 +169,8 @@ def load_run_networks(run_dir: Path, settings: PredictionSettings, device: torch
     if share_encoders and settings.encoder_mode == "frozen" and 2 in settings.stages:
         for shape, networks in targets.items():
             if len(networks) > 1:  # frozen training cannot change the encoder: a mixed-up or edited run folder
-                print(f"warning: {shape}: frozen-encoder run, but its checkpoints hold {len(networks)} different "
-                      "encoders; running each network on its own", file=sys.stderr)
+                log.warning(f"{shape}: frozen-encoder run, but its checkpoints hold {len(networks)} different "
+                            "encoders; running each network on its own")
     return Networks(stage1, targets)
 
 

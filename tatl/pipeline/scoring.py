@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tatl import distributed
+from tatl import distributed, logs
 from tatl.data.crops import Box, paste_back, whole_image_box
 from tatl.data.dataset import SegmentationDataset, full_size_target
 from tatl.data.isic import Sample
@@ -33,7 +33,7 @@ def predict_probabilities(
     dataset = SegmentationDataset(images, None, augment=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in model.heads}
-    for x, _ in loader:
+    for x, _ in logs.progress(loader, f"predicting {', '.join(model.heads)}", unit="batch"):
         x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -69,7 +69,8 @@ def score_attributes(
     of them (the sums are added up); every rank must call it."""
     per_attribute = thresholds if isinstance(thresholds, dict) else dict.fromkeys(probabilities, thresholds)
     scorer = Task2Scorer(list(probabilities))
-    for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+    pairs = _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold, "scoring at original size")
+    for attribute, full_size, truth in pairs:
         scorer.update(attribute, truth, full_size > per_attribute[attribute])
     return _summed(scorer, across_ranks).result()
 
@@ -89,7 +90,8 @@ def tune_thresholds(
     as in score_attributes.
     """
     scorers = {t: Task2Scorer(list(probabilities)) for t in grid}
-    for attribute, full_size, truth in _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+    pairs = _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold, "tuning thresholds")
+    for attribute, full_size, truth in pairs:
         for threshold, scorer in scorers.items():
             scorer.update(attribute, truth, full_size > threshold)
     results = {t: _summed(scorer, across_ranks).result() for t, scorer in scorers.items()}
@@ -97,9 +99,9 @@ def tune_thresholds(
     return {a: max(ordered, key=lambda t: results[t][a]["jaccard"]) for a in probabilities}
 
 
-def _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold):
+def _full_size_pairs(probabilities, samples, boxes, sizes, binarize_threshold, desc: str):
     """(attribute, full-size probabilities, full-size truth) for every image and attribute."""
-    for index, sample in enumerate(samples):
+    for index, sample in enumerate(logs.progress(samples, desc, unit="image")):
         size = sizes[sample.image_id]
         box = boxes[sample.image_id] if boxes else whole_image_box(size)
         for attribute, maps in probabilities.items():
@@ -119,7 +121,7 @@ def score_lesions(
 
     across_ranks: as in score_attributes."""
     scorer = Task1Scorer()
-    for index, sample in enumerate(samples):
+    for index, sample in enumerate(logs.progress(samples, "scoring lesions at original size", unit="image")):
         size = sizes[sample.image_id]
         prediction = full_size_probabilities(probabilities[index], whole_image_box(size), size) > threshold
         scorer.update(full_size_target(sample, "lesion", size, binarize_threshold), prediction)

@@ -7,8 +7,8 @@ reading every mask header now.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import sys
 from pathlib import Path
 
 from tatl.config import Config
@@ -18,7 +18,9 @@ from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
-from tatl.pipeline.stages import RunContext, log
+from tatl.pipeline.stages import RunContext
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
@@ -35,8 +37,8 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     check_output_folder(run_dir, "run folder")
     content = {p.name for p in run_dir.iterdir()} - {".lock"} if run_dir.is_dir() else set()
     if content == {"config.yaml"} and not resume:  # a run stopped by its checks before anything else was written
-        print(f"note: {run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
-              "starting afresh", file=sys.stderr)
+        log.warning(f"{run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
+                    "starting afresh")
         content = set()
     if resume and not (run_dir / "config.yaml").exists():
         raise DataError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
@@ -129,20 +131,20 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
         if not is_isic2017(root):
             return root
         if tuple(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
-            log(f"note: ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
+            log.warning(f"ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
             config.data.attributes = list(ATTRIBUTES_2017)
         unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
         if unknown:
             raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
                               f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
-        log(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}")
+        log.info(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}")
         return convert_to_isic2018_layout(root, run_dir / "isic2017-converted", config.data.binarize_threshold)
     from tatl.data.synth import write_synthetic_dataset
 
     root = run_dir / "synthetic-data"
     if not (root / "README.txt").exists():
         s = config.synth
-        print(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}", file=sys.stderr)
+        log.info(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}")
         write_synthetic_dataset(root, n=s.n, size=s.size, seed=s.seed)
     return root
 
@@ -159,7 +161,7 @@ def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool)
     if not stage1_only:
         _require_attribute_masks(report)
     require_valid(report)
-    log(report.summary_table())
+    log.info(report.summary_table())
     splits = _splits(run_dir, report.presence, config)
     by_id = {s.image_id: s for s in report.samples}
     train, val = _train_val(splits, config)

@@ -14,7 +14,7 @@ vanilla encoder-decoder). Shared stages are trained once and reused by every var
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -72,9 +72,15 @@ class RunContext:
         return resolve_device(self.config.train.device)
 
 
-def log(message: str) -> None:
-    if distributed.is_main_process():  # under torchrun every rank runs the same stages: rank 0 speaks for them
-        print(message, file=sys.stderr, flush=True)
+class _ModuleLogger(logging.LoggerAdapter):
+    """This module's logger. Calling it logs at info, as the log(message) function it replaced printed: kept for
+    tatl/commands/run.py, which still calls it (drop __call__ once run.py logs through its own logger)."""
+
+    def __call__(self, message: str) -> None:
+        self.info(message)
+
+
+log = _ModuleLogger(logging.getLogger(__name__), {})
 
 
 def variant_stages(variant: str) -> set[int]:
@@ -120,8 +126,8 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
     boxes = {s.image_id: boxes[s.image_id] for s in samples}  # in the images' order, on every rank alike
     fallback_ids = [s.image_id for s in samples if s.image_id in fallbacks]
     if fallback_ids:
-        log(f"stage 1: no plausible lesion predicted for {len(fallback_ids)} image(s), whole image used: "
-            + ", ".join(fallback_ids[:10]) + (" ..." if len(fallback_ids) > 10 else ""))
+        log.warning(f"stage 1: no plausible lesion predicted for {len(fallback_ids)} image(s), whole image used: "
+                    + ", ".join(fallback_ids[:10]) + (" ..." if len(fallback_ids) > 10 else ""))
     is_val = np.array([s.image_id not in train_ids for s in mine], dtype=bool)
     scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
                            ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold, across_ranks=True)
@@ -208,7 +214,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
     if start_state is not None and not done.exists():  # a trained group reloads its own weights below
         reinitialised = transfer_weights(start_state, model)
         if reinitialised:
-            log(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
+            log.info(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
     group = MultiHeadSegmenter.from_model(model, names)
     head_dirs = head_dirs or {names[0]: group_dir}
     if not done.exists() and cfg.pipeline.reuse_stages_from:
@@ -217,7 +223,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
         for name in names:
             best = head_dirs[name] / "best.pt"
             group.load_head_state(name, load_checkpoint(best)["model"], best)
-        log(f"{label}: already trained, reusing {group_dir}")
+        log.info(f"{label}: already trained, reusing {group_dir}")
         return group
     started = time.perf_counter()
     progress = fit(group, train_set, val_set, cfg.train, head_dirs, train_encoder, label,
@@ -227,7 +233,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
     write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
     summary = ", ".join(f"{n} {cfg.train.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
-    log(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
+    log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
     return group
 
 
@@ -241,7 +247,7 @@ def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> 
             reuse.copy_group(source, group_dir)
     source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
     if source is not None:
-        log(f"{label}: copied from {source} (trained there with the same settings and split)")
+        log.info(f"{label}: copied from {source} (trained there with the same settings and split)")
 
 
 def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:
@@ -283,8 +289,8 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
         segment_net = stage1_segment_net(ctx)
         boxes, metrics["stage1"] = stage1_boxes(ctx, segment_net)
         s1 = metrics["stage1"]
-        log(f"stage 1 (validation, original size): Jaccard {s1['jaccard']:.3f}, thresholded Jaccard "
-            f"{s1['threshold_jaccard']:.3f}, Dice {s1['dice']:.3f}")
+        log.info(f"stage 1 (validation, original size): Jaccard {s1['jaccard']:.3f}, thresholded Jaccard "
+                 f"{s1['threshold_jaccard']:.3f}, Dice {s1['dice']:.3f}")
         if stage1_only:
             return metrics
     agnostic: dict[tuple[str, str], MultiHeadSegmenter] = {}
@@ -315,6 +321,6 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
 def _log_variant(variant: str, scores: dict) -> None:
     best = scores.get("ensemble") or next(iter(scores.values()))
     name = "ensemble" if "ensemble" in scores else next(iter(scores))
-    log(f"variant {variant} ({name}, validation, original size): macro Jaccard "
-        f"{best['macro_average']['jaccard']:.3f}, Dice {best['macro_average']['dice']:.3f}; micro Jaccard "
-        f"{best['micro_average']['jaccard']:.3f}")
+    log.info(f"variant {variant} ({name}, validation, original size): macro Jaccard "
+             f"{best['macro_average']['jaccard']:.3f}, Dice {best['macro_average']['dice']:.3f}; micro Jaccard "
+             f"{best['micro_average']['jaccard']:.3f}")

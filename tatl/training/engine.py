@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,9 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from tatl import distributed
+from tatl import distributed, logs
 from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
 from tatl.device import resolve_device
@@ -42,6 +41,8 @@ from tatl.metrics.isic2018 import Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
 from tatl.training import parallel
 from tatl.training.losses import TatlLoss
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(TatlError):
@@ -82,9 +83,9 @@ def fit(
     if train_encoder and distributed.is_distributed():
         example = train_set[0][0][None]  # augmentation is seeded per (seed, epoch, index): no random state moves
         unused = parallel.freeze_unused_parameters(model, _to_device(example, example, device, cfg)[0])
-        if unused and distributed.is_main_process():
-            print(f"[{label}] the encoder never uses {len(unused)} parameter(s) ({', '.join(unused[:3])}"
-                  f"{' ...' if len(unused) > 3 else ''}): not trained, not synchronised", file=sys.stderr)
+        if unused:
+            log.info(f"[{label}] the encoder never uses {len(unused)} parameter(s) ({', '.join(unused[:3])}"
+                     f"{' ...' if len(unused) > 3 else ''}): not trained, not synchronised")
     if cfg.compile:  # in place: the state dict keys stay those of the plain modules
         for module in (model.encoder, *model.heads.values()):
             module.compile()
@@ -113,7 +114,7 @@ def fit(
         if distributed.is_main_process():
             _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
             summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
-            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}", file=sys.stderr)
+            log.info(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}")
         distributed.barrier()  # the other ranks read best.pt below: wait until rank 0 has written it
     for n in names:
         model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"], head_dirs[n] / "best.pt")
@@ -190,8 +191,7 @@ def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimiz
         dataset.set_epoch(epoch)
     totals = {n: 0.0 for n in active}
     seen = 0
-    bar = tqdm(_loader(dataset, cfg, epoch, device), desc=f"{label} {epoch + 1}", leave=False, file=sys.stderr,
-               disable=None if distributed.is_main_process() else True)
+    bar = logs.progress(_loader(dataset, cfg, epoch, device), f"{label} {epoch + 1}", unit="batch")
     for batch_index, (x, y) in enumerate(bar):
         x, y = _to_device(x, y, device, cfg)
         for n in active:

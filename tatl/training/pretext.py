@@ -12,7 +12,7 @@ validates its share of the images.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ from tatl.errors import TatlError
 from tatl.io import write_json
 from tatl.models.networks import build_model
 from tatl.training import parallel
+
+log = logging.getLogger(__name__)
 
 
 def swap_patches(image: np.ndarray, rng: np.random.Generator, swaps: int = 10, patch_fraction: float = 0.1):
@@ -90,9 +92,7 @@ def train_context_restoration(
             optimizer.step()
         distributed.broadcast_buffers(model)  # one network validated and kept: rank 0's BatchNorm statistics
         val_loss = _validation_loss(model, val_set, cfg.batch_size, device)
-        if distributed.is_main_process():
-            print(f"[context restoration ({shape})] epoch {epoch + 1}/{cfg.epochs}  val MSE {val_loss:.4f}",
-                  file=sys.stderr)
+        log.info(f"[context restoration ({shape})] epoch {epoch + 1}/{cfg.epochs}  val MSE {val_loss:.4f}")
         if val_loss < best:
             best, bad_epochs = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
