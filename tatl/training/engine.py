@@ -95,7 +95,8 @@ def fit(
     threshold: float = 0.5,
     objective: Objective = SEGMENTATION,
 ) -> dict[str, HeadProgress]:
-    """Train every head of `model` with early stopping; leave the best weights of each head loaded."""
+    """Train every head of `model` for `objective` with early stopping on cfg.monitor; leave the best weights of each
+    head loaded."""
     if not objective.segmentation and cfg.monitor != "loss":
         raise ValueError(f"{label}: validation scores no masks here, only the loss: train with monitor 'loss'")
     device = resolve_device(cfg.device)
@@ -302,7 +303,6 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
                     scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)
     losses = distributed.per_image_means(loss_sums, seen)
-    if scorer is None:
-        return {n: {"loss": losses[n]} for n in active}
-    scores = distributed.sum_scorer_over_ranks(scorer).result()  # each rank scored its share: the sums added up
+    # each rank scored its share of the images: the sums added up
+    scores = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {n: {} for n in active}
     return {n: {"loss": losses[n], **scores[n]} for n in active}
