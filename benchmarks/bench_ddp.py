@@ -40,8 +40,7 @@ def worker(args: argparse.Namespace) -> None:
     from tatl.models.multihead import MultiHeadSegmenter
     from tatl.models.networks import build_model
     from tatl.training import parallel
-    from tatl.training.engine import autocast_dtype, evaluate_heads, train_one_epoch
-    from tatl.training.losses import TatlLoss
+    from tatl.training.engine import TrainingSetup, autocast_dtype, evaluate_heads, train_one_epoch
 
     torch.set_num_threads(args.threads)
     distributed.setup(args.device)
@@ -54,19 +53,18 @@ def worker(args: argparse.Namespace) -> None:
     model.to(device, memory_format=torch.channels_last)
     parallel.freeze_unused_parameters(model, train_set[0][0][None].to(device))
     optimizers = {"a": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
-    amp_dtype = autocast_dtype(device, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    setup = TrainingSetup(model, optimizers, cfg, train_encoder=True, label="bench", device=device,
+                          amp_dtype=autocast_dtype(device, cfg))
     step_model = parallel.training_forward(model, ["a"], True, device)
     train_times, val_times = [], []
     for epoch in range(args.epochs):
         distributed.barrier()
         started = time.perf_counter()
-        train_one_epoch(model, ["a"], train_set, cfg, epoch, device, TatlLoss(), optimizers, scaler, amp_dtype, True,
-                        "bench", step_model)
+        train_one_epoch(setup, ["a"], train_set, epoch, step_model)
         synchronize()
         distributed.barrier()
         validated = time.perf_counter()
-        evaluate_heads(model, ["a"], val_set, cfg, device, TatlLoss(), amp_dtype, 0.5)
+        evaluate_heads(setup, ["a"], val_set)
         synchronize()
         distributed.barrier()
         train_times.append(validated - started)

@@ -134,8 +134,7 @@ def epoch_comparison(source: str, count: int, repeats: int, folder: Path) -> dic
     from tatl.data.isic import find_samples
     from tatl.models.multihead import MultiHeadSegmenter
     from tatl.models.networks import build_model
-    from tatl.training.engine import train_one_epoch
-    from tatl.training.losses import TatlLoss
+    from tatl.training.engine import TrainingSetup, train_one_epoch
 
     class DecodeEveryEpoch(torch.utils.data.Dataset):
         """tatl's own readers at every access: the work the cache saves."""
@@ -171,15 +170,13 @@ def epoch_comparison(source: str, count: int, repeats: int, folder: Path) -> dic
     torch.manual_seed(0)
     base = build_model("unet", "paper-efficientnet-b0")
     cfg = TrainConfig(batch_size=EPOCH_BATCH, device="cpu", channels_last=True, augment=False)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def epoch_seconds(dataset) -> float:
         model = MultiHeadSegmenter.from_model(copy.deepcopy(base), ["lesion"]).to(memory_format=torch.channels_last)
         optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
+        setup = TrainingSetup(model, optimizers, cfg, train_encoder=True, label="bench")
         epochs = itertools.count()
-        return median_seconds(lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epochs),
-                                                      torch.device("cpu"), TatlLoss(), optimizers, scaler, None,
-                                                      True, "bench"), repeats)
+        return median_seconds(lambda: train_one_epoch(setup, ["lesion"], dataset, next(epochs)), repeats)
 
     uncached_s, cached_s = epoch_seconds(uncached), epoch_seconds(cached)
     return {"source": what, "images": len(samples), "uncached_epoch_s": uncached_s, "cached_epoch_s": cached_s,

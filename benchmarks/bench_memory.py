@@ -78,8 +78,7 @@ def child_train(size: int, batch: int, steps: int) -> None:
     from tatl.config import TrainConfig
     from tatl.models.multihead import MultiHeadSegmenter
     from tatl.models.networks import build_model
-    from tatl.training.engine import train_one_epoch
-    from tatl.training.losses import TatlLoss
+    from tatl.training.engine import TrainingSetup, train_one_epoch
 
     dataset = random_data(steps * batch, size, 1)
     torch.manual_seed(0)
@@ -87,8 +86,7 @@ def child_train(size: int, batch: int, steps: int) -> None:
     model = model.to(memory_format=torch.channels_last)
     optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
     cfg = TrainConfig(batch_size=batch, device="cpu", channels_last=True, augment=False)
-    train_one_epoch(model, ["lesion"], dataset, cfg, 0, torch.device("cpu"), TatlLoss(),
-                    optimizers, torch.amp.GradScaler("cuda", enabled=False), None, True, "bench")
+    train_one_epoch(TrainingSetup(model, optimizers, cfg, train_encoder=True, label="bench"), ["lesion"], dataset, 0)
 
 
 def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
@@ -98,8 +96,7 @@ def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
     from tatl.config import TrainConfig
     from tatl.constants import ATTRIBUTES_2018
     from tatl.models.networks import build_model
-    from tatl.training.engine import train_one_epoch
-    from tatl.training.losses import TatlLoss
+    from tatl.training.engine import TrainingSetup, train_one_epoch
 
     names, device = list(ATTRIBUTES_2018), torch.device("cpu")
     dataset = random_data(steps * batch, size, len(names))
@@ -108,8 +105,7 @@ def child_stage3(size: int, batch: int, steps: int, plain: bool) -> None:
     if plain:
         return summed_backward_epoch(model, optimizers, dataset, device)
     cfg = TrainConfig(batch_size=batch, device="cpu", channels_last=True, augment=False)
-    train_one_epoch(model, names, dataset, cfg, 0, device, TatlLoss(), optimizers,
-                    torch.amp.GradScaler("cuda", enabled=False), None, False, "bench")
+    train_one_epoch(TrainingSetup(model, optimizers, cfg, train_encoder=False, label="bench"), names, dataset, 0)
 
 
 def write_large_jpegs(folder: Path, count: int) -> list[Path]:

@@ -37,7 +37,7 @@ from tatl.data.synth import render_sample
 from tatl.models.faithful import FAITHFUL_BODIES, UNET_FILTERS, concatenated_conv
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
-from tatl.training.engine import autocast_dtype, train_one_epoch
+from tatl.training.engine import TrainingSetup, autocast_dtype, train_one_epoch
 from tatl.training.losses import TatlLoss
 
 
@@ -57,10 +57,9 @@ def tatl_epoch(base: torch.nn.Module, names: list[str], dataset, cfg: TrainConfi
     """A function running one more epoch of tatl's train_one_epoch for `names` on the frozen encoder."""
     model, optimizers = frozen_encoder_heads(base, names, device)
     epochs = itertools.count()
-    amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return lambda: train_one_epoch(model, names, dataset, cfg, next(epochs), device, TatlLoss(), optimizers, scaler,
-                                   amp_dtype, False, "bench")
+    setup = TrainingSetup(model, optimizers, cfg, train_encoder=False, label="bench", device=device,
+                          amp_dtype=autocast_dtype(device, cfg))  # as engine.fit: None on the CPU
+    return lambda: train_one_epoch(setup, names, dataset, next(epochs))
 
 
 def frozen_encoder_heads(base: torch.nn.Module, names: list[str], device: torch.device):

@@ -31,7 +31,7 @@ from tatl.data.isic import find_samples
 from tatl.data.synth import write_synthetic_dataset
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
-from tatl.training.engine import autocast_dtype, train_one_epoch
+from tatl.training.engine import TrainingSetup, autocast_dtype, train_one_epoch
 from tatl.training.losses import TatlLoss
 
 PH2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
@@ -96,14 +96,14 @@ def main() -> None:
         dataset = SegmentationDataset(images, masks, augment=False)
         cfg = TrainConfig(batch_size=BATCH, device=device.type, channels_last=True)
         amp_dtype = autocast_dtype(device, cfg)  # as engine.fit: None on the CPU
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         model = MultiHeadSegmenter.from_model(base, ["lesion"]).to(device, memory_format=torch.channels_last)
         optimizers = {"lesion": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)}
+        setup = TrainingSetup(model, optimizers, cfg, train_encoder=True, label="bench", device=device,
+                              amp_dtype=amp_dtype)
         epoch = iter(range(1000))
         times = interleaved_medians({  # taking turns: a drift in the machine's speed hits both alike
             "plain": lambda: plain_epoch(plain_model, loader, optimizer, TatlLoss(), device),
-            "tatl": lambda: train_one_epoch(model, ["lesion"], dataset, cfg, next(epoch), device, TatlLoss(),
-                                            optimizers, scaler, amp_dtype, True, "bench"),
+            "tatl": lambda: train_one_epoch(setup, ["lesion"], dataset, next(epoch)),
         }, args.repeats)
         plain_s, tatl_s = times["plain"], times["tatl"]
     n = len(samples)

@@ -21,8 +21,7 @@ from tatl import distributed
 from tatl.config import TrainConfig
 from tatl.data.dataset import SegmentationDataset
 from tatl.models.multihead import DecoderHead, MultiHeadSegmenter
-from tatl.training.engine import evaluate_heads, fit
-from tatl.training.losses import TatlLoss
+from tatl.training.engine import TrainingSetup, evaluate_heads, fit
 
 NAMES = ["a", "b"]
 
@@ -60,18 +59,32 @@ def data(n: int = 20, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return images, masks
 
 
-class TinyRestorer(nn.Module):
-    """A 3-channel image-to-image network without BatchNorm, with one parameter it never uses."""
+class CountingEncoder(TinyEncoder):
+    """TinyEncoder counting the images this rank encodes in training and in validation (eval mode, no_grad)."""
 
     def __init__(self):
         super().__init__()
-        self.encoder, self.decoder = TinyEncoder(), TinyDecoder()
-        self.head = nn.Conv2d(8, 3, 1)
-        self.images_seen = {"train": 0, "eval": 0}  # by this rank
+        self.images_seen = {"train": 0, "eval": 0}
 
     def forward(self, x):
-        self.images_seen["train" if self.training else "eval"] += len(x)
-        return self.head(self.decoder(self.encoder(x)))
+        if self.training:
+            self.images_seen["train"] += len(x)
+        elif not torch.is_grad_enabled():  # not the eval-mode probe for unused parameters (engine.fit, torchrun)
+            self.images_seen["eval"] += len(x)
+        return super().forward(x)
+
+
+class TinyRestorer(nn.Module):
+    """A 3-channel image-to-image network without BatchNorm, with one parameter it never uses, built like smp's
+    (encoder, decoder, segmentation_head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = CountingEncoder(), TinyDecoder()
+        self.segmentation_head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.segmentation_head(self.decoder(self.encoder(x)))
 
 
 def pretext(out: Path) -> None:
@@ -87,7 +100,7 @@ def pretext(out: Path) -> None:
     images, _ = data()
     cfg = TrainConfig(epochs=3, patience=5, batch_size=4, lr=0.05, device="cpu", seed=3, channels_last=False)
     state = pretext.train_context_restoration("unet", "tiny", None, images, images[:7], cfg, out / "pretext")
-    torch.save({"state": state, "world": distributed.world_size(), "images_seen": built[0].images_seen},
+    torch.save({"state": state, "world": distributed.world_size(), "images_seen": built[0].encoder.images_seen},
                out / f"rank{distributed.rank()}.pt")
 
 
@@ -107,7 +120,7 @@ def main(out: Path, mode: str) -> None:
     cfg = TrainConfig(epochs=3, patience=5, batch_size=4, lr=0.05, device="cpu", seed=3, channels_last=False)
     progress = fit(model, train_set, val_set, cfg, {n: out / "heads" / n for n in names},
                    train_encoder=mode == "trainable", label=f"ddp {mode}")
-    val = evaluate_heads(model, names, val_set, cfg, torch.device("cpu"), TatlLoss(), None, 0.5)
+    val = evaluate_heads(TrainingSetup(model, {}, cfg, train_encoder=False, label="check"), names, val_set)
     result = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "val": val,
               "history": {n: p.history for n, p in progress.items()}, "world": distributed.world_size()}
     torch.save(result, out / f"rank{distributed.rank()}.pt")

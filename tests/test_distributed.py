@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from compare import assert_close_numbers
+from thread_ranks import ThreadRanks
 
 from tatl import distributed
-from tatl.errors import ConfigError
+from tatl.errors import ConfigError, DataError, TatlError
 from tatl.training import parallel
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -70,6 +72,67 @@ def test_outside_torchrun_nothing_is_distributed():
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_main_process()
     assert distributed.main_process_first(lambda: 7) == 7
     assert distributed.rank_batches(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # as a single process
+
+
+# --------------------------------------------------------------------------------------- decoded-image cache
+@pytest.fixture
+def thread_ranks(monkeypatch) -> ThreadRanks:
+    """Two ranks played by threads: tatl.distributed's collectives meet at a barrier instead of a process group."""
+    ranks = ThreadRanks()
+    ranks.play_torchrun(monkeypatch)
+    return ranks
+
+
+def test_rank_0_alone_decodes_and_writes_each_cache_entry_and_every_rank_maps_it(tmp_path, monkeypatch,
+                                                                                 thread_ranks):
+    from tatl.data import cache
+
+    built, written = [], []
+    real_atomic_write = cache.atomic_write
+
+    def recording_write(path, *args, **kwargs):
+        written.append((thread_ranks.rank(), Path(path).name))
+        return real_atomic_write(path, *args, **kwargs)
+
+    def array(n: int) -> np.ndarray:
+        return np.arange(n * 12, dtype=np.uint8).reshape(n, 3, 4)
+
+    def build(n: int) -> np.ndarray:
+        built.append((thread_ranks.rank(), n))
+        return array(n)
+
+    monkeypatch.setattr(cache, "atomic_write", recording_write)
+    entries = [(tmp_path / "cache", {"what": "images", "n": n}, lambda n=n: build(n)) for n in (1, 2)]
+    first, again = (thread_ranks.run(lambda: [cache.cached_array(*entry) for entry in entries]) for _ in range(2))
+    assert built == [(0, 1), (0, 2)]  # once, by rank 0; the second time every rank mapped the files
+    assert [rank for rank, _ in written] == [0, 0]
+    assert sorted(name for _, name in written) == sorted(f.name for f in (tmp_path / "cache").iterdir())
+    for arrays in (*first, *again):
+        assert [a.tolist() for a in arrays] == [array(n).tolist() for n in (1, 2)]
+        assert all(isinstance(a, np.memmap) for a in arrays)
+
+    built.clear()  # the cache disabled: each rank decodes for itself, in memory, as before
+    arrays = thread_ranks.run(lambda: cache.cached_array(None, {"what": "images"}, lambda: build(1)))
+    assert sorted(rank for rank, _ in built) == [0, 1] and np.array_equal(*arrays)
+
+
+def test_a_cache_entry_rank_0_cannot_write_stops_the_other_ranks_too(tmp_path, thread_ranks):
+    from tatl.data.cache import cached_array
+
+    def build():
+        if thread_ranks.rank() != 0:
+            pytest.fail("only rank 0 builds")
+        raise DataError("image.jpg: cannot decode")
+
+    def attempt():
+        try:
+            return cached_array(tmp_path / "cache", {"what": "images"}, build)
+        except TatlError as error:
+            return error
+
+    on_rank_0, on_rank_1 = thread_ranks.run(attempt)
+    assert isinstance(on_rank_0, DataError) and str(on_rank_0) == "image.jpg: cannot decode"
+    assert str(on_rank_1) == "rank 0 stopped: DataError: image.jpg: cannot decode"  # not left waiting
 
 
 # --------------------------------------------------------------------------------- the training loop, exactly

@@ -97,8 +97,9 @@ def test_each_strategy_trains(init: str, data: Path, tmp_path: Path, encoder_fil
                  "--variants", "1,3"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["variant 1,3"]["unet"]) == {"pigment_network", "globules", "micro_average", "macro_average"}
-    if init == "context-restoration":
-        assert (run / "pretext-crops" / "unet" / "best.pt").is_file()
+    if init == "context-restoration":  # trained by engine.fit: its files are a stage's
+        for name in ("best.pt", "last.pt", "log.csv", "done.json"):
+            assert (run / "pretext-crops" / "unet" / name).is_file(), name
     log = (run / "stage3-v13" / "unet" / "globules" / "log.csv").read_text().splitlines()
     assert len(log) == 2
 
@@ -255,3 +256,77 @@ def test_swapped_patches_keep_the_colour_histogram_and_change_the_context():
     assert np.array_equal(np.sort(image.reshape(-1, 3), axis=0), np.sort(disturbed.reshape(-1, 3), axis=0))
     x, y = RestorationDataset(image[None], seed=0)[0]
     assert x.shape == y.shape == (3, 32, 32)
+
+
+# ------------------------------------------------------------------------------- the context-restoration pretext
+def pretext_images(n: int = 12, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def train_pretext(out: Path, **changes) -> dict[str, torch.Tensor]:
+    from tatl.config import TrainConfig
+    from tatl.training.pretext import train_context_restoration
+
+    values = dict(epochs=3, patience=5, batch_size=4, lr=0.01, device="cpu", seed=3)
+    images = pretext_images()
+    return train_context_restoration("unet", "tu-resnet10t", None, images[:8], images[8:],
+                                     TrainConfig(**{**values, **changes}), out)
+
+
+def test_the_pretext_resumes_from_last_pt_after_an_interruption(tmp_path: Path, monkeypatch):
+    """Killed in its second epoch, the pretext continues from last.pt at that epoch (not from the start) and ends
+    where an uninterrupted run ends; its best.pt is the network Stage 3 loads (keys of the 3-channel network)."""
+    from tatl.training import engine
+
+    straight = train_pretext(tmp_path / "straight")
+    trained: list[int] = []
+    real_train_one_epoch = engine.train_one_epoch
+
+    def killed_in_epoch_2_once(setup, active, dataset, epoch, step_model=None):
+        trained.append(epoch)
+        if trained == [0, 1]:
+            raise KeyboardInterrupt("killed")
+        return real_train_one_epoch(setup, active, dataset, epoch, step_model)
+
+    monkeypatch.setattr(engine, "train_one_epoch", killed_in_epoch_2_once)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_pretext(out)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0 and not (out / "done.json").exists()
+    resumed = train_pretext(out)
+    assert trained == [0, 1, 1, 2]  # the second call went on with epoch 2 and 3
+    with open(out / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]  # one row per epoch, none repeated
+    assert resumed.keys() == straight.keys() == build_model("unet", "tu-resnet10t", None, classes=3).state_dict().keys()
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key
+    best = load_checkpoint(out / "best.pt")
+    assert all(torch.equal(best["model"][key], value) for key, value in resumed.items())
+    best_mse = json.loads((out / "done.json").read_text())["best_val_mse"]
+    assert best_mse == min(float(row["loss"]) for row in rows) == float(rows[best["epoch"]]["loss"])
+
+
+def test_a_nan_pretext_loss_stops_it_naming_the_stage_epoch_and_batch(tmp_path: Path):
+    from tatl.training.engine import TrainingDiverged
+
+    # A NaN rate: the first step poisons the weights, so the second batch's loss is NaN.
+    with pytest.raises(TrainingDiverged, match=r"context restoration \(unet\): loss of restoration is nan at epoch 1, "
+                                               r"batch 2; the last good checkpoint is kept"):
+        train_pretext(tmp_path / "pretext", lr=float("nan"))
+    assert not list((tmp_path / "pretext").glob("*.pt")) and not (tmp_path / "pretext" / "done.json").exists()
+
+
+def test_a_finished_pretext_folder_from_before_is_reused_as_it_is(tmp_path: Path, monkeypatch):
+    """A pretext folder written before the pretext trained with engine.fit: best.pt ({"model", "epoch",
+    "best_score"}) and done.json, no last.pt or log.csv."""
+    from tatl.training import pretext
+
+    out = tmp_path / "pretext-full" / "unet"
+    out.mkdir(parents=True)
+    state = build_model("unet", "tu-resnet10t", None, classes=3).state_dict()
+    torch.save({"model": state, "epoch": 4, "best_score": -0.5}, out / "best.pt")
+    (out / "done.json").write_text(json.dumps({"best_val_mse": 0.5}))
+    monkeypatch.setattr(pretext, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
+    reused = train_pretext(out)
+    assert reused.keys() == state.keys() and all(torch.equal(reused[k], v) for k, v in state.items())

@@ -28,7 +28,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 # written, before it is renamed over the checkpoint. The moment a real kill during a write would leave behind.
 DIE_IN_WRITE = """
 import os, signal, sys
-import tatl.io
 real_replace, count = os.replace, [0]
 def replace(src, dst):
     if str(dst).endswith(".pt"):
@@ -36,7 +35,7 @@ def replace(src, dst):
         if count[0] == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
-tatl.io.os.replace = replace
+os.replace = replace  # what tatl.io.atomic_write renames with
 from tatl.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from compare import assert_close_numbers
+from thread_ranks import ThreadRanks
 
 from tatl.cli import main
 from tatl.constants import ATTRIBUTES_2018
@@ -337,55 +338,9 @@ def test_strict_transfer_from_the_three_class_pretext_head_logs_its_reinitialisa
     assert pretext.keys() == target.keys()  # every other tensor was transferred, strictly
 
 
-class ThreadRanks:
-    """Two torchrun ranks played by two threads of this process: gather and all-reduce meet at a barrier."""
-
-    def __init__(self, world: int = 2) -> None:
-        import threading
-
-        self.world, self.local = world, threading.local()
-        self.barrier, self.slots = threading.Barrier(world, timeout=120), [None] * world
-
-    def rank(self) -> int:
-        return self.local.rank
-
-    def gather(self, value):
-        self.slots[self.rank()] = value
-        self.barrier.wait()
-        out = list(self.slots)
-        self.barrier.wait()  # nobody writes the next round's slot before everyone has read this one
-        return out
-
-    def all_reduce_sum(self, values):
-        return sum(part.double() for part in self.gather(values.clone()))
-
-    def run(self, work) -> list:
-        import threading
-
-        results, errors = [None] * self.world, []
-
-        def play(rank: int) -> None:
-            self.local.rank = rank
-            try:
-                results[rank] = work()
-            except BaseException as error:  # reported below; the other thread must not wait for ever
-                errors.append(error)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=play, args=(rank,)) for rank in range(self.world)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
 def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_process(tuned_run, monkeypatch):
     """Under torchrun each rank predicts and scores only its share of the images (tuned thresholds included) and
     every rank ends with the boxes and scores one process computes."""
-    from tatl import distributed
     from tatl.pipeline import stages as pipeline
 
     ctx, boxes = _context(tuned_run), _boxes(tuned_run)
@@ -403,9 +358,7 @@ def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_
         predicted[ranks.rank()].append(len(images))
         return predict(model, images, *args, **kwargs)
 
-    for name, value in {"is_distributed": lambda: True, "rank": ranks.rank, "world_size": lambda: 2,
-                        "gather_from_ranks": ranks.gather, "all_reduce_sum": ranks.all_reduce_sum}.items():
-        monkeypatch.setattr(distributed, name, value)
+    ranks.play_torchrun(monkeypatch)
     monkeypatch.setattr(pipeline, "predict_probabilities", counting_predict)
     results = ranks.run(lambda: (pipeline.stage1_boxes(ctx, segment_net),
                                  pipeline.evaluate_variant(ctx, models, boxes)))

@@ -7,6 +7,9 @@ folder to reclaim the space).
 
 Writes are atomic (a temporary file in the same folder, fsync, os.replace), so an interrupted run or two runs
 sharing a cache never leave a half-written entry under a final name. Entries are loaded as read-only memory maps.
+
+Under torchrun rank 0 alone decodes and writes an entry; the other ranks wait for it, then map the file it wrote
+(every rank asks for the same entries, since each loads the whole set and then takes its share).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tatl import distributed
 from tatl.errors import DataError
 from tatl.io import atomic_write
 
@@ -50,19 +54,27 @@ def cached_array(cache_dir: Path | None, key: dict, build: Callable[[], np.ndarr
     """The array for `key`: loaded from `cache_dir` (read-only memory map) or built, saved and loaded.
 
     cache_dir None: just build (a writable in-memory array). A failed write (full disk, no permission) raises a
-    DataError naming the cache folder.
+    DataError naming the cache folder. Under torchrun every rank must call this with the same key: the others wait
+    while rank 0 builds, and a failure on rank 0 stops them too.
     """
     if cache_dir is None:
         return build()
     path = cache_file(cache_dir, key)
-    cached = _load(path)
-    if cached is not None:
-        log.debug(f"cache: {path.name} read")
-        return cached
-    log.debug(f"cache: {path.name} not found, decoding")
-    array = np.asarray(build())
-    _write_atomic(path, array)
-    return np.load(path, mmap_mode="r")
+
+    def load_or_build() -> np.ndarray:
+        cached = _load(path)
+        if cached is not None:
+            log.debug(f"cache: {path.name} read")
+            return cached
+        if not distributed.is_main_process():  # rank 0 has just written it: this process sees another folder
+            raise DataError(f"{path}: written by torchrun rank 0 but not readable here; every process must see the "
+                            "same cache folder (or run with --set data.cache=false)")
+        log.debug(f"cache: {path.name} not found, decoding")
+        array = np.asarray(build())
+        _write_atomic(path, array)
+        return np.load(path, mmap_mode="r")
+
+    return distributed.main_process_first(load_or_build)  # rank 0 first; the other ranks then read its file
 
 
 def _load(path: Path) -> np.ndarray | None:
@@ -77,8 +89,7 @@ def _load(path: Path) -> np.ndarray | None:
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:
     try:
-        # every_rank: under torchrun each rank may build the same entry; the rename makes that harmless
-        atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), durable=True, every_rank=True)
+        atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), durable=True)
     except DataError as error:
         cause = error.__cause__ if isinstance(error.__cause__, OSError) else OSError(str(error))
         raise _cache_error(path.parent, cause, array) from cause

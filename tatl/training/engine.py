@@ -7,10 +7,15 @@ mode (its weights and BatchNorm statistics never change) and each decoder sees o
 follows exactly the updates it would get if trained alone, at a fraction of the cost. TATL-NF trains one decoder and
 its own encoder per attribute.
 
-Files: each head's folder gets `best.pt` and `last.pt` (a plain model state in the single-network key format, the
-optimizer, epoch, early-stopping counters and history, config), both replaced atomically, and `log.csv`. `last.pt`
-is all a resume needs: heads on a frozen encoder are independent, so after a kill between two heads' writes each
-head simply continues from its own last epoch, with the same batches (they depend on seed and epoch only).
+Files (tatl.training.head_progress): each head's folder gets `best.pt` and `last.pt` (a plain model state in the
+single-network key format, the optimizer, epoch, early-stopping counters and history, config), both replaced
+atomically, and `log.csv`. `last.pt` is all a resume needs: heads on a frozen encoder are independent, so after a
+kill between two heads' writes each head simply continues from its own last epoch, with the same batches (they
+depend on seed and epoch only).
+
+What the heads learn is an Objective: segmentation (every stage: each head its own mask channel, the Eq. 1-3 loss,
+official Jaccard/Dice in validation) or image restoration (the context-restoration pretext of tatl.training.pretext:
+the whole target image, mean squared error, validation loss as the monitor).
 
 Under torchrun (tatl.distributed) the same loop runs on every rank: each takes a slice of every batch, the training
 forward is wrapped in DistributedDataParallel, validation sums are added up across ranks, and rank 0 writes.
@@ -18,13 +23,11 @@ forward is wrapped in DistributedDataParallel, validation sums are added up acro
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +35,14 @@ import torch
 from torch import nn
 
 from tatl import distributed, logs
-from tatl.checkpoints import load_checkpoint, save_checkpoint
+from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.device import resolve_device
 from tatl.errors import TatlError
-from tatl.io import write_text
 from tatl.metrics.isic2018 import Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
 from tatl.training import parallel
+from tatl.training.head_progress import HeadProgress, resume_head, save_epoch, update_progress
 from tatl.training.losses import TatlLoss
 
 log = logging.getLogger(__name__)
@@ -49,15 +52,36 @@ class TrainingDiverged(TatlError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass
-class HeadProgress:
-    """Early-stopping bookkeeping of one target."""
+@dataclass(frozen=True)
+class Objective:
+    """What each head learns from a batch (x, y): `loss(logits, target)`, with target its own mask channel of y
+    (`segmentation`, and validation adds the official Jaccard and Dice) or all of y (an image to restore, and the
+    validation loss is the only score: train with monitor "loss")."""
 
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    stopped: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
+    loss: nn.Module
+    segmentation: bool = True
+
+
+SEGMENTATION = Objective(TatlLoss())
+
+
+@dataclass
+class TrainingSetup:
+    """What every epoch of one training uses, made once by fit (a benchmark makes its own)."""
+
+    model: MultiHeadSegmenter
+    optimizers: dict[str, torch.optim.Optimizer]  # one per head
+    cfg: TrainConfig
+    train_encoder: bool
+    label: str  # names the network in messages, e.g. "stage 2 (crops, unet)"
+    objective: Objective = SEGMENTATION
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None  # autocast_dtype(device, cfg); None: fp32
+    scaler: torch.amp.GradScaler | None = None  # None: one that scales the losses under fp16 autocast only
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
 
 def fit(
@@ -70,8 +94,12 @@ def fit(
     label: str,
     config_dict: dict[str, Any] | None = None,
     threshold: float = 0.5,
+    objective: Objective = SEGMENTATION,
 ) -> dict[str, HeadProgress]:
-    """Train every head of `model` with early stopping; leave the best weights of each head loaded."""
+    """Train every head of `model` for `objective` with early stopping on cfg.monitor; leave the best weights of each
+    head loaded."""
+    if not objective.segmentation and cfg.monitor != "loss":
+        raise ValueError(f"{label}: validation scores no masks here, only the loss: train with monitor 'loss'")
     device = resolve_device(cfg.device)
     names = list(model.heads)
     model.to(device)
@@ -92,10 +120,8 @@ def fit(
     optimizers = {n: _optimizer(model, n, train_encoder, cfg) for n in names}
     progress = {n: HeadProgress() for n in names}
     for n in names:
-        _resume(model, n, optimizers[n], progress, head_dirs[n] / "last.pt", device, cfg.lr)
-    loss_fn = TatlLoss()
-    amp_dtype = autocast_dtype(device, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        resume_head(model, n, optimizers[n], progress, head_dirs[n] / "last.pt", device, cfg.lr)
+    setup = TrainingSetup(model, optimizers, cfg, train_encoder, label, objective, device, autocast_dtype(device, cfg))
     for epoch in range(min(len(p.history) for p in progress.values()), cfg.epochs):
         active = [n for n in names if not progress[n].stopped and len(progress[n].history) == epoch]
         if not active:
@@ -103,16 +129,15 @@ def fit(
         started = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # stochastic depth etc.: same per epoch, also after resume
         step_model = parallel.training_forward(model, active, train_encoder, device)  # the heads still training
-        train_loss = train_one_epoch(model, active, train_set, cfg, epoch, device, loss_fn, optimizers, scaler,
-                                     amp_dtype, train_encoder, label, step_model)
+        train_loss = train_one_epoch(setup, active, train_set, epoch, step_model)
         distributed.broadcast_buffers(model)  # under torchrun: validate (and save) rank 0's network on every rank
-        val = evaluate_heads(model, active, val_set, cfg, device, loss_fn, amp_dtype, threshold)
+        val = evaluate_heads(setup, active, val_set, threshold)
         _stop_if_diverged(val, label, epoch, cfg)  # before saving: a diverged network must not become last.pt
         for n in active:
             row = {"epoch": epoch, "train_loss": train_loss[n], **val[n], "seconds": time.perf_counter() - started}
-            _update_progress(progress[n], row, cfg)
+            update_progress(progress[n], row, cfg)
         if distributed.is_main_process():
-            _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
+            save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label)
             summary = "  ".join(f"{n}: {cfg.monitor} {val[n][cfg.monitor]:.3f}" for n in active)
             log.info(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}")
         distributed.barrier()  # the other ranks read best.pt below: wait until rank 0 has written it
@@ -179,11 +204,21 @@ def mask_channels(dataset, names: list[str]) -> dict[str, int]:
     return {name: targets.index(name) for name in names}
 
 
-def train_one_epoch(model, active, dataset, cfg, epoch, device, loss_fn, optimizers, scaler, amp_dtype, train_encoder,
-                    label, step_model: nn.Module | None = None) -> dict[str, float]:
-    """One epoch of every active head; `step_model` runs the forward (default: TrainingForward, no DDP)."""
+def target_parts(dataset, names: list[str], objective: Objective) -> dict[str, int | slice]:
+    """Which part of a batch's y each head learns: its own mask channel, or all of y when it restores an image."""
+    if not objective.segmentation:
+        return dict.fromkeys(names, slice(None))
+    return mask_channels(dataset, names)
+
+
+def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.utils.data.Dataset, epoch: int,
+                    step_model: nn.Module | None = None) -> dict[str, float]:
+    """One epoch of every active head; `step_model` runs the forward (default: TrainingForward, no DDP). Returns
+    each head's mean training loss."""
+    model, cfg, device, label, train_encoder = setup.model, setup.cfg, setup.device, setup.label, setup.train_encoder
+    optimizers, scaler, amp_dtype, loss_fn = setup.optimizers, setup.scaler, setup.amp_dtype, setup.objective.loss
     step_model = step_model or TrainingForward(model, active, train_encoder)
-    channel = mask_channels(dataset, list(model.heads))
+    channel = target_parts(dataset, list(model.heads), setup.objective)
     model.train()
     if not train_encoder:
         model.encoder.eval()  # frozen: BatchNorm running statistics must not move either
@@ -246,11 +281,14 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, threshold) -> dict[str, dict]:
-    """Validation loss and official-semantics Jaccard/Dice per head, at the training resolution."""
-    channel = mask_channels(dataset, list(model.heads))
+def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils.data.Dataset,
+                   threshold: float = 0.5) -> dict[str, dict]:
+    """Validation loss per head (a per-image mean) and, for segmentation, official-semantics Jaccard/Dice, at the
+    training resolution."""
+    model, cfg, device, amp_dtype, loss_fn = setup.model, setup.cfg, setup.device, setup.amp_dtype, setup.objective.loss
+    channel = target_parts(dataset, list(model.heads), setup.objective)
     model.eval()
-    scorer = Task2Scorer(active)
+    scorer = Task2Scorer(active) if setup.objective.segmentation else None
     loss_sums = {n: 0.0 for n in active}
     seen = 0
     for x, y in _loader(dataset, cfg, None, device):
@@ -261,50 +299,10 @@ def evaluate_heads(model, active, dataset, cfg, device, loss_fn, amp_dtype, thre
                 logits = model.heads[n](features).float()
                 truth = y[:, channel[n]]
                 loss_sums[n] += loss_fn(logits, truth).item() * len(x)
-                scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
+                if scorer is not None:
+                    scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
         seen += len(x)
-    distributed.sum_scorer_over_ranks(scorer)  # each rank scored its share of the images: add the sums up
-    losses, scores = distributed.per_image_means(loss_sums, seen), scorer.result()
+    losses = distributed.per_image_means(loss_sums, seen)
+    # each rank scored its share of the images: the sums added up
+    scores = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {n: {} for n in active}
     return {n: {"loss": losses[n], **scores[n]} for n in active}
-
-
-def _update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:
-    score = -row["loss"] if cfg.monitor == "loss" else row[cfg.monitor]
-    row["improved"] = score > progress.best_score
-    if row["improved"]:
-        progress.best_score, progress.best_epoch, progress.bad_epochs = score, int(row["epoch"]), 0
-    else:
-        progress.bad_epochs += 1
-        progress.stopped = progress.bad_epochs >= cfg.patience
-    progress.history.append(row)
-
-
-def _save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label) -> None:
-    for n in active:
-        head = {"model": model.head_state(n), "optimizer": optimizers[n].state_dict(), "epoch": epoch,
-                "best_score": progress[n].best_score, "best_epoch": progress[n].best_epoch,
-                "progress": vars(progress[n]), "config": config_dict, "label": f"{label}/{n}"}
-        if progress[n].history[-1]["improved"]:
-            save_checkpoint(head, head_dirs[n] / "best.pt")
-        # A kill here leaves best.pt one epoch ahead of last.pt: the resumed epoch recomputes the same best.
-        save_checkpoint(head, head_dirs[n] / "last.pt")
-        _write_log(head_dirs[n] / "log.csv", progress[n].history)
-
-
-def _resume(model, name, optimizer, progress, path: Path, device: torch.device, lr: float) -> None:
-    if not path.exists():
-        return
-    state = load_checkpoint(path, map_location=device)
-    model.load_head_state(name, state["model"], path)
-    optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:
-        group["lr"] = lr  # the configured rate wins, so a diverged run can resume with a lower one
-    progress[name] = HeadProgress(**state["progress"])
-
-
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue(), durable=True)

@@ -39,13 +39,12 @@ def training_forward(model: MultiHeadSegmenter, names: list[str], train_encoder:
     return step_model
 
 
-def data_parallel(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
     if not is_distributed():
         return module
     device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None  # this rank's GPU (setup)
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def freeze_unused_parameters(model: MultiHeadSegmenter, example: torch.Tensor) -> list[str]:

@@ -1,0 +1,76 @@
+"""Each head's early-stopping bookkeeping and the files it lives in: best.pt, last.pt and log.csv in the head's folder.
+
+`last.pt` carries the whole HeadProgress, so a resumed head continues with the same best score, patience count and
+history (tatl.training.engine).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tatl.checkpoints import load_checkpoint, save_checkpoint
+from tatl.config import TrainConfig
+from tatl.io import write_text
+
+
+@dataclass
+class HeadProgress:
+    """Early-stopping bookkeeping of one target."""
+
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:
+    """Add one epoch's row (marked "improved" or not) and decide whether the head stops: `patience` epochs without
+    a better cfg.monitor ("loss": lower is better)."""
+    score = -row["loss"] if cfg.monitor == "loss" else row[cfg.monitor]
+    row["improved"] = score > progress.best_score
+    if row["improved"]:
+        progress.best_score, progress.best_epoch, progress.bad_epochs = score, int(row["epoch"]), 0
+    else:
+        progress.bad_epochs += 1
+        progress.stopped = progress.bad_epochs >= cfg.patience
+    progress.history.append(row)
+
+
+def save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label) -> None:
+    """Each active head's last.pt and log.csv, and its best.pt when this epoch improved it (rank 0 writes)."""
+    for n in active:
+        head = {"model": model.head_state(n), "optimizer": optimizers[n].state_dict(), "epoch": epoch,
+                "best_score": progress[n].best_score, "best_epoch": progress[n].best_epoch,
+                "progress": vars(progress[n]), "config": config_dict, "label": f"{label}/{n}"}
+        if progress[n].history[-1]["improved"]:
+            save_checkpoint(head, head_dirs[n] / "best.pt")
+        # A kill here leaves best.pt one epoch ahead of last.pt: the resumed epoch recomputes the same best.
+        save_checkpoint(head, head_dirs[n] / "last.pt")
+        _write_log(head_dirs[n] / "log.csv", progress[n].history)
+
+
+def resume_head(model, name, optimizer, progress, path: Path, device: torch.device, lr: float) -> None:
+    """Load head `name`'s weights, optimizer and progress from its last.pt, when there is one."""
+    if not path.exists():
+        return
+    state = load_checkpoint(path, map_location=device)
+    model.load_head_state(name, state["model"], path)
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # the configured rate wins, so a diverged run can resume with a lower one
+    progress[name] = HeadProgress(**state["progress"])
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue(), durable=True)
