@@ -52,7 +52,8 @@ from tatl.data.crops import lesion_box
 from tatl.data.dataset import normalize
 from tatl.data.images import read_image
 from tatl.data.isic import find_samples
-from tatl.inference.predictor import Predictor, checkpoint_paths, load_predictor
+from tatl.inference.predictor import Predictor, load_predictor
+from tatl.layout import BEST, RunLayout
 from tatl.models.networks import build_model
 from tatl.pipeline.scoring import average_probabilities
 
@@ -86,10 +87,11 @@ class SeparatePipeline:
     def __init__(self, predictor: Predictor, run: Path, device: torch.device, reader=plain_read):
         s = self.settings = predictor.settings
         self.read = reader
-        self.stage1 = SeparateNetwork(s.stage1_shape, s.encoder_name, run / "stage1" / s.stage1_shape / "best.pt",
-                                      device)
+        layout = RunLayout(run)
+        self.stage1 = SeparateNetwork(s.stage1_shape, s.encoder_name, layout.stage1(s.stage1_shape) / BEST, device)
         self.targets = {shape: {name: SeparateNetwork(shape, s.encoder_name, path, device)
-                                for name, path in checkpoint_paths(run, s, shape).items()} for shape in s.shapes}
+                                for name, path in layout.checkpoints(s.variant, shape, s.attributes).items()}
+                        for shape in s.shapes}
 
     def predict(self, path: Path) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
         s = self.settings

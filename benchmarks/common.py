@@ -105,7 +105,9 @@ def tiny_run(folder: Path) -> Path:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"training the tiny run failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
-    for last in run.rglob("last.pt"):  # resume state only: predict reads best.pt
+    from tatl.layout import LAST
+
+    for last in run.rglob(LAST):  # resume state only: predict reads best.pt
         last.unlink()
     return run
 
@@ -115,13 +117,14 @@ def resized_run(run: Path, size: int, folder: Path) -> Path:
     folders (symbolic links). The networks are fully convolutional, so trained-at-64 weights run at any multiple
     of 32; the work per image is that of a run trained at `size`."""
     from tatl.config import load_config, save_config
+    from tatl.layout import RunLayout
 
-    view = Path(folder) / f"run-{size}px"
-    view.mkdir(parents=True, exist_ok=True)
-    config = load_config(run / "config.yaml")
+    source, view = RunLayout(run), RunLayout(Path(folder) / f"run-{size}px")
+    view.root.mkdir(parents=True, exist_ok=True)
+    config = load_config(source.config)
     config.data.image_size = config.data.stage1_size = size
-    save_config(config, view / "config.yaml")
-    for entry in run.iterdir():
-        if entry.name.startswith("stage") or entry.name == "thresholds.json":
-            (view / entry.name).symlink_to(entry.resolve())
-    return view
+    save_config(config, view.config)
+    for entry in [*source.stage_folders(), source.thresholds]:
+        if entry.exists():
+            (view.root / entry.name).symlink_to(entry.resolve())
+    return view.root

@@ -20,9 +20,9 @@ import yaml
 from tatl.constants import ATTRIBUTES_2018
 from tatl.errors import ConfigError
 from tatl.io import write_text
+from tatl.layout import DEFAULT_VARIANT, VARIANTS, variant_stages
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-VARIANTS = ("3", "2,3", "1,3", "1,2,3")  # the ablations of Tables 2-3: which stages a variant uses
 MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
 INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  # Stage-3 starts (Tables 6-7)
 
@@ -69,7 +69,7 @@ class TrainConfig:
 
 @dataclass
 class PipelineConfig:
-    variants: list[str] = field(default_factory=lambda: ["1,2,3"])  # ablations to run: "3", "2,3", "1,3", "1,2,3"
+    variants: list[str] = field(default_factory=lambda: [DEFAULT_VARIANT])  # ablations to run: tatl.layout.VARIANTS
     encoder_mode: str = "frozen"  # Stage 3 encoder: "frozen" (TATL-FE, shared) or "trainable" (TATL-NF)
     init: str = "tatl"  # Stage 3 start without Stage 2: tatl (configured weights), imagenet, random, augmentation,
     #                     context-restoration (the baselines of Table 7); variants with Stage 2 always start from it
@@ -271,7 +271,7 @@ def validate(config: Config) -> None:
         _require(variant in VARIANTS, f"pipeline.variants: unknown variant {variant!r} (one of {' '.join(VARIANTS)})")
     _require(p.encoder_mode in ("frozen", "trainable"), f"pipeline.encoder_mode: {p.encoder_mode!r}")
     _require(p.init in INITS, f"pipeline.init: {p.init!r} (one of {', '.join(INITS)})")
-    with_stage2 = [v for v in p.variants if "2" in v.split(",")]
+    with_stage2 = [v for v in p.variants if 2 in variant_stages(v)]
     _require(p.init == "tatl" or not with_stage2, f"pipeline.init={p.init} replaces Stage 2, but variants "
              f"{' '.join(with_stage2)} use it: run variants 3 and/or 1,3 with this init")
     _require(p.augmentation_copies >= 1, "pipeline.augmentation_copies must be >= 1")

@@ -9,7 +9,9 @@
     RUN/stage2-<inputs>/<shape>/        the Attribute-Agnostic Segmenter on crops or full images
     RUN/stage3-v<stages>/<shape>/<attribute>/   one Target-Segmenter per attribute, per variant
     RUN/pretext-<inputs>/<shape>/       the context-restoration pretext network (a Stage-3 start)
-    RUN/metrics.json, summary.md, thresholds.json, report.html, report.md, report/, bound/
+    RUN/metrics.json, summary.md, thresholds.json   the scores, their Markdown table, the thresholds used
+    RUN/report.html, report.md, report/ the report (tatl.reporting.report) and its pictures
+    RUN/bound/bound.json, bound.md, bound.png   the Eq. 6-8 bound (tatl bound)
     RUN/cache/                          decoded images (data.cache)
     RUN/synthetic-data/, isic2017-converted/   data the run generated or converted for itself
 
@@ -28,6 +30,7 @@ from tatl.constants import UNION
 
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")
 DEFAULT_VARIANT = "1,2,3"  # the whole of TATL: what a run trains and predicts unless told otherwise
+INPUTS = ("crops", "full")  # what Stage 2 and 3 read: Stage-1 lesion crops or whole images (inputs_of)
 
 BEST = "best.pt"  # the best validation epoch's weights: what prediction and later stages load
 LAST = "last.pt"  # the last epoch's weights and optimiser state: what --resume continues from
@@ -113,8 +116,24 @@ class RunLayout:
         return self.root / "report.md"
 
     @property
+    def report_pictures(self) -> Path:
+        return self.root / "report"
+
+    @property
     def bound(self) -> Path:
         return self.root / "bound"
+
+    @property
+    def bound_json(self) -> Path:
+        return self.bound / "bound.json"
+
+    @property
+    def bound_markdown(self) -> Path:
+        return self.bound / "bound.md"
+
+    @property
+    def bound_chart(self) -> Path:
+        return self.bound / "bound.png"
 
     # ----------------------------------------------------------------------------------- network folders
     def stage1(self, shape: str) -> Path:

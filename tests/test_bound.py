@@ -7,13 +7,14 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from tatl.cli import main
 from tatl.errors import DataError
-from tatl.evaluation.bound import generalization_bound, hessian_spectral_norm, initialisations, open_run
+from tatl.evaluation.bound import generalization_bound, hessian_spectral_norm, initialisations
+from tatl.layout import RunLayout
+from tatl.pipeline.context import RunContext
 
 TINY_RUN = [
     "run", "synthetic", "--config", "demo", "--set", "synth.n=16", "--set", "synth.size=64",
@@ -86,7 +87,7 @@ def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny
         assert (tiny_run / "bound" / name).is_file(), name
     result = json.loads((tiny_run / "bound" / "bound.json").read_text())
     assert result["initialisations"] == ["tatl", "random"]
-    finished = open_run(tiny_run)
+    finished = RunContext.open(tiny_run)
     _, masks = finished.stage_inputs(finished.train, finished.boxes())
     present = masks.reshape(*masks.shape[:2], -1).any(axis=2).sum(axis=0)
     for index, (attribute, per_init) in enumerate(result["attributes"].items()):
@@ -103,21 +104,28 @@ def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny
 def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_run: Path):
     from tatl.checkpoints import load_checkpoint
 
-    inits = initialisations(open_run(tiny_run), "unet", "1,2,3")
+    inits = initialisations(RunContext.open(tiny_run), "unet", "1,2,3")
     stage2 = load_checkpoint(tiny_run / "stage2-crops" / "unet" / "best.pt")["model"]
     assert all(torch.equal(inits["tatl"]()[k], v) for k, v in stage2.items())
     first, second = inits["random"](), inits["random"]()  # seeded: the same start Stage 3 of variant 1,3 gets
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["decoder.blocks.0.conv1.0.weight"], stage2["decoder.blocks.0.conv1.0.weight"])
-    assert list(initialisations(open_run(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
+    assert list(initialisations(RunContext.open(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
 
 
 def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
     for name in ("config.yaml", "splits.json"):
         shutil.copy(tiny_run / name, tmp_path / name)
     with pytest.raises(DataError, match="--data"):
-        open_run(tmp_path)
-    assert np.array_equal(open_run(tmp_path, tiny_run / "synthetic-data").train, open_run(tiny_run).train)
+        RunContext.open(tmp_path)
+    given = RunContext.open(tmp_path, tiny_run / "synthetic-data")  # --data
+    assert given.train_ids == RunContext.open(tiny_run).train_ids and given.train == RunContext.open(tiny_run).train
+
+
+def test_a_finished_run_records_the_data_it_was_trained_on(tiny_run: Path):
+    record = json.loads((tiny_run / "data.json").read_text())
+    assert record == {"data": "synthetic", "folder": str((tiny_run / "synthetic-data").resolve()),
+                      "folder_in_run": "synthetic-data"}
 
 
 def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
@@ -144,7 +152,7 @@ def test_initialisations_follow_the_runs_init(tmp_path: Path):
 
     def names(*overrides: str) -> list[str]:
         config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]", *overrides])
-        return list(initialisations(SimpleNamespace(config=config, run_dir=tmp_path), "unet", "1,3"))
+        return list(initialisations(SimpleNamespace(config=config, layout=RunLayout(tmp_path)), "unet", "1,3"))
 
     assert names("pipeline.init=imagenet") == ["imagenet"] == names("pipeline.init=augmentation")
     assert names("pipeline.init=random", "model.encoder_weights=lite0") == ["random"]
@@ -156,7 +164,7 @@ def test_initialisations_follow_the_runs_init(tmp_path: Path):
     torch.save({"model": restored}, pretext)
     config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]",
                                 "pipeline.init=context-restoration"])
-    inits = initialisations(SimpleNamespace(config=config, run_dir=tmp_path), "unet", "1,3")
+    inits = initialisations(SimpleNamespace(config=config, layout=RunLayout(tmp_path)), "unet", "1,3")
     assert list(inits) == ["context-restoration", "random"]
     start = inits["context-restoration"]()
     encoder_keys = [k for k in restored if k.startswith("encoder.")]

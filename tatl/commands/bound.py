@@ -17,15 +17,16 @@ EXAMPLES = """\
 examples:
   tatl bound runs/demo                                  # variant 1,2,3, the run's first shape, c 0.01, K 4
   tatl bound runs/demo --max-samples 20 --iterations 10 # faster: the means on 20 samples per attribute
-  tatl bound runs/pn --data ../shared/data/isic2018-sample --variant 2,3 --shape linknet
+  tatl bound runs/pn --variant 2,3 --shape linknet       # the data folder the run recorded (RUN/data.json)
+  tatl bound runs/pn --data /new/place/isic2018-sample  # that data has moved since `tatl run`
   tatl bound runs/demo --samples all --wrt decoder      # every training image; only what TATL-FE trains
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", type=Path, help="a finished `tatl run` folder")
-    parser.add_argument("--data", help="the DATA given to `tatl run` (default: the synthetic or converted ISIC 2017 "
-                        "data kept in RUN)")
+    parser.add_argument("--data", help="the run's DATA, where it is now (default: the folder `tatl run` recorded "
+                        "in RUN/data.json; for older runs, the synthetic or converted ISIC 2017 data kept in RUN)")
     parser.add_argument("--variant", help="whose inputs and Stage 2: with stage 1, Stage-1 crops and stage2-crops, "
                         "else full images and stage2-full (default: 1,2,3 if trained, else the last variant trained)")
     parser.add_argument("--shape", help="unet or linknet (default: the run's first shape)")
@@ -45,12 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tatl.evaluation.bound import BoundSettings, estimate_bounds, open_run
+    from tatl.evaluation.bound import BoundSettings, estimate_bounds
     from tatl.evaluation.bound_report import bound_markdown, write_bound
 
     settings = BoundSettings(args.variant, args.shape, args.c, args.k, args.iterations, args.tolerance,
                              args.max_samples, args.samples, args.wrt, args.device)
-    result = estimate_bounds(open_run(args.run_dir, args.data), settings)
+    from tatl.pipeline.context import RunContext
+
+    result = estimate_bounds(RunContext.open(args.run_dir, args.data), settings)
     folder = write_bound(args.run_dir, result)
     print(bound_markdown(result))
     print(f"wrote {folder / 'bound.json'}, bound.md and bound.png")

@@ -14,17 +14,19 @@ from pathlib import Path
 
 EXAMPLES = """\
 examples:
-  tatl report runs/demo                          # writes runs/demo/report.html, report.md and report/*.png
-  tatl report runs/pn --data ../shared/data/isic2018-sample --overlays 6
-  tatl report grids/example                      # an experiment grid folder (tatl experiment ... --out DIR)
+  tatl report runs/demo                                  # writes runs/demo/report.html, report.md and report/*.png
+  tatl report runs/pn --overlays 6                       # on the data folder recorded in RUN/data.json
+  tatl report runs/pn --data /new/place/isic2018-sample  # that data has moved since `tatl run`
+  tatl report grids/example                              # an experiment grid folder (tatl experiment ... --out DIR)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", type=Path, help="a finished `tatl run` folder, or a `tatl "
                         "experiment` grid folder (for which --data and --overlays do nothing)")
-    parser.add_argument("--data", help="the DATA given to `tatl run` (default: the synthetic or converted ISIC 2017 "
-                        "data kept in the run); without it, no per-attribute counts and no overlays")
+    parser.add_argument("--data", help="the run's DATA, where it is now (default: the folder `tatl run` recorded "
+                        "in RUN/data.json; for older runs, the synthetic or converted ISIC 2017 data kept in the run); "
+                        "a run whose data is not found gets no per-attribute counts and no overlays")
     parser.add_argument("--overlays", type=int, default=3, metavar="N",
                         help="overlays of the N validation images showing the most attributes (default 3; 0: none)")
 

@@ -23,7 +23,6 @@ since the subset only estimates means over the m samples.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -36,16 +35,13 @@ from torch import Tensor, nn
 
 from tatl import logs
 from tatl.checkpoints import load_checkpoint
-from tatl.config import VARIANTS, Config, load_config
-from tatl.data.crops import Box
-from tatl.data.dataset import load_images, load_masks, normalize
-from tatl.data.images import image_size
-from tatl.data.isic import Sample, find_samples
-from tatl.data.splits import read_splits
+from tatl.data.dataset import normalize
 from tatl.device import resolve_device
-from tatl.errors import ConfigError, DataError, TatlError
+from tatl.errors import ConfigError, TatlError
+from tatl.layout import BEST, VARIANTS, default_variant, inputs_of, variant_stages
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
+from tatl.pipeline.context import RunContext
 from tatl.training.losses import TatlLoss
 
 log = logging.getLogger(__name__)
@@ -123,63 +119,6 @@ def per_sample_estimates(model: nn.Module, images: np.ndarray, masks: np.ndarray
     return losses, norms
 
 
-# ------------------------------------------------------------------------------------- reading a finished run
-@dataclass
-class FinishedRun:
-    """A `tatl run` folder: its config, split, data and Stage-1 boxes."""
-
-    run_dir: Path
-    config: Config
-    data_root: Path | None  # None: not found (pass data=...)
-    samples: dict[str, Sample]  # id -> sample, empty without data
-    train: list[str]
-    val: list[str]
-
-    @property
-    def cache_dir(self) -> Path | None:
-        return self.run_dir / "cache" if self.config.data.cache else None
-
-    def boxes(self) -> dict[str, Box]:
-        """The Stage-1 lesion boxes of every image, as Stage 2 and 3 cropped them."""
-        path = self.run_dir / "stage1" / "boxes.json"
-        if not path.is_file():
-            raise DataError(f"{path}: missing (Stage 1 was not run); choose a variant without stage 1")
-        return {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
-
-    def stage_inputs(self, ids: list[str], boxes: dict[str, Box] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Images (N, S, S, 3) and attribute masks (N, A, S, S) at image_size, as Stage 3 reads them (cached)."""
-        samples = [self.samples[i] for i in ids]
-        sizes = {s.image_id: image_size(s.image_path) for s in samples}
-        d = self.config.data
-        images = load_images(samples, d.image_size, boxes, self.cache_dir)
-        masks = load_masks(samples, d.attributes, d.image_size, boxes, sizes, self.cache_dir, d.binarize_threshold)
-        return images, masks
-
-
-def open_run(run_dir: Path, data: str | Path | None = None, need_data: bool = True) -> FinishedRun:
-    """Read RUN/config.yaml and splits.json and find the data: `data` as given to `tatl run`, else the synthetic
-    or converted ISIC 2017 data kept in the run folder."""
-    from tatl.pipeline.setup import _train_val, resolve_data
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
-    train, val = _train_val(read_splits(run_dir / "splits.json"), config)
-    kept = (run_dir / name for name in ("synthetic-data", "isic2017-converted") if (run_dir / name).is_dir())
-    root = resolve_data(str(data), run_dir, config) if data is not None else next(kept, None)
-    if root is None:
-        if need_data:
-            raise DataError(f"{run_dir}: its data folder is not stored in the run; pass --data DIR (the DATA of "
-                            "`tatl run`)")
-        return FinishedRun(run_dir, config, None, {}, train, val)
-    samples = {s.image_id: s for s in find_samples(root, config.data.attributes)}
-    missing = [i for i in train + val if i not in samples]
-    if missing:
-        raise DataError(f"{root}: does not hold the run's images ({', '.join(missing[:3])} ...); wrong --data?")
-    return FinishedRun(run_dir, config, root, samples, train, val)
-
-
 # ------------------------------------------------------------------------------------------ initialisations
 def weights_name(encoder_weights: str | None) -> str:
     """How a configured encoder start is called in tables: random, imagenet, lite0 or the weights file's name."""
@@ -188,14 +127,13 @@ def weights_name(encoder_weights: str | None) -> str:
     return encoder_weights if encoder_weights in ("imagenet", "lite0") else Path(encoder_weights).name
 
 
-def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Initialisation]:
+def initialisations(run: RunContext, shape: str, variant: str) -> dict[str, Initialisation]:
     """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2), the context-restoration pretext
     network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline.stages's
     _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder."""
     m, init = run.config.model, run.config.pipeline.init
-    kind = "crops" if "1" in variant.split(",") else "full"
-    stage2 = run.run_dir / f"stage2-{kind}" / shape / "best.pt"
-    pretext = run.run_dir / f"pretext-{kind}" / shape / "best.pt"
+    stage2 = run.layout.stage2(inputs_of(variant), shape) / BEST
+    pretext = run.layout.pretext(inputs_of(variant), shape) / BEST
     weights = m.encoder_weights
     if init == "random":
         weights = None
@@ -218,7 +156,7 @@ def initialisations(run: FinishedRun, shape: str, variant: str) -> dict[str, Ini
 # --------------------------------------------------------------------------------------------- the estimate
 @dataclass
 class BoundSettings:
-    variant: str | None = None  # whose inputs and Stage 2; None: 1,2,3 if trained, else the last variant trained
+    variant: str | None = None  # whose inputs and Stage 2; None: tatl.layout.default_variant of those trained
     shape: str | None = None  # None: the run's first shape
     c: float = 0.01
     k: int = 4
@@ -236,16 +174,16 @@ class BoundSettings:
             raise ConfigError("iterations and max_samples must be at least 1, c positive and K at least 2")
 
 
-def estimate_bounds(run: FinishedRun, settings: BoundSettings) -> dict:
+def estimate_bounds(run: RunContext, settings: BoundSettings) -> dict:
     """{"settings", "initialisations", "attributes": {attribute: {init: BoundTerms + "estimated_on", or "m" and
     "skipped"}}}."""
     trained = run.config.pipeline.variants
-    variant = settings.variant or ("1,2,3" if "1,2,3" in trained else trained[-1])
+    variant = settings.variant or default_variant(trained)
     shape = settings.shape or run.config.model.shapes[0]
     if variant not in VARIANTS or shape not in run.config.model.shapes:
         raise ConfigError(f"variant {variant}, shape {shape}: variants are {', '.join(VARIANTS)}; this run trained "
                           f"the shapes {', '.join(run.config.model.shapes)}")
-    images, masks = run.stage_inputs(run.train, run.boxes() if "1" in variant.split(",") else None)
+    images, masks = run.stage_inputs(run.train, run.boxes() if 1 in variant_stages(variant) else None)
     starts = _starting_states(initialisations(run, shape, variant))
     result: dict = {"settings": {**asdict(settings), "variant": variant, "shape": shape},
                     "initialisations": list(starts), "attributes": {}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tatl.io import write_json, write_text
+from tatl.layout import RunLayout
 
 BOUND_HEADER = ["attribute", "initialisation", "m", "R_S", "mean Hessian norm", "gamma", "bound x100"]
 
@@ -72,9 +73,9 @@ def bound_chart(result: dict, path: Path) -> None:
 
 def write_bound(run_dir: Path, result: dict) -> Path:
     """RUN/bound/bound.json, bound.md and bound.png; returns the folder."""
-    folder = Path(run_dir) / "bound"
-    folder.mkdir(exist_ok=True)
-    write_json(folder / "bound.json", result)
-    write_text(folder / "bound.md", bound_markdown(result))
-    bound_chart(result, folder / "bound.png")
-    return folder
+    layout = RunLayout(run_dir)
+    layout.bound.mkdir(exist_ok=True)
+    write_json(layout.bound_json, result)
+    write_text(layout.bound_markdown, bound_markdown(result))
+    bound_chart(result, layout.bound_chart)
+    return layout.bound

@@ -23,6 +23,7 @@ import yaml
 from tatl.config import Config, load_config
 from tatl.errors import ConfigError
 from tatl.io import write_text
+from tatl.layout import RunLayout
 
 REQUIRED_KEYS = ("data", "backbones", "shapes", "settings", "folds", "seeds")
 OPTIONAL_KEYS = ("base_config", "set")
@@ -84,11 +85,11 @@ class Job:
         return out / "logs" / f"{self.name}.log"
 
     def is_finished(self, out: Path) -> bool:
-        return (self.run_dir(out) / "metrics.json").is_file()
+        return RunLayout(self.run_dir(out)).metrics.is_file()
 
     def is_started(self, out: Path) -> bool:
         """A run folder with a saved config: continued with --resume."""
-        return (self.run_dir(out) / "config.yaml").is_file()
+        return RunLayout(self.run_dir(out)).config.is_file()
 
 
 # ------------------------------------------------------------------------------------------------- the grid file
@@ -237,7 +238,7 @@ def check_synthetic_overrides(grid: Grid) -> None:
 # ------------------------------------------------------------------------------------------------- aggregation
 def job_scores(job: Job, out: Path) -> dict[str, dict[str, float]] | None:
     """{attribute or macro_average/micro_average: {jaccard, dice}} of the job's variant and shape, None if absent."""
-    path = job.run_dir(out) / "metrics.json"
+    path = RunLayout(job.run_dir(out)).metrics
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from tatl.checkpoints import load_checkpoint
-from tatl.config import VARIANTS, Config, load_config
-from tatl.constants import LESION, UNION
+from tatl.config import Config, load_config
+from tatl.constants import LESION
 from tatl.data.crops import Box, lesion_box, whole_image_box
 from tatl.data.dataset import normalize
 from tatl.data.images import image_size, read_image, set_max_image_pixels
 from tatl.device import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
+from tatl.layout import BEST, VARIANTS, RunLayout, default_variant, variant_stages
 from tatl.models.fusion import fold_batchnorm
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
@@ -59,18 +60,18 @@ class PredictionSettings:
 
     @property
     def stages(self) -> set[int]:
-        return {int(stage) for stage in self.variant.split(",")}
+        return variant_stages(self.variant)
 
     def threshold_for(self, name: str) -> float:
         return (self.attribute_thresholds or {}).get(name, self.threshold)
 
 
 def settings_from_config(config: Config, variant: str | None, tuned: dict | None = None) -> PredictionSettings:
-    """The settings of one trained variant: `variant`, else 1,2,3 when trained, else the last variant trained.
+    """The settings of one trained variant: `variant`, else tatl.layout.default_variant of those trained.
     `tuned`: RUN/thresholds.json, whose per-attribute thresholds of the ensemble (or single shape) are used when
     the run tuned them."""
     trained = config.pipeline.variants
-    variant = variant or ("1,2,3" if "1,2,3" in trained else trained[-1])
+    variant = variant or default_variant(trained)
     if variant not in VARIANTS or variant not in trained:
         raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
     d, m, p = config.data, config.model, config.pipeline
@@ -147,25 +148,15 @@ class Networks:
     targets: dict[str, list[Network]]  # shape -> networks holding "union" (with Stage 2) and every attribute
 
 
-def checkpoint_paths(run_dir: Path, settings: PredictionSettings, shape: str) -> dict[str, Path]:
-    """{head name: best.pt} of the Stage-2 and Stage-3 networks of one shape, as `tatl run` writes them."""
-    paths = {}
-    if 2 in settings.stages:
-        paths[UNION] = run_dir / f"stage2-{'crops' if 1 in settings.stages else 'full'}" / shape / "best.pt"
-    stage3 = run_dir / f"stage3-v{settings.variant.replace(',', '')}" / shape
-    paths.update({attribute: stage3 / attribute / "best.pt" for attribute in settings.attributes})
-    return paths
-
-
 def load_run_networks(run_dir: Path, settings: PredictionSettings, device: torch.device,
                       share_encoders: bool = True) -> Networks:
     """Torch networks of a run folder; with share_encoders, heads on bit-identical encoders share one network."""
-    stage1 = []
+    layout, stage1 = RunLayout(run_dir), []
     if 1 in settings.stages:
-        lesion_path = run_dir / "stage1" / settings.stage1_shape / "best.pt"
+        lesion_path = layout.stage1(settings.stage1_shape) / BEST
         stage1 = _torch_networks(settings, settings.stage1_shape, {LESION: lesion_path}, device, share_encoders)
-    targets = {shape: _torch_networks(settings, shape, checkpoint_paths(run_dir, settings, shape), device,
-                                      share_encoders) for shape in settings.shapes}
+    targets = {shape: _torch_networks(settings, shape, layout.checkpoints(settings.variant, shape, settings.attributes),
+                                      device, share_encoders) for shape in settings.shapes}
     if share_encoders and settings.encoder_mode == "frozen" and 2 in settings.stages:
         for shape, networks in targets.items():
             if len(networks) > 1:  # frozen training cannot change the encoder: a mixed-up or edited run folder
@@ -278,7 +269,8 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
     if not model_dir.is_dir():
         reason = "is a file, not" if model_dir.exists() else "does not exist: expected"
         raise DataError(f"{model_dir}: {reason} a run folder of `tatl run` or an ONNX export of `tatl export`")
-    is_run, is_export = (model_dir / "config.yaml").is_file(), (model_dir / MANIFEST).is_file()
+    run = RunLayout(model_dir)
+    is_run, is_export = run.config.is_file(), (model_dir / MANIFEST).is_file()
     if not (is_run or is_export):
         raise DataError(f"{model_dir}: neither a run folder (config.yaml) nor an ONNX export ({MANIFEST})")
     engine = engine or ("torch" if is_run else "onnx")
@@ -288,9 +280,8 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
     if engine == "torch" and not is_run:
         raise ConfigError(f"{model_dir} is an ONNX export: use --engine onnx or the run folder it was exported from")
     if engine == "torch":
-        tuned_path = model_dir / "thresholds.json"
-        tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else None
-        settings = settings_from_config(load_config(model_dir / "config.yaml"), variant, tuned)
+        tuned = json.loads(run.thresholds.read_text()) if run.thresholds.is_file() else None
+        settings = settings_from_config(load_config(run.config), variant, tuned)
         networks = load_run_networks(model_dir, settings, resolve_device(device, "--device"), share_encoders)
     else:
         settings, networks = load_export_networks(model_dir, device)

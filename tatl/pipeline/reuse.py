@@ -24,13 +24,13 @@ from tatl.config import Config, load_config, to_dict
 from tatl.data.cache import file_fingerprint
 from tatl.data.isic import Sample
 from tatl.errors import ConfigError
+from tatl.layout import DONE, INPUTS, RunLayout
 
 # Settings a Stage-1 or Stage-2 network does not depend on (group folders are per shape: model.shapes neither).
 STAGE3_ONLY = frozenset({
     "pipeline.variants", "pipeline.encoder_mode", "pipeline.init", "pipeline.augmentation_copies",
     "pipeline.tune_thresholds", "pipeline.reuse_stages_from", "model.shapes",
 })
-REUSABLE_PREFIXES = ("stage1", "stage2-")  # group folders under a run: stage1/<shape>, stage2-<kind>/<shape>
 
 
 def settings_that_differ(a: Config, b: Config) -> list[str]:
@@ -54,17 +54,18 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dic
     """The first `pipeline.reuse_stages_from` run holding a finished copy of `group_dir` (a folder of `run_dir`)
     trained on the same `data` (`data_identity`) with this run's Stage 1-2 settings and split; None when there is
     none."""
-    relative = group_dir.relative_to(run_dir)
-    if not relative.parts or not relative.parts[0].startswith(REUSABLE_PREFIXES):
+    run = RunLayout(run_dir)
+    if not _is_stage1_or_stage2(run, group_dir):
         return None
-    for source in map(Path, config.pipeline.reuse_stages_from):
-        candidate = source / relative
-        if source.resolve() == run_dir.resolve() or not (candidate / "done.json").is_file():
+    relative = group_dir.relative_to(run.root)
+    for source in map(RunLayout, config.pipeline.reuse_stages_from):
+        candidate = source.root / relative
+        if source.root.resolve() == run.root.resolve() or not (candidate / DONE).is_file():
             continue
         try:
-            source_config = load_config(source / "config.yaml")
-            same_split = _read_json(source / "splits.json") == _read_json(run_dir / "splits.json")
-            done = _read_json(candidate / "done.json")
+            source_config = load_config(source.config)
+            same_split = _read_json(source.splits) == _read_json(run.splits)
+            done = _read_json(candidate / DONE)
             same_data = all(done.get(key) == value for key, value in data.items())  # older runs lack a key: not reused
         except (ConfigError, OSError, ValueError, AttributeError):
             continue  # a source that cannot be read is no source; this run trains the group itself
@@ -77,10 +78,16 @@ def copy_group(source: Path, destination: Path) -> None:
     """Copy a finished group folder; its done.json last, so a copy cut short is trained again, not reused."""
     staging = destination.with_name(destination.name + ".copying")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("done.json"))
+    shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(DONE))
     shutil.rmtree(destination, ignore_errors=True)  # an unfinished attempt of this run's own
     staging.rename(destination)
-    shutil.copy2(source / "done.json", destination / "done.json")
+    shutil.copy2(source / DONE, destination / DONE)
+
+
+def _is_stage1_or_stage2(run: RunLayout, group_dir: Path) -> bool:
+    """A group folder RUN/stage1/<shape> or RUN/stage2-<inputs>/<shape>: the networks a grid's jobs share."""
+    shape = group_dir.name
+    return group_dir in (run.stage1(shape), *(run.stage2(inputs, shape) for inputs in INPUTS))
 
 
 def _link_or_copy(source: str, destination: str) -> None:

@@ -1,4 +1,5 @@
-"""Run folders: refuse to overwrite, find or generate the data, validate it, and fix the split.
+"""Run folders: refuse to overwrite, find or generate the data (tatl.pipeline.context), validate it, record it, and
+fix the split.
 
 Everything a run needs is checked here, before the first epoch: a bad mask found at hour five costs far more than
 reading every mask header now.
@@ -12,17 +13,16 @@ import os
 from pathlib import Path
 
 from tatl.config import Config
-from tatl.constants import ATTRIBUTES_2017, ATTRIBUTES_2018
 from tatl.data.checks import DataReport, check_dataset, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
-from tatl.pipeline.stages import RunContext
+from tatl.layout import RunLayout, variant_stages
+from tatl.pipeline.context import SYNTHETIC, RunContext, record_data, resolve_data, split_ids
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC = "synthetic"
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
 RESUME_FIXED = (
     "model.encoder_name", "model.stage1_shape", "pipeline.encoder_mode", "data.attributes", "data.stage1_size",
@@ -35,12 +35,13 @@ _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS re
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
     check_output_folder(run_dir, "run folder")
-    content = {p.name for p in run_dir.iterdir()} - {".lock"} if run_dir.is_dir() else set()
-    if content == {"config.yaml"} and not resume:  # a run stopped by its checks before anything else was written
+    layout = RunLayout(run_dir)
+    content = {p.name for p in run_dir.iterdir()} - {layout.lock.name} if run_dir.is_dir() else set()
+    if content == {layout.config.name} and not resume:  # a run stopped by its checks before anything else was written
         log.warning(f"{run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
                     "starting afresh")
         content = set()
-    if resume and not (run_dir / "config.yaml").exists():
+    if resume and not layout.config.exists():
         raise DataError(f"{run_dir}: nothing to resume (no config.yaml); start a new run without --resume")
     if content and not resume:
         raise DataError(f"{run_dir}: run folder exists and is not empty; use --resume to continue it or choose "
@@ -57,7 +58,7 @@ def lock_run_dir(run_dir: Path) -> None:
     if run_dir.resolve() in _held_locks:
         return  # this process already holds it (e.g. a resume called from the same Python session)
     try:
-        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open for the life of the process
+        handle = open(RunLayout(run_dir).lock, "a+")  # noqa: SIM115 - held open for the life of the process
     except OSError as error:
         raise DataError(f"{run_dir}: cannot write in the run folder ({error.strerror or error})") from None
     try:
@@ -110,65 +111,41 @@ def check_resume_settings(saved: Config, config: Config, run_dir: Path, data: st
 
     A run that stopped before its split was written (e.g. on a data error) has trained nothing: any change goes,
     except to the synthetic data it may have generated."""
-    keys = RESUME_FIXED if (run_dir / "splits.json").exists() else ()
-    if data == SYNTHETIC and (run_dir / "synthetic-data").exists():
+    layout = RunLayout(run_dir)
+    keys = RESUME_FIXED if layout.splits.exists() else ()
+    if data == SYNTHETIC and layout.synthetic_data.exists():
         keys += RESUME_FIXED_SYNTHETIC
     for key in keys:
         section, name = key.split(".")
         before, after = getattr(getattr(saved, section), name), getattr(getattr(config, section), name)
         if before != after:
-            raise ConfigError(f"--resume: {key} is {before!r} in {run_dir / 'config.yaml'}, not {after!r}: the run "
+            raise ConfigError(f"--resume: {key} is {before!r} in {layout.config}, not {after!r}: the run "
                               f"was started with {before!r}; start a new run (another --out) to change it")
 
 
-def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
-    """DATA as given, ISIC 2017 Part 2 data converted once into the run folder (ISIC 2018 layout, the four 2017
-    features), or the synthetic default generated once into the run folder."""
-    if data != SYNTHETIC:
-        from tatl.data.isic2017 import convert_to_isic2018_layout, is_isic2017
-
-        root = Path(data)
-        if not is_isic2017(root):
-            return root
-        if tuple(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
-            log.warning(f"ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
-            config.data.attributes = list(ATTRIBUTES_2017)
-        unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
-        if unknown:
-            raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
-                              f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
-        log.info(f"ISIC 2017 data: superpixel labels rasterised into {run_dir / 'isic2017-converted'}")
-        return convert_to_isic2018_layout(root, run_dir / "isic2017-converted", config.data.binarize_threshold)
-    from tatl.data.synth import write_synthetic_dataset
-
-    root = run_dir / "synthetic-data"
-    if not (root / "README.txt").exists():
-        s = config.synth
-        log.info(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}")
-        write_synthetic_dataset(root, n=s.n, size=s.size, seed=s.seed)
-    return root
-
-
 def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool) -> RunContext:
+    """The context of a run being trained: its data found (or generated, or converted) and checked, its split
+    made (or read back), and RUN/data.json written, so the finished run knows its data."""
     if config.data.max_image_pixels:
         from tatl.data.images import set_max_image_pixels
 
         set_max_image_pixels(config.data.max_image_pixels)
     root = resolve_data(data, run_dir, config)
-    needs_lesion = stage1_only or any("1" in v.split(",") for v in config.pipeline.variants)
+    needs_lesion = stage1_only or any(1 in variant_stages(v) for v in config.pipeline.variants)
     report = check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=not stage1_only,
                            binarize_threshold=config.data.binarize_threshold)
     if not stage1_only:
         _require_attribute_masks(report)
     require_valid(report)
     log.info(report.summary_table())
-    splits = _splits(run_dir, report.presence, config)
+    layout = RunLayout(run_dir)
+    train, val = split_ids(_splits(layout, report.presence, config), config)
     by_id = {s.image_id: s for s in report.samples}
-    train, val = _train_val(splits, config)
     missing = [i for i in train + val if i not in by_id]
     if missing:
-        raise DataError(f"{run_dir / 'splits.json'}: ids not in {root}: {', '.join(missing[:5])}")
-    return RunContext(config, run_dir, report, [by_id[i] for i in train], [by_id[i] for i in val])
+        raise DataError(f"{layout.splits}: ids not in {root}: {', '.join(missing[:5])}")
+    record_data(layout, data, root)
+    return RunContext(layout, config, train, val, root, by_id, report)
 
 
 def _require_attribute_masks(report: DataReport) -> None:
@@ -185,20 +162,10 @@ def _require_attribute_masks(report: DataReport) -> None:
     )
 
 
-def _splits(run_dir: Path, presence: dict, config: Config) -> dict:
-    path = run_dir / "splits.json"
+def _splits(layout: RunLayout, presence: dict, config: Config) -> dict:
+    path = layout.splits
     if path.exists():  # a resumed run keeps its split
         return read_splits(path)
     splits = make_splits(presence, config.data.val_fraction, config.data.n_folds, config.train.seed)
     write_splits(path, splits)
     return splits
-
-
-def _train_val(splits: dict, config: Config) -> tuple[list[str], list[str]]:
-    if config.data.fold is None:
-        return list(splits["train"]), list(splits["val"])
-    folds = splits["folds"]
-    val = list(folds[config.data.fold])
-    train = sorted(i for k, fold in enumerate(folds) if k != config.data.fold for i in fold)
-    return train, val
-

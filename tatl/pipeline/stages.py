@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +23,18 @@ import torch
 
 from tatl import distributed
 from tatl.checkpoints import load_checkpoint
-from tatl.config import Config, to_dict
+from tatl.config import to_dict
 from tatl.constants import LESION, UNION
-from tatl.data.checks import DataReport
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import SegmentationDataset, full_size_target, load_images, load_masks
 from tatl.data.isic import Sample
-from tatl.device import resolve_device
 from tatl.io import write_json
+from tatl.layout import BEST, DONE, inputs_of, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.pipeline import reuse
+from tatl.pipeline.context import RunContext
 from tatl.pipeline.scoring import (
     average_probabilities,
     predict_probabilities,
@@ -46,30 +44,6 @@ from tatl.pipeline.scoring import (
 )
 from tatl.training.engine import fit
 from tatl.training.pretext import train_context_restoration
-
-
-@dataclass
-class RunContext:
-    """What every stage needs: the config, the data, the split and where to write."""
-
-    config: Config
-    run_dir: Path
-    report: DataReport
-    train: list[Sample]
-    val: list[Sample]
-
-    @property
-    def cache_dir(self) -> Path | None:
-        return self.run_dir / "cache" if self.config.data.cache else None
-
-    @cached_property
-    def data_identity(self) -> dict[str, str]:
-        """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.pipeline.reuse)."""
-        return reuse.data_identity(self.report.root, self.report.samples)
-
-    @property
-    def device(self) -> torch.device:
-        return resolve_device(self.config.train.device)
 
 
 class _ModuleLogger(logging.LoggerAdapter):
@@ -83,10 +57,6 @@ class _ModuleLogger(logging.LoggerAdapter):
 log = _ModuleLogger(logging.getLogger(__name__), {})
 
 
-def variant_stages(variant: str) -> set[int]:
-    return {int(stage) for stage in variant.split(",")}
-
-
 # ----------------------------------------------------------------------------------------------------- Stage 1
 def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
     """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"."""
@@ -95,7 +65,7 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
     datasets = [_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
     return _train_group(ctx, cfg.model.stage1_shape, None, [LESION], *datasets,
-                        ctx.run_dir / "stage1" / cfg.model.stage1_shape, train_encoder=True, label="stage 1")
+                        ctx.layout.stage1(cfg.model.stage1_shape), train_encoder=True, label="stage 1")
 
 
 def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
@@ -132,7 +102,7 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
     scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
                            ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold, across_ranks=True)
     scores["whole_image_fallbacks"] = fallback_ids
-    write_json(ctx.run_dir / "stage1" / "boxes.json", {k: list(v) for k, v in boxes.items()})
+    write_json(ctx.layout.boxes, {k: list(v) for k, v in boxes.items()})
     return boxes, scores
 
 
@@ -142,7 +112,7 @@ def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -
     kind = "crops" if boxes else "full"
     datasets = [_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
-    return _train_group(ctx, shape, None, [UNION], *datasets, ctx.run_dir / f"stage2-{kind}" / shape,
+    return _train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
                         train_encoder=True, label=f"stage 2 ({kind}, {shape})")
 
 
@@ -160,14 +130,15 @@ def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, B
     train_set = _dataset(ctx, ctx.train, attributes, cfg.data.image_size, boxes, augment=True, strong=augmented)
     val_set = _dataset(ctx, ctx.val, attributes, cfg.data.image_size, boxes, augment=False)
     start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
-    shape_dir = ctx.run_dir / f"stage3-v{variant.replace(',', '')}" / shape
+    shape_dir = ctx.layout.stage3(variant, shape)
+    heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in attributes}
     label = f"stage 3 (variant {variant}, {shape}"
     if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
         # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
         return [_train_group(ctx, shape, start, attributes, train_set, val_set, shape_dir, train_encoder=False,
-                             label=label + ", frozen encoder)", head_dirs={a: shape_dir / a for a in attributes})]
+                             label=label + ", frozen encoder)", head_dirs=heads)]
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
-    return [_train_group(ctx, shape, start, [a], train_set, val_set, shape_dir / a, train_encoder=True,
+    return [_train_group(ctx, shape, start, [a], train_set, val_set, heads[a], train_encoder=True,
                          label=f"{label}, {a})", encoder_weights=weights) for a in attributes]
 
 
@@ -186,7 +157,7 @@ def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Bo
         kind = "crops" if boxes else "full"
         images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.val)]
         state = train_context_restoration(shape, cfg.model.encoder_name, configured, *images, cfg.train,
-                                          ctx.run_dir / f"pretext-{kind}" / shape)
+                                          ctx.layout.pretext(kind, shape))
         return state, None
     return None, configured  # "tatl" without Stage 2: the paper's Stage-3-only ablation
 
@@ -210,7 +181,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
     weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
     model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
-    done = group_dir / "done.json"
+    done = group_dir / DONE
     if start_state is not None and not done.exists():  # a trained group reloads its own weights below
         reinitialised = transfer_weights(start_state, model)
         if reinitialised:
@@ -221,7 +192,7 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
         _copy_if_trained_elsewhere(ctx, group_dir, label)
     if done.exists():
         for name in names:
-            best = head_dirs[name] / "best.pt"
+            best = head_dirs[name] / BEST
             group.load_head_state(name, load_checkpoint(best)["model"], best)
         log.info(f"{label}: already trained, reusing {group_dir}")
         return group
@@ -242,7 +213,7 @@ def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> 
     copied, not trained."""
     source = None
     if distributed.is_main_process():
-        source = reuse.find_trained_group(ctx.run_dir, group_dir, ctx.config, ctx.data_identity)
+        source = reuse.find_trained_group(ctx.layout.root, group_dir, ctx.config, ctx.data_identity)
         if source is not None:
             reuse.copy_group(source, group_dir)
     source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
@@ -299,7 +270,7 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
     for variant in cfg.pipeline.variants:
         stages = variant_stages(variant)
         variant_boxes = boxes if 1 in stages else None
-        kind = "crops" if variant_boxes else "full"
+        kind = inputs_of(variant)
         models = {}
         for shape in cfg.model.shapes:
             start = None
@@ -313,7 +284,7 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
             metrics[f"stage2-{kind}"], stage2_thresholds[kind] = evaluate_variant(ctx, stage2_models, variant_boxes)
         metrics[f"variant {variant}"], thresholds[variant] = evaluate_variant(ctx, models, variant_boxes)
         _log_variant(variant, metrics[f"variant {variant}"])
-    write_json(ctx.run_dir / "thresholds.json", {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds,
+    write_json(ctx.layout.thresholds, {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds,
                                                  "stage2": stage2_thresholds})
     return metrics
 

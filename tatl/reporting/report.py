@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tatl.errors import DataError, TatlError
+from tatl.layout import LOG_CSV, RunLayout
 from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
 from tatl.reporting.summary import MICRO_NOTE
 
@@ -24,7 +25,7 @@ from tatl.reporting.summary import MICRO_NOTE
 def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 3) -> Path:
     """Write DIR/report.html and DIR/report.md (+ DIR/report/*.png); returns the HTML's path."""
     folder = Path(run_dir)
-    if (folder / "metrics.json").is_file():
+    if RunLayout(folder).metrics.is_file():
         title, sections = f"TATL run {folder}", run_sections(folder, data, overlays)
     elif (folder / "grid.json").is_file():
         title, sections = f"TATL experiments {folder}", grid_sections(folder)
@@ -59,10 +60,10 @@ def grid_sections(grid_dir: Path) -> list[Section]:
 
 # ------------------------------------------------------------------------------------------------ a run's parts
 def run_sections(run_dir: Path, data: str | Path | None, overlays: int) -> list[Section]:
-    from tatl.evaluation.bound import open_run
+    from tatl.pipeline.context import RunContext
 
-    run = open_run(run_dir, data, need_data=False)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run = RunContext.open(run_dir, data, need_data=False)
+    metrics = json.loads(run.layout.metrics.read_text())
     presence = _optional(lambda: attribute_presence(run), {})
     # A paper's results page: what a reader came for (the scores, then Figure 5) first, how they were obtained after.
     return [
@@ -93,7 +94,7 @@ def tuned_note(config) -> list[Block]:
 def config_table(run_dir: Path) -> Table:
     import yaml
 
-    values = yaml.safe_load((run_dir / "config.yaml").read_text())
+    values = yaml.safe_load(RunLayout(run_dir).config.read_text())
     rows = [[f"{section}.{key}", json.dumps(value)] for section, keys in values.items() for key, value in keys.items()]
     return Table("config.yaml (fully resolved)", ["key", "value"], rows)
 
@@ -111,20 +112,20 @@ def attribute_presence(run) -> dict[str, set[str]]:
         paths = run.samples[image_id].attribute_mask_paths
         return {a for a, p in paths.items() if read_mask(p, None, run.config.data.binarize_threshold).any()}
 
-    ids = run.train + run.val
+    ids = run.train_ids + run.val_ids
     with ThreadPoolExecutor(max_workers=4) as pool:  # PNG inflating releases the GIL
         return dict(zip(ids, pool.map(present, ids), strict=True))
 
 
 def data_blocks(run, presence: dict[str, set[str]]) -> list[Block]:
-    sizes = [["train", str(len(run.train))], ["validation", str(len(run.val))],
-             ["total", str(len(run.train) + len(run.val))]]
+    sizes = [["train", str(len(run.train_ids))], ["validation", str(len(run.val_ids))],
+             ["total", str(len(run.train_ids) + len(run.val_ids))]]
     splits = Table("Images and split", ["", "images"], [["data folder", str(run.data_root or "not known")], *sizes])
     if not presence:
         return [splits, Text("Per-attribute counts need the data folder: tatl report DIR --data DATA.")]
     rows = []
     for attribute in run.config.data.attributes:
-        train, val = (sum(attribute in presence[i] for i in ids) for ids in (run.train, run.val))
+        train, val = (sum(attribute in presence[i] for i in ids) for ids in (run.train_ids, run.val_ids))
         share = 100 * (train + val) / max(1, len(presence))
         rows.append([attribute, str(train), str(val), f"{share:.1f}%"])
     counts = Table("Images showing each attribute (non-empty mask)", ["attribute", "train", "validation", "share"],
@@ -139,8 +140,8 @@ CURVES = (("train_loss", "training loss"), ("loss", "validation loss"), ("jaccar
 def curve_figures(run_dir: Path) -> list[Block]:
     """One figure per stage group (stage folder / shape): a line per head, from every log.csv."""
     groups: dict[str, dict[str, list[dict]]] = {}
-    for stage in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(("stage", "pretext"))):
-        for log in sorted(stage.rglob("log.csv")):
+    for stage in RunLayout(run_dir).stage_folders():
+        for log in sorted(stage.rglob(LOG_CSV)):
             parts = log.parent.relative_to(run_dir).parts
             head = "/".join(parts[2:]) or parts[-1]
             groups.setdefault("/".join(parts[:2]), {})[head] = list(csv.DictReader(log.read_text().splitlines()))
@@ -210,14 +211,14 @@ def attribute_tables(metrics: dict, attributes: list[str]) -> list[Block]:
 def bound_blocks(run_dir: Path) -> list[Block]:
     from tatl.evaluation.bound_report import BOUND_HEADER, bound_caption, bound_rows
 
-    folder = run_dir / "bound"
-    if not (folder / "bound.json").is_file():
+    layout = RunLayout(run_dir)
+    if not layout.bound_json.is_file():
         return [Text(f"Not estimated: run `tatl bound {run_dir}` first.")]
-    result = json.loads((folder / "bound.json").read_text())
+    result = json.loads(layout.bound_json.read_text())
     blocks: list[Block] = [Table("Bound terms per attribute and initialisation", BOUND_HEADER, bound_rows(result),
                                  bound_caption(result))]
-    if (folder / "bound.png").is_file():
-        blocks.insert(0, Figure("bound", (folder / "bound.png").read_bytes(), "Figure 4 style: bound x100"))
+    if layout.bound_chart.is_file():
+        blocks.insert(0, Figure("bound", layout.bound_chart.read_bytes(), "Figure 4 style: bound x100"))
     return blocks
 
 
@@ -232,10 +233,10 @@ def overlay_figures(run, presence: dict[str, set[str]], count: int, side: int = 
 
     if not run.samples:
         raise DataError("the run's data folder is not known (tatl report DIR --data DATA)")
-    predictor = load_predictor(run.run_dir, device="cpu")
+    predictor = load_predictor(run.layout.root, device="cpu")
     figures: list[Block] = []
     with tempfile.TemporaryDirectory() as scratch:
-        for image_id in sorted(run.val, key=lambda i: (-len(presence.get(i, ())), i))[:count]:
+        for image_id in sorted(run.val_ids, key=lambda i: (-len(presence.get(i, ())), i))[:count]:
             sample = run.samples[image_id]
             truth = next(iter(sample.attribute_mask_paths.values()), None)
             options = OutputOptions(Path(scratch), True, side, False, truth.parent if truth else None)

@@ -39,6 +39,7 @@ from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.device import resolve_device
 from tatl.errors import TatlError
+from tatl.layout import BEST, LAST
 from tatl.metrics.isic2018 import Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
 from tatl.training import parallel
@@ -120,7 +121,7 @@ def fit(
     optimizers = {n: _optimizer(model, n, train_encoder, cfg) for n in names}
     progress = {n: HeadProgress() for n in names}
     for n in names:
-        resume_head(model, n, optimizers[n], progress, head_dirs[n] / "last.pt", device, cfg.lr)
+        resume_head(model, n, optimizers[n], progress, head_dirs[n] / LAST, device, cfg.lr)
     setup = TrainingSetup(model, optimizers, cfg, train_encoder, label, objective, device, autocast_dtype(device, cfg))
     for epoch in range(min(len(p.history) for p in progress.values()), cfg.epochs):
         active = [n for n in names if not progress[n].stopped and len(progress[n].history) == epoch]
@@ -142,7 +143,7 @@ def fit(
             log.info(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  {summary}")
         distributed.barrier()  # the other ranks read best.pt below: wait until rank 0 has written it
     for n in names:
-        model.load_head_state(n, load_checkpoint(head_dirs[n] / "best.pt")["model"], head_dirs[n] / "best.pt")
+        model.load_head_state(n, load_checkpoint(head_dirs[n] / BEST)["model"], head_dirs[n] / BEST)
     return progress
 
 

@@ -17,6 +17,7 @@ import torch
 from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
 from tatl.io import write_text
+from tatl.layout import BEST, LAST, LOG_CSV
 
 
 @dataclass
@@ -50,10 +51,10 @@ def save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dic
                 "best_score": progress[n].best_score, "best_epoch": progress[n].best_epoch,
                 "progress": vars(progress[n]), "config": config_dict, "label": f"{label}/{n}"}
         if progress[n].history[-1]["improved"]:
-            save_checkpoint(head, head_dirs[n] / "best.pt")
+            save_checkpoint(head, head_dirs[n] / BEST)
         # A kill here leaves best.pt one epoch ahead of last.pt: the resumed epoch recomputes the same best.
-        save_checkpoint(head, head_dirs[n] / "last.pt")
-        _write_log(head_dirs[n] / "log.csv", progress[n].history)
+        save_checkpoint(head, head_dirs[n] / LAST)
+        _write_log(head_dirs[n] / LOG_CSV, progress[n].history)
 
 
 def resume_head(model, name, optimizer, progress, path: Path, device: torch.device, lr: float) -> None:

@@ -26,6 +26,7 @@ from tatl.checkpoints import load_checkpoint
 from tatl.config import TrainConfig
 from tatl.data.dataset import normalize
 from tatl.io import write_json
+from tatl.layout import BEST, DONE
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.training.engine import Objective, fit
@@ -75,12 +76,12 @@ def train_context_restoration(
 ) -> dict[str, torch.Tensor]:
     """Train (or reload, or resume) the pretext network; return its best state (single-network keys, 3-channel
     head)."""
-    if (out_dir / "done.json").exists():
-        return load_checkpoint(out_dir / "best.pt")["model"]
+    if (out_dir / DONE).exists():
+        return load_checkpoint(out_dir / BEST)["model"]
     torch.manual_seed(cfg.seed)
     model = MultiHeadSegmenter.from_model(build_model(shape, encoder_name, encoder_weights, classes=3), [HEAD])
     train_set, val_set = RestorationDataset(train_images, cfg.seed), RestorationDataset(val_images, cfg.seed + 1)
     progress = fit(model, train_set, val_set, replace(cfg, monitor="loss"), {HEAD: out_dir}, train_encoder=True,
                    label=f"context restoration ({shape})", objective=RESTORATION)
-    write_json(out_dir / "done.json", {"best_val_mse": -progress[HEAD].best_score})
+    write_json(out_dir / DONE, {"best_val_mse": -progress[HEAD].best_score})
     return model.head_state(HEAD)  # fit left the best weights loaded, on every rank

@@ -1,0 +1,185 @@
+"""One run, being trained or finished: its folder (tatl.layout.RunLayout), config, data and split.
+
+`tatl run` builds its RunContext in tatl.pipeline.setup.prepare_context once the data has passed its checks;
+`RunContext.open(RUN)` reads a finished run back (`tatl bound`, `tatl report`): RUN/config.yaml, splits.json and
+the data folder that RUN/data.json records, so the data need not be named again.
+
+RUN/data.json holds {"data": DATA as given to `tatl run`, "folder": the dataset folder it resolved to (absolute),
+"folder_in_run": that folder relative to RUN when the run generated or converted it there (synthetic-data/,
+isic2017-converted/), else null}. So a run folder moved elsewhere still finds the data it keeps (relative) and an
+outside dataset left where it was (absolute); a dataset moved elsewhere is named with `--data`, which always wins.
+Runs written before data.json existed find the synthetic-data/ or isic2017-converted/ they keep, or ask for --data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tatl.config import Config, load_config
+from tatl.constants import ATTRIBUTES_2017, ATTRIBUTES_2018
+from tatl.data.checks import DataReport
+from tatl.data.crops import Box
+from tatl.data.dataset import load_images, load_masks
+from tatl.data.images import image_size
+from tatl.data.isic import Sample, find_samples
+from tatl.data.splits import read_splits
+from tatl.device import resolve_device
+from tatl.errors import ConfigError, DataError
+from tatl.io import write_json
+from tatl.layout import RunLayout
+from tatl.pipeline import reuse
+
+log = logging.getLogger(__name__)
+SYNTHETIC = "synthetic"  # the DATA that generates the embedded synthetic dataset into the run folder
+
+
+@dataclass
+class RunContext:
+    """What every stage, and every reader of a finished run, needs: where the run's files are, its config, its data
+    and its split. `train` and `val` are the split's samples (empty while the data folder is not known)."""
+
+    layout: RunLayout
+    config: Config
+    train_ids: list[str]
+    val_ids: list[str]
+    data_root: Path | None = None  # None: not known (a finished run opened without its data)
+    samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_root
+    report: DataReport | None = None  # the data check of `tatl run` (every image's size); None for a finished run
+    train: list[Sample] = field(init=False)
+    val: list[Sample] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train = [self.samples[i] for i in self.train_ids] if self.samples else []
+        self.val = [self.samples[i] for i in self.val_ids] if self.samples else []
+
+    @classmethod
+    def open(cls, run_dir: Path, data: str | Path | None = None, need_data: bool = True) -> RunContext:
+        """A finished run: RUN/config.yaml, splits.json and its data, `data` (DATA as given to `tatl run`) when
+        given, else the folder RUN/data.json records, else the synthetic or converted ISIC 2017 data kept in RUN.
+        need_data=False: a run whose data cannot be found opens without it (no samples)."""
+        layout = RunLayout(run_dir)
+        if not layout.config.is_file():
+            raise DataError(f"{layout.root}: not a run folder (no {layout.config.name})")
+        config = load_config(layout.config)
+        train_ids, val_ids = split_ids(read_splits(layout.splits), config)
+        if data is not None:
+            root = resolve_data(str(data), layout.root, config)
+        else:
+            try:
+                root = stored_data_folder(layout)
+            except DataError:
+                if need_data:
+                    raise
+                return cls(layout, config, train_ids, val_ids)
+        samples = {s.image_id: s for s in find_samples(root, config.data.attributes)}
+        missing = [i for i in train_ids + val_ids if i not in samples]
+        if missing:
+            raise DataError(f"{root}: does not hold the run's images ({', '.join(missing[:3])} ...); wrong --data?")
+        return cls(layout, config, train_ids, val_ids, root, samples)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.layout.cache if self.config.data.cache else None
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.train.device)
+
+    @cached_property
+    def data_identity(self) -> dict[str, str]:
+        """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.pipeline.reuse)."""
+        return reuse.data_identity(self.data_root, list(self.samples.values()))
+
+    def boxes(self) -> dict[str, Box]:
+        """The Stage-1 lesion boxes of every image, as Stage 2 and 3 cropped them."""
+        path = self.layout.boxes
+        if not path.is_file():
+            raise DataError(f"{path}: missing (Stage 1 was not run); choose a variant without stage 1")
+        return {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
+
+    def stage_inputs(self, samples: list[Sample], boxes: dict[str, Box] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, S, S, 3) and attribute masks (N, A, S, S) at image_size, as Stage 3 reads them (cached)."""
+        sizes = self.report.sizes if self.report else {s.image_id: image_size(s.image_path) for s in samples}
+        d = self.config.data
+        images = load_images(samples, d.image_size, boxes, self.cache_dir)
+        masks = load_masks(samples, d.attributes, d.image_size, boxes, sizes, self.cache_dir, d.binarize_threshold)
+        return images, masks
+
+
+# ------------------------------------------------------------------------------------------- the run's data
+def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
+    """DATA as given, ISIC 2017 Part 2 data converted once into the run folder (ISIC 2018 layout, the four 2017
+    features), or the synthetic default generated once into the run folder."""
+    layout = RunLayout(run_dir)
+    if data != SYNTHETIC:
+        from tatl.data.isic2017 import convert_to_isic2018_layout, is_isic2017
+
+        root = Path(data)
+        if not is_isic2017(root):
+            return root
+        if tuple(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
+            log.warning(f"ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
+            config.data.attributes = list(ATTRIBUTES_2017)
+        unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
+        if unknown:
+            raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
+                              f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
+        log.info(f"ISIC 2017 data: superpixel labels rasterised into {layout.isic2017_converted}")
+        return convert_to_isic2018_layout(root, layout.isic2017_converted, config.data.binarize_threshold)
+    from tatl.data.synth import write_synthetic_dataset
+
+    root = layout.synthetic_data
+    if not (root / "README.txt").exists():
+        s = config.synth
+        log.info(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}")
+        write_synthetic_dataset(root, n=s.n, size=s.size, seed=s.seed)
+    return root
+
+
+def record_data(layout: RunLayout, data: str, root: Path) -> None:
+    """RUN/data.json: DATA as given and the folder it resolved to (see the module's docstring)."""
+    folder = Path(root).resolve()
+    try:
+        in_run = str(folder.relative_to(layout.root.resolve()))
+    except ValueError:  # outside the run folder
+        in_run = None
+    write_json(layout.data_record, {"data": str(data), "folder": str(folder), "folder_in_run": in_run})
+
+
+def stored_data_folder(layout: RunLayout) -> Path:
+    """The data folder of a finished run: the one RUN/data.json records, else the synthetic or converted ISIC 2017
+    data kept in RUN (runs from before data.json); DataError asking for --data when there is none."""
+    record = layout.data_record
+    if record.is_file():
+        try:
+            values = json.loads(record.read_text())
+            folder = layout.root / values["folder_in_run"] if values.get("folder_in_run") else Path(values["folder"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DataError(f"{record}: not a data record of `tatl run` ({error}); pass --data DIR") from None
+        if not folder.is_dir():
+            raise DataError(f"{record}: the run's data folder {folder} no longer exists; pass --data DIR (where "
+                            "that data is now)")
+        return folder
+    kept = (folder for folder in (layout.synthetic_data, layout.isic2017_converted) if folder.is_dir())
+    folder = next(kept, None)
+    if folder is None:
+        raise DataError(f"{layout.root}: its data folder is not stored in the run; pass --data DIR (the DATA of "
+                        "`tatl run`)")
+    return folder
+
+
+def split_ids(splits: dict, config: Config) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids) of the configured fold (data.fold), else of the train/validation split."""
+    if config.data.fold is None:
+        return list(splits["train"]), list(splits["val"])
+    folds = splits["folds"]
+    val = list(folds[config.data.fold])
+    train = sorted(i for k, fold in enumerate(folds) if k != config.data.fold for i in fold)
+    return train, val
