@@ -33,7 +33,8 @@ _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS re
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
     check_output_folder(run_dir, "run folder")
-    content = {p.name for p in run_dir.iterdir()} - {".lock"} if run_dir.is_dir() else set()
+    # RUN/log.txt: a run stopped by its checks has logged why; the next attempt appends to it
+    content = {p.name for p in run_dir.iterdir()} - {".lock", "log.txt"} if run_dir.is_dir() else set()
     if content == {"config.yaml"} and not resume:  # a run stopped by its checks before anything else was written
         print(f"note: {run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
               "starting afresh", file=sys.stderr)
