@@ -162,10 +162,34 @@ def read_image(
         scale = _draft(image, size, box) if image.format == "JPEG" and size is not None else 1.0
         image.load()
         rgb, _ = _to_rgb(image, path, False)
-        if size is None:
-            return np.array(rgb.crop(box) if box != (0, 0, *rgb.size) else rgb)
-        scaled_box = tuple(coordinate / scale for coordinate in box)
-        return np.array(rgb.resize(tuple(size), Image.Resampling.BILINEAR, box=scaled_box))
+        return _crop_and_resize(rgb, size, box, scale)
+
+
+def loaded_rgb(image: Image.Image, name: str) -> Image.Image:
+    """An image already in memory as RGB, by read_image's mode rules; ImageFileError names it as `name`."""
+    try:
+        image.load()
+        rgb, _ = _to_rgb(image, Path(name), False)
+    except _DECODE_ERRORS as error:  # a lazily opened, broken file
+        raise ImageFileError(Path(name), f"cannot decode the image ({type(error).__name__}: {error})") from error
+    return rgb
+
+
+def read_loaded_rgb(
+    rgb: Image.Image, name: str, size: tuple[int, int] | None = None, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """read_image for an RGB image in memory (loaded_rgb): the same crop and resize, without JPEG draft decoding
+    (the pixels are decoded already)."""
+    return _crop_and_resize(rgb, size, _checked_box(Path(name), box, rgb.size), 1.0)
+
+
+def _crop_and_resize(rgb: Image.Image, size: tuple[int, int] | None, box: tuple[int, ...], scale: float) -> np.ndarray:
+    """`box` (stored pixels) of `rgb`, resized to `size` when given; `scale`: how much smaller than the stored
+    image `rgb` was decoded (JPEG draft mode), so the box is scaled with it."""
+    if size is None:
+        return np.array(rgb.crop(box) if box != (0, 0, *rgb.size) else rgb)
+    scaled_box = tuple(coordinate / scale for coordinate in box)
+    return np.array(rgb.resize(tuple(size), Image.Resampling.BILINEAR, box=scaled_box))
 
 
 def _draft(image: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int]) -> float:

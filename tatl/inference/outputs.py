@@ -20,6 +20,7 @@ from tatl.constants import ATTRIBUTES_2017, LESION, UNION
 from tatl.data.isic2017 import read_superpixels, superpixel_means, write_features_json
 from tatl.errors import DataError
 from tatl.inference.overlays import OverlayView
+from tatl.inference.results import full_size_maps
 from tatl.io import remove_stale_temporaries, write_png
 from tatl.metrics.isic2018 import PNG_THRESHOLD, read_score_png, score_task2_folders
 
@@ -108,12 +109,12 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     """Predict one image and write its files; returns its predictions.json record. Holds at most one full-size
     probability map at a time, plus the full-size lesion mask."""
     prediction = predictor.predict(path)
-    threshold, out = predictor.settings.threshold, options.out
+    maps, out = full_size_maps(predictor, prediction), options.out
     record: dict = {"file": str(path), "width": prediction.size[0], "height": prediction.size[1]}
     view = OverlayView(prediction, options.overlay_size) if options.overlays else None
     lesion = shown_lesion = shown_abnormal = None
-    if LESION in prediction.maps:
-        lesion = prediction.full_size(LESION) > threshold
+    if LESION in prediction.maps:  # the first of the maps
+        _, _, lesion = next(maps)
         write_png(out / f"{image_id}_segmentation.png", as_grey(lesion))
         record["lesion"] = {"box": list(prediction.box), "whole_image_fallback": prediction.lesion_fallback,
                             "area_fraction_of_image": round(float(lesion.mean()), 6)}
@@ -123,11 +124,9 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     layers: dict = {}
     superpixels = _superpixels_beside(path)  # ISIC 2017: also write the per-superpixel submission format
     features_2017: dict = {}
-    for name in [UNION] * (2 in predictor.settings.stages) + predictor.settings.attributes:
-        probabilities = prediction.full_size(name)
+    for name, probabilities, mask in maps:  # the abnormal region (with Stage 2), then each attribute
         if superpixels is not None and name in ATTRIBUTES_2017:
             features_2017[name] = superpixel_means(superpixels, probabilities).clip(0.0, 1.0).tolist()
-        mask = probabilities > predictor.settings.threshold_for(name)
         summary = describe(mask, probabilities.max(), reference)
         stem = f"{image_id}_abnormal" if name == UNION else f"{image_id}_attribute_{name}"
         write_png(out / f"{stem}.png", as_grey(mask))

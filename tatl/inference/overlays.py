@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tatl.data.crops import crop_mask, whole_image_box
-from tatl.data.images import read_image
 
 Colour = tuple[int, int, int]
 ATTRIBUTE_COLOURS: dict[str, Colour] = {
@@ -220,7 +219,7 @@ class OverlayView:
         zoom = "lesion" in prediction.maps and not prediction.lesion_fallback and prediction.box != whole
         self.box = prediction.box if zoom else whole
         self.what = "Stage-1 lesion crop" if zoom else "whole image"
-        self.path = prediction.path
+        self.source = prediction.source
         self.size = display_size((self.box[2] - self.box[0], self.box[3] - self.box[1]), max_side)
 
     def shrink(self, mask: np.ndarray) -> np.ndarray:
@@ -234,5 +233,5 @@ class OverlayView:
 
     def render(self, title: str, lesion: np.ndarray | None, abnormal: np.ndarray | None, layers: dict[str, Layer],
                with_truth: bool) -> Image.Image:
-        image = read_image(self.path, size=self.size, box=self.box)
+        image = self.source.read(self.size, self.box)
         return render(image, title, lesion, abnormal, layers, with_truth=with_truth)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from tatl.checkpoints import load_checkpoint
@@ -26,7 +27,8 @@ from tatl.config import Config, load_config
 from tatl.constants import LESION
 from tatl.data.crops import Box, lesion_box, whole_image_box
 from tatl.data.dataset import normalize
-from tatl.data.images import image_size, read_image, set_max_image_pixels
+from tatl.data.images import set_max_image_pixels
+from tatl.data.sources import ImageSource, image_source
 from tatl.device import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
 from tatl.layout import BEST, VARIANTS, RunLayout, default_variant, variant_stages
@@ -219,7 +221,7 @@ def load_export_networks(export_dir: Path, device: str = "auto") -> tuple[Predic
 class ImagePrediction:
     """Stage-resolution probabilities of one image; `full_size` pastes one map back at the original size."""
 
-    path: Path
+    source: ImageSource  # the file or in-memory image (overlays read it again)
     size: tuple[int, int]  # (width, height)
     box: Box  # the Stage-1 crop (whole image without Stage 1 or when no lesion was found)
     lesion_fallback: bool  # Stage 1 found no plausible lesion: whole image used
@@ -229,25 +231,30 @@ class ImagePrediction:
         box = whole_image_box(self.size) if name == LESION else self.box
         return full_size_probabilities(self.maps[name], box, self.size)
 
+    @property
+    def path(self) -> Path | None:
+        return self.source.path
+
 
 class Predictor:
-    """Loaded networks and their settings; `predict(path)` runs one image."""
+    """Loaded networks and their settings; `predict(image)` runs one image (a path, a PIL image or an RGB uint8
+    array: tatl.data.sources)."""
 
     def __init__(self, settings: PredictionSettings, networks: Networks, engine: str, source: Path,
                  tta: bool = False):
         self.settings, self.networks, self.engine, self.source, self.tta = settings, networks, engine, source, tta
 
-    def predict(self, path: Path) -> ImagePrediction:
-        s = self.settings
-        size = image_size(path)
+    def predict(self, image: str | Path | Image.Image | np.ndarray | ImageSource) -> ImagePrediction:
+        s, source = self.settings, image_source(image)
+        size = source.size
         box, fell_back, maps = whole_image_box(size), False, {}
         if 1 in s.stages:
-            maps[LESION] = self._probabilities(self.networks.stage1, read_image(path, (s.stage1_size,) * 2))[LESION]
+            maps[LESION] = self._probabilities(self.networks.stage1, source.read((s.stage1_size,) * 2))[LESION]
             box, fell_back = lesion_box(maps[LESION] > s.threshold, size, s.crop_margin, s.min_lesion_fraction)
-        crop = read_image(path, (s.image_size,) * 2, box=box)
+        crop = source.read((s.image_size,) * 2, box=box)
         per_shape = [self._probabilities(networks, crop) for networks in self.networks.targets.values()]
         maps.update(average_probabilities(per_shape))  # the U+Link ensemble (paper Section 5.3)
-        return ImagePrediction(Path(path), size, box, fell_back, maps)
+        return ImagePrediction(source, size, box, fell_back, maps)
 
     def _probabilities(self, networks: list[Network], image: np.ndarray) -> dict[str, np.ndarray]:
         x = normalize(image)[None]

@@ -36,7 +36,8 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a new (or empty) folder; --resume needs an existing run folder."""
     check_output_folder(run_dir, "run folder")
     layout = RunLayout(run_dir)
-    content = {p.name for p in run_dir.iterdir()} - {layout.lock.name} if run_dir.is_dir() else set()
+    # RUN/log.txt: a run stopped by its checks has logged why; the next attempt appends to it
+    content = {p.name for p in run_dir.iterdir()} - {layout.lock.name, layout.log.name} if run_dir.is_dir() else set()
     if content == {layout.config.name} and not resume:  # a run stopped by its checks before anything else was written
         log.warning(f"{run_dir} holds only the config.yaml of a run that stopped before its data was accepted; "
                     "starting afresh")

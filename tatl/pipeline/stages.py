@@ -45,16 +45,7 @@ from tatl.pipeline.scoring import (
 from tatl.training.engine import fit
 from tatl.training.pretext import train_context_restoration
 
-
-class _ModuleLogger(logging.LoggerAdapter):
-    """This module's logger. Calling it logs at info, as the log(message) function it replaced printed: kept for
-    tatl/commands/run.py, which still calls it (drop __call__ once run.py logs through its own logger)."""
-
-    def __call__(self, message: str) -> None:
-        self.info(message)
-
-
-log = _ModuleLogger(logging.getLogger(__name__), {})
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 1

@@ -1,0 +1,124 @@
+"""The Python API: `tatl.train` does what `tatl run` does, `tatl.load(...).predict(image)` what `tatl predict` does.
+
+    import tatl
+    run = tatl.train("synthetic", "runs/x", config="demo", overrides={"train.epochs": 1})
+    model = tatl.load(run.run_dir)                      # or an ONNX export folder of `tatl export`
+    result = model.predict("photo.jpg")                 # a path, a PIL image or an RGB uint8 array (H, W, 3)
+    result.attributes["pigment_network"]                # probabilities at the image's size; result.masks, .present
+
+Both run the command line's code (tatl.pipeline.train, tatl.inference.results), so a script and the CLI give the
+same run folder and the same masks. Errors caused by the input are tatl.errors.TatlError subclasses, with the
+one-line message the CLI prints. Messages are logged through `logging` under the "tatl" logger (Python shows
+warnings only unless the program configures logging, e.g. tatl.logs.configure()); every run appends its own
+record to RUN/log.txt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy (torch): imported where they are used, so `import tatl` stays light
+    from tatl.config import Config
+    from tatl.inference.predictor import PredictionSettings, Predictor
+    from tatl.inference.results import PredictedImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """What `train` returns: the run folder, its metrics (metrics.json) and summary.md's text (None on the other
+    ranks under torchrun, where rank 0 alone writes)."""
+
+    run_dir: Path
+    metrics: dict
+    summary: str | None
+
+    def load(self, variant: str | None = None, device: str = "auto", tta: bool = False) -> Model:
+        """The trained networks, ready to predict (`load(run_dir, ...)`)."""
+        return load(self.run_dir, variant=variant, device=device, tta=tta)
+
+
+def train(data: str | Path, out: str | Path, config: str | Path | None = None, *,
+          overrides: Mapping[str, Any] | Sequence[str] | None = None, resume: bool = False, stages: str = "1,2,3",
+          variants: Sequence[str] | None = None, device: str | None = None, compile: bool = False) -> TrainedRun:
+    """Train and evaluate the TATL pipeline on `data` in the run folder `out`, as `tatl run` does: the stages and
+    variants, RUN/metrics.json, summary.md, the HTML report and RUN/log.txt.
+
+    data: a dataset folder in the ISIC 2018 layout, or "synthetic" (generated into the run folder).
+    config: a YAML config file or preset name ("demo", "paper"); defaults when None.
+    overrides: config values, {"train.epochs": 5, "model.shapes": ["unet"]} (or "train.epochs=5" strings as --set).
+    resume: continue the run in `out` (its own config.yaml; overrides may change what resuming allows).
+    stages: "1,2,3", or "1" for the Segment-Net alone (lesion-only data).
+    variants: the ablation variants to train, e.g. ["3", "1,2,3"]; device: "auto", "cpu" or "cuda"; compile:
+    torch.compile the networks."""
+    from tatl.pipeline.train import train as train_pipeline
+
+    written: dict[str, str] = {}
+
+    def write_summary_and_report(metrics: dict, config: Config, data_root: Path) -> None:
+        written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
+
+    metrics = train_pipeline(data, out, config, resume=resume, stages=stages, variants=variants, device=device,
+                             compile=compile, overrides=overrides, finish=write_summary_and_report)
+    return TrainedRun(Path(out), metrics, written.get("summary"))
+
+
+def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data_root: Path) -> str:
+    """summary.md (its text is returned) and the report; a failing report is a warning, not a failed run."""
+    from tatl.io import write_text
+    from tatl.layout import RunLayout
+    from tatl.reporting.report import write_report_or_say_why
+    from tatl.reporting.summary import summary_markdown
+
+    layout = RunLayout(run_dir)
+    summary = summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}", config.pipeline.tune_thresholds)
+    write_text(layout.summary, summary)
+    log.info("wrote %s and %s", layout.metrics, layout.summary)
+    said = write_report_or_say_why(run_dir, data_root)
+    (log.warning if said.startswith("report not written") else log.info)(said)
+    return summary
+
+
+class Model:
+    """A trained run (or its ONNX export), loaded once: `predict(image)` for one image at a time."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    @property
+    def settings(self) -> PredictionSettings:
+        """The variant, attributes, shapes, sizes and thresholds used (tatl.inference.predictor)."""
+        return self.predictor.settings
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.predictor.settings.attributes)
+
+    def predict(self, image: Any) -> PredictedImage:
+        """Probabilities and masks of one image at its original size (tatl.inference.results.PredictedImage).
+
+        image: a path (str or Path), a PIL image, or an RGB uint8 numpy array (height, width, 3). A file is read as
+        `tatl predict` reads it (a JPEG DCT-scaled while decoded); an image in memory is resized from its pixels."""
+        from tatl.inference.results import predict
+
+        return predict(self.predictor, image)
+
+    def __repr__(self) -> str:
+        s = self.predictor.settings
+        return (f"Model({str(self.predictor.source)!r}, variant={s.variant!r}, shapes={s.shapes}, "
+                f"engine={self.predictor.engine!r})")
+
+
+def load(model: str | Path, variant: str | None = None, device: str = "auto", tta: bool = False) -> Model:
+    """A run folder of `tatl run` (torch) or an export folder of `tatl export` (onnxruntime), ready to predict.
+
+    variant: which trained variant ("3", "2,3", "1,3", "1,2,3"; default 1,2,3 when trained, else the last trained);
+    device: "auto", "cpu" or "cuda"; tta: average over the flips (4x the network time)."""
+    from tatl.inference.predictor import load_predictor
+
+    return Model(load_predictor(Path(model), variant, device=device, tta=tta))

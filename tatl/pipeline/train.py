@@ -1,0 +1,136 @@
+"""One run of the TATL pipeline in one run folder, up to RUN/metrics.json: what `tatl run` and `tatl.train` do.
+
+The order of the checks is the promise that a mistake costs nothing: the config (a typo in a key or value) is
+resolved first and creates no folder; then the model settings (an unknown encoder, an unusable weights file) and
+the data path; only then is the run folder created (or, with resume, locked) and RUN/log.txt opened, and the data
+checked and split. Under torchrun every rank runs this function; rank 0 alone writes, and the process group is left
+on success only (after an error the other ranks may sit in a collective, and leaving would hang them).
+
+summary.md and the report are written by a higher layer (tatl.reporting, through tatl.api): `finish` is called on
+rank 0 with the metrics, inside the run's log and before the process group is left, for what it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from tatl.config import Config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("1", "1,2,3")  # "1": the Segment-Net alone (lesion-only data, ISIC Task 1 scores); "1,2,3": everything
+Finish = Callable[[dict, Config, Path], None]  # (metrics, resolved config, data folder read) -> None
+
+
+def train(data: str | Path, out: str | Path, config: str | Path | None = None, *, resume: bool = False,
+          stages: str = "1,2,3", variants: Sequence[str] | None = None, device: str | None = None,
+          compile: bool = False, overrides: Sequence[str] | Mapping[str, Any] | None = None,
+          finish: Finish | None = None) -> dict:
+    """Train and score a run in `out` on `data` (a dataset folder, or "synthetic"); return its metrics.
+
+    config: a YAML file or preset name ("demo", "paper"); with resume, the run's own config.yaml is used instead.
+    overrides: config values, as "section.key=value" strings (the CLI's --set) or a mapping {"section.key": value}.
+    variants, device and compile set pipeline.variants, train.device and train.compile (after the overrides)."""
+    from tatl import distributed
+    from tatl.errors import ConfigError
+
+    if stages not in STAGES:
+        raise ConfigError(f"stages {stages!r}: use one of {', '.join(STAGES)}")
+    data, out = str(data), Path(out)
+    settings = _override_list(overrides, variants, device, compile)
+    resolved = resolved_config(data, out, config, resume, settings)  # before the heavy work: a typo fails at once
+    distributed.setup(resolved.train.device)  # under torchrun: join the other processes (a no-op otherwise)
+    distributed.check_batch_size(resolved.train.batch_size)  # before anything is written
+    with ExitStack() as run_log:  # RUN/log.txt, from the moment the folder is prepared
+        metrics = _train_and_score(data, out, resolved, resume, stages == "1", finish, run_log)
+    distributed.teardown()  # on success only: after an error the others may sit in a collective (NCCL would hang)
+    return metrics
+
+
+def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None, variants: Sequence[str] | None,
+                   device: str | None, compile: bool) -> list[str]:
+    """Every override as a "section.key=value" string, in the order the CLI has always applied them."""
+    from tatl.errors import ConfigError
+
+    if isinstance(overrides, Mapping):
+        # JSON is YAML: the values are read back exactly (numbers, booleans, None, lists, strings).
+        listed = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    elif isinstance(overrides, str):
+        raise ConfigError(f"overrides {overrides!r}: give a list of strings or a mapping, not one string")
+    else:
+        listed = list(overrides or [])
+    if variants:
+        listed.append("pipeline.variants=[" + ", ".join(f'"{v}"' for v in variants) + "]")
+    if device:
+        listed.append(f"train.device={device}")
+    if compile:
+        listed.append("train.compile=true")
+    return listed
+
+
+def resolved_config(data: str, out: Path, config: str | Path | None, resume: bool, overrides: list[str]) -> Config:
+    """The run's config: defaults + config + overrides, or, when resuming, the saved one + overrides (checked)."""
+    from tatl.config import load_config
+    from tatl.errors import ConfigError, DataError
+    from tatl.folders import check_output_folder
+    from tatl.layout import RunLayout
+
+    if not resume:
+        return load_config(config, overrides)
+    saved = RunLayout(out).config
+    check_output_folder(out, "run folder")
+    if config:
+        raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
+    if not saved.is_file():
+        raise DataError(f"{out}: nothing to resume (no config.yaml); start a new run without --resume")
+    from tatl.pipeline.setup import check_resume_settings
+
+    resolved = load_config(saved, overrides)
+    check_resume_settings(load_config(saved), resolved, out, data)
+    return resolved
+
+
+def _train_and_score(data: str, run_dir: Path, config: Config, resume: bool, stage1_only: bool,
+                     finish: Finish | None, run_log: ExitStack) -> dict:
+    from tatl import distributed
+    from tatl.config import save_config
+    from tatl.errors import DataError
+    from tatl.io import write_json
+    from tatl.layout import RunLayout
+    from tatl.logs import log_to_file
+    from tatl.pipeline.setup import check_data_path, check_model_settings, prepare_context, prepare_run_dir
+    from tatl.pipeline.stages import run_pipeline
+
+    layout = RunLayout(run_dir)
+    check_model_settings(config)  # an unknown encoder or unusable weights file: named before any data is read
+    check_data_path(data)
+
+    def prepare():
+        if distributed.is_main_process():  # the folder, its lock and config; the data generated or converted
+            prepare_run_dir(run_dir, resume=resume)
+            run_log.enter_context(log_to_file(layout.log))  # appends: a resumed run's log goes on
+            log.debug("%s run in %s on %s", "resumed" if resume else "new", run_dir, data)
+            save_config(config, layout.config)
+        ctx = prepare_context(data, run_dir, config, stage1_only)  # the other ranks read rank 0's split
+        if distributed.is_main_process():
+            save_config(ctx.config, layout.config)  # again: the data may have set values (ISIC 2017 -> its features)
+        return ctx
+
+    try:
+        ctx = distributed.main_process_first(prepare)
+        if not stage1_only and not ctx.train:
+            raise DataError(f"{data}: no training images left after the split")
+        metrics = run_pipeline(ctx, stage1_only=stage1_only)
+    except Exception as error:  # the console shows it (tatl.cli); the log file keeps why the run stopped
+        log.debug("run stopped: %s: %s", type(error).__name__, error)
+        raise
+    if distributed.is_main_process():
+        write_json(layout.metrics, metrics)
+        if finish is not None:
+            finish(metrics, ctx.config, ctx.data_root)
+    return metrics
