@@ -1,14 +1,8 @@
-"""Export a trained run's inference networks to ONNX, for `tatl predict --engine onnx` or any onnxruntime program.
+"""ONNX export of a finished run's inference networks (`tatl export`; its --help describes the files and manifest).
 
-Writes OUT_DIR/manifest.json and one .onnx file per network group that `tatl predict` runs: stage1_<shape>.onnx
-(output "lesion"), and per U/Link shape either one stage23_<shape>.onnx holding the shared frozen encoder once and
-every decoder (outputs "union" and each attribute: one encoder pass per image, TATL-FE), or, when the encoders
-differ (TATL-NF, variants without Stage 2), stage2_<shape>.onnx and stage3_<shape>_<attribute>.onnx. Each takes
-"image", float32 (batch, 3, height, width), RGB scaled to [0, 1] then normalised with the ImageNet mean and std of
-the manifest; batch, height and width are dynamic (height and width multiples of 32). Outputs are probabilities
-(batch, height, width) after the sigmoid. The manifest lists the files, their outputs and input sizes, the
-normalisation, threshold, crop margin, shapes and attributes: all `tatl predict` needs besides the files. Each
-export is checked against PyTorch on a random image before it is kept.
+One .onnx file per network group `tatl predict` runs, each with dynamic batch, height and width and the names
+`tatl predict --engine onnx` reads (input "image", one output per head), checked against PyTorch on a random batch
+of another size before it is kept; manifest.json holds the prediction settings and the normalisation.
 """
 
 from __future__ import annotations
