@@ -29,6 +29,7 @@ from pathlib import Path
 from tatl.constants import UNION
 
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")
+STAGES = ("1", "1,2,3")  # what a run trains (pipeline.stages): "1" the Segment-Net alone, "1,2,3" the variants
 DEFAULT_VARIANT = "1,2,3"  # the whole of TATL: what a run trains and predicts unless told otherwise
 INPUTS = ("crops", "full")  # what Stage 2 and 3 read: Stage-1 lesion crops or whole images (inputs_of)
 
