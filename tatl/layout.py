@@ -1,10 +1,10 @@
 """The run folder of `tatl run`: every path inside it, and the variants, stated once.
 
     RUN/config.yaml                     the fully resolved config (tatl.config)
-    RUN/data.json                       the data folder the run was trained on, as given and resolved
+    RUN/data.json                       the data folder(s) the run was trained on, as given and resolved
     RUN/splits.json                     train/validation ids and k folds
     RUN/log.txt                         everything the run logged, with timestamps
-    RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json
+    RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json (or another run's, copied)
     RUN/stage1/boxes.json               its lesion box of every image
     RUN/stage2-<inputs>/<shape>/        the Attribute-Agnostic Segmenter on crops or full images
     RUN/stage3-v<stages>/<shape>/<attribute>/   one Target-Segmenter per attribute, per variant
