@@ -43,32 +43,38 @@ class TrainedRun:
         return load(self.run_dir, variant=variant, device=device, tta=tta)
 
 
-def train(data: str | Path, out: str | Path, config: str | Path | None = None, *,
-          overrides: Mapping[str, Any] | Sequence[str] | None = None, resume: bool = False, stages: str = "1,2,3",
-          variants: Sequence[str] | None = None, device: str | None = None, compile: bool = False) -> TrainedRun:
+def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str | Path | None = None, *,
+          overrides: Mapping[str, Any] | Sequence[str] | None = None, resume: bool = False, stages: str | None = None,
+          variants: Sequence[str] | None = None, device: str | None = None, compile: bool = False,
+          segment_net: str | Path | None = None) -> TrainedRun:
     """Train and evaluate the TATL pipeline on `data` in the run folder `out`, as `tatl run` does: the stages and
     variants, RUN/metrics.json, summary.md, the HTML report and RUN/log.txt.
 
-    data: a dataset folder in the ISIC 2018 layout, or "synthetic" (generated into the run folder).
+    data: a dataset folder in the ISIC 2018 layout, or "synthetic" (generated into the run folder); for the
+    Segment-Net alone (stages="1") also a list of lesion dataset folders, trained on together (ids must differ).
     config: a YAML config file or preset name ("demo", "paper"); defaults when None.
     overrides: config values, {"train.epochs": 5, "model.shapes": ["unet"]} (or "train.epochs=5" strings as --set).
     resume: continue the run in `out` (its own config.yaml; overrides may change what resuming allows).
-    stages: "1,2,3", or "1" for the Segment-Net alone (lesion-only data).
+    stages: "1,2,3", or "1" for the Segment-Net alone (lesion-only data); default: the config's pipeline.stages
+    (1,2,3), and a resumed run keeps its own.
     variants: the ablation variants to train, e.g. ["3", "1,2,3"]; device: "auto", "cpu" or "cuda"; compile:
-    torch.compile the networks."""
+    torch.compile the networks.
+    segment_net: a finished run whose Segment-Net crops this run's images (pipeline.segment_net), for data without
+    lesion masks; it is copied into `out`."""
     from tatl.pipeline.train import train as train_pipeline
 
     written: dict[str, str] = {}
 
-    def write_summary_and_report(metrics: dict, config: Config, data_root: Path) -> None:
+    def write_summary_and_report(metrics: dict, config: Config, data_root: Any) -> None:
         written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
 
     metrics = train_pipeline(data, out, config, resume=resume, stages=stages, variants=variants, device=device,
-                             compile=compile, overrides=overrides, finish=write_summary_and_report)
+                             compile=compile, overrides=overrides, segment_net=segment_net,
+                             finish=write_summary_and_report)
     return TrainedRun(Path(out), metrics, written.get("summary"))
 
 
-def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data_root: Path) -> str:
+def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data_root: Any) -> str:
     """summary.md (its text is returned) and the report; a failing report is a warning, not a failed run."""
     from tatl.io import write_text
     from tatl.layout import RunLayout

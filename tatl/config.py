@@ -20,7 +20,7 @@ import yaml
 from tatl.constants import ATTRIBUTES_2018
 from tatl.errors import ConfigError
 from tatl.io import write_text
-from tatl.layout import DEFAULT_VARIANT, VARIANTS, variant_stages
+from tatl.layout import DEFAULT_VARIANT, STAGES, VARIANTS, variant_stages
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
@@ -69,6 +69,7 @@ class TrainConfig:
 
 @dataclass
 class PipelineConfig:
+    stages: str = "1,2,3"  # "1": train the Segment-Net alone (lesion data; it predicts lesions); "1,2,3": the variants
     variants: list[str] = field(default_factory=lambda: [DEFAULT_VARIANT])  # ablations to run: tatl.layout.VARIANTS
     encoder_mode: str = "frozen"  # Stage 3 encoder: "frozen" (TATL-FE, shared) or "trainable" (TATL-NF)
     init: str = "tatl"  # Stage 3 start without Stage 2: tatl (configured weights), imagenet, random, augmentation,
@@ -83,6 +84,9 @@ class PipelineConfig:
     # the same settings and split on the same data folder (tatl.pipeline.reuse); `tatl experiment` fills it in with the
     # grid's matching jobs.
     reuse_stages_from: list[str] = field(default_factory=list)
+    # A finished run whose Stage-1 Segment-Net crops this run's images (tatl.pipeline.segment_net): copied into this
+    # run instead of trained, for data without lesion masks (ISIC 2018 Task 2). null: train Stage 1 here.
+    segment_net: str | None = None
 
 
 @dataclass
@@ -267,6 +271,9 @@ def validate(config: Config) -> None:
     _require(t.monitor in ("jaccard", "dice", "loss"), f"train.monitor: {t.monitor!r} (jaccard, dice, loss)")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device: {t.device!r} (auto, cpu, cuda)")
     _require(t.num_workers >= 0, "train.num_workers must be >= 0")
+    _require(p.stages in STAGES, f"pipeline.stages: {p.stages!r} (one of {', '.join(STAGES)})")
+    _require(p.stages != "1" or not p.segment_net, "pipeline.segment_net: a Stage-1-only run (pipeline.stages=1) "
+             "trains its own Segment-Net; drop --segment-net")
     for variant in p.variants:
         _require(variant in VARIANTS, f"pipeline.variants: unknown variant {variant!r} (one of {' '.join(VARIANTS)})")
     _require(p.encoder_mode in ("frozen", "trainable"), f"pipeline.encoder_mode: {p.encoder_mode!r}")

@@ -1,10 +1,10 @@
 """The run folder of `tatl run`: every path inside it, and the variants, stated once.
 
     RUN/config.yaml                     the fully resolved config (tatl.config)
-    RUN/data.json                       the data folder the run was trained on, as given and resolved
+    RUN/data.json                       the data folder(s) the run was trained on, as given and resolved
     RUN/splits.json                     train/validation ids and k folds
     RUN/log.txt                         everything the run logged, with timestamps
-    RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json
+    RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json (or another run's, copied)
     RUN/stage1/boxes.json               its lesion box of every image
     RUN/stage2-<inputs>/<shape>/        the Attribute-Agnostic Segmenter on crops or full images
     RUN/stage3-v<stages>/<shape>/<attribute>/   one Target-Segmenter per attribute, per variant
@@ -29,6 +29,7 @@ from pathlib import Path
 from tatl.constants import UNION
 
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")
+STAGES = ("1", "1,2,3")  # what a run trains (pipeline.stages): "1" the Segment-Net alone, "1,2,3" the variants
 DEFAULT_VARIANT = "1,2,3"  # the whole of TATL: what a run trains and predicts unless told otherwise
 INPUTS = ("crops", "full")  # what Stage 2 and 3 read: Stage-1 lesion crops or whole images (inputs_of)
 

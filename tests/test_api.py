@@ -171,7 +171,7 @@ def test_the_cli_runs_tatl_train(monkeypatch, tmp_path, capsys):
     assert cli.main(argv) == 0
     assert calls == [(("synthetic", tmp_path, "demo"), {
         "overrides": ["train.epochs=2", "synth.n=12"], "resume": False, "stages": "1,2,3", "variants": ["3", "1,3"],
-        "device": "cpu", "compile": True})]
+        "device": "cpu", "compile": True, "segment_net": None})]
     assert capsys.readouterr().out == "# the summary\n"
 
 

@@ -3,7 +3,7 @@
 INPUT is one image or a folder of images (.jpg .jpeg .png .bmp, any size), predicted one at a time. Writes to OUT:
   <id>_attribute_<name>.png   one per attribute: 8-bit greyscale, 0 or 255, at the image's size (the official ISIC
                               2018 Task 2 submission format; score it with `tatl evaluate OUT TRUTH`)
-  <id>_segmentation.png       the Stage-1 lesion (variants with Stage 1)
+  <id>_segmentation.png       the Stage-1 lesion (variants with Stage 1; all a Segment-Net alone, --stages 1, writes)
   <id>_abnormal.png           the Stage-2 attribute-agnostic abnormal region (variants with Stage 2)
   predictions.json            per image and attribute: present, area as a share of the lesion, maximum probability;
                               the model, variant, shapes and thresholds used
@@ -11,7 +11,8 @@ INPUT is one image or a folder of images (.jpg .jpeg .png .bmp, any size), predi
   overlays/<id>.png           (--overlays) the Stage-1 lesion crop beside it annotated (lesion outline, abnormal
                               region dashed, attributes in colour) with a legend; with --truth also one panel per
                               attribute: truth green, prediction red, both yellow (the paper's Figure 5)
-  scores.json                 (--truth) official ISIC 2018 Task 2 scores, also printed (as `tatl evaluate` does)
+  scores.json                 (--truth) official ISIC 2018 Task 2 scores, also printed (as `tatl evaluate` does);
+                              for a Segment-Net alone, the Task 1 scores against the truth's <id>_segmentation.png
 <id> is the file name without extension. Every file is written to a temporary name and renamed, so a killed run
 never leaves half a PNG; existing files of the same name are replaced. An unreadable image is reported by name and
 skipped; the exit code is then 1.
@@ -37,6 +38,8 @@ examples:
   tatl predict runs/pn ../shared/data/isic2018-sample/ISIC2018_Task1-2_Training_Input --out pred/ \\
       --truth ../shared/data/isic2018-sample/ISIC2018_Task2_Training_GroundTruth_v3 --overlays
   tatl predict runs/demo photos/ --out pred/ --variant 2,3 --tta --device cuda
+  tatl predict runs/segnet ../shared/data/ph2/ISIC2018_Task1-2_Training_Input --out lesions/ --overlays \
+      --truth ../shared/data/ph2/ISIC2018_Task1_Training_GroundTruth      # a Segment-Net alone: Task 1 scores
   tatl export runs/demo --onnx runs/demo-onnx && tatl predict runs/demo-onnx photos/ --out pred/ --engine onnx
 """
 
@@ -46,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", type=Path, help="an image, or a folder of images")
     parser.add_argument("--out", required=True, type=Path, help="folder for the masks and reports (created)")
     parser.add_argument("--truth", type=Path, metavar="DIR",
-                        help="ground-truth attribute masks: score the prediction officially and draw truth panels")
+                        help="ground-truth attribute masks: score the prediction officially and draw truth panels "
+                             "(a Segment-Net alone: lesion masks <id>_segmentation.png, ISIC Task 1 scores)")
     parser.add_argument("--overlays", action="store_true", help="write OUT/overlays/<id>.png for people to look at")
     parser.add_argument("--overlay-size", type=int, default=768, metavar="PX",
                         help="longest side of each overlay panel in pixels (default 768)")
@@ -99,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     log.info(f"predicted {len(records)} image(s) in {seconds:.1f} s ({len(records) / seconds:.2f} images/s) into "
              f"{args.out}" + (f"; {len(failed)} skipped" if failed else ""))
     if args.truth:
-        from tatl.metrics.isic2018 import format_scores
+        from tatl.inference.outputs import format_truth_scores
 
         scores = score_against_truth(args.out, args.truth, predictor.settings.attributes, list(records))
         write_json(args.out / "scores.json", scores)
-        print(format_scores(scores))
+        print(format_truth_scores(scores))
     return 1 if failed else 0
 
 

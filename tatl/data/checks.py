@@ -17,7 +17,7 @@ from pathlib import Path
 from tatl import logs
 from tatl.constants import ATTRIBUTES_2018, LESION
 from tatl.data.images import ImageFileError, inspect_image, inspect_mask
-from tatl.data.isic import ATTRIBUTE_INFIX, LESION_SUFFIX, Sample, Scan, no_image_reason, scan_dataset
+from tatl.data.isic import ATTRIBUTE_INFIX, LESION_SUFFIX, Sample, Scan, join_samples, no_image_reason, scan_dataset
 from tatl.errors import DataError
 
 ERROR, NOTE = "error", "note"
@@ -95,6 +95,28 @@ def check_dataset(
         _add_result(report, sample, result)
     _add_fractions(report, results)
     return report
+
+
+def merge_reports(reports: Sequence[DataReport]) -> DataReport:
+    """One report of several dataset folders' reports (their root: the first folder); a DataError naming both files
+    when two folders hold the same image id. Each report is checked on its own first (require_valid)."""
+    if len(reports) == 1:
+        return reports[0]
+    samples = sorted(join_samples([r.samples for r in reports]).values(), key=lambda s: s.image_id)
+    merged = DataReport(reports[0].root, samples, reports[0].attributes, {}, {}, [], {},
+                        f"{len(reports)} folders: " + ", ".join(str(r.root) for r in reports))
+    for report in reports:
+        merged.sizes.update(report.sizes)
+        merged.presence.update(report.presence)
+        merged.problems += report.problems
+    for kind in (LESION, *merged.attributes):  # counts add up; the mean share is weighted by the masks counted
+        stats = [r.mask_stats.get(kind, (0, 0, 0.0)) for r in reports]
+        masks = sum(s[0] for s in stats)
+        mean = sum(s[0] * s[2] for s in stats) / masks if masks else 0.0
+        merged.mask_stats[kind] = (masks, sum(s[1] for s in stats), mean)
+        if kind != LESION:
+            merged.attribute_pixel_fraction[kind] = mean
+    return merged
 
 
 def require_valid(report: DataReport) -> None:

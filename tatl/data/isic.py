@@ -82,6 +82,19 @@ def find_samples(root: Path, attributes: Sequence[str] = ATTRIBUTES_2018) -> lis
     return scan.samples
 
 
+def join_samples(folders: Sequence[Sequence[Sample]]) -> dict[str, Sample]:
+    """id -> sample of the images of several dataset folders (the Segment-Net on several lesion datasets); an id
+    found in two folders is a DataError naming both files: one id names one image in a run (split, cache, boxes)."""
+    joined: dict[str, Sample] = {}
+    for samples in folders:
+        for sample in samples:
+            other = joined.setdefault(sample.image_id, sample)
+            if other is not sample:
+                raise DataError(f"{other.image_path} and {sample.image_path}: the same image id {sample.image_id!r} "
+                                "in two DATA folders; ids must be unique across the folders (rename or drop one)")
+    return joined
+
+
 def scan_dataset(root: Path, attributes: Sequence[str] = ATTRIBUTES_2018) -> Scan:
     """Classify every file under `root` and pair images with masks; raises only for an unusable `root`."""
     attributes = validate_attribute_names(attributes)

@@ -22,7 +22,8 @@ from tatl.errors import DataError
 from tatl.inference.overlays import OverlayView
 from tatl.inference.results import full_size_maps
 from tatl.io import remove_stale_temporaries, write_png
-from tatl.metrics.isic2018 import PNG_THRESHOLD, read_score_png, score_task2_folders
+from tatl.metrics.isic2018 import PNG_THRESHOLD, format_scores, read_score_png, score_task2_folders
+from tatl.metrics.task1_folders import format_task1_scores, score_task1_folders
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
     prediction = predictor.predict(path)
     maps, out = full_size_maps(predictor, prediction), options.out
     record: dict = {"file": str(path), "width": prediction.size[0], "height": prediction.size[1]}
-    view = OverlayView(prediction, options.overlay_size) if options.overlays else None
+    s = predictor.settings
+    view = OverlayView(prediction, options.overlay_size, zoom=bool(s.attributes)) if options.overlays else None
     lesion = shown_lesion = shown_abnormal = None
     if LESION in prediction.maps:  # the first of the maps
         _, _, lesion = next(maps)
@@ -146,11 +148,13 @@ def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) 
         write_features_json(out / f"{image_id}_features.json", features_2017)
         record["isic2017_features_file"] = f"{image_id}_features.json"
     if view:
-        s = predictor.settings
-        title = (f"{image_id}: {view.what}; TATL variant {s.variant}, {' + '.join(s.shapes)}, "
+        networks = (f"TATL variant {s.variant}, {' + '.join(s.shapes)}" if s.shapes
+                    else f"Segment-Net (Stage 1), {s.stage1_shape}")
+        title = (f"{image_id}: {view.what}; {networks}, "
                  + ("tuned thresholds" if s.attribute_thresholds else f"threshold {s.threshold:g}")
                  + (", flip TTA" if predictor.tta else ""))
-        picture = view.render(title, shown_lesion, shown_abnormal, layers, with_truth=options.truth is not None)
+        with_truth = options.truth is not None and bool(layers)  # truth panels are per attribute
+        picture = view.render(title, shown_lesion, shown_abnormal, layers, with_truth=with_truth)
         write_png(out / "overlays" / f"{image_id}.png", picture, compress_level=6)
     return record
 
@@ -179,7 +183,11 @@ def scorer_id(stem: str) -> str:
 
 def score_against_truth(out: Path, truth: Path, attributes: list[str], image_ids: list[str]) -> dict:
     """Official Task 2 scores (tatl.metrics.isic2018.score_task2_folders) of OUT against the truth masks of the images
-    predicted now, on the attributes both have: a truth folder may hold more images (a subset was predicted)."""
+    predicted now, on the attributes both have: a truth folder may hold more images (a subset was predicted). A
+    Segment-Net alone (no attributes): Task 1 scores of the lesion masks (tatl.metrics.task1_folders)."""
+    if not attributes:
+        log.info(f"scoring the lesion masks of the predicted image(s) against {truth}")
+        return score_task1_folders(out, truth, image_ids)
     wanted = {scorer_id(i) for i in image_ids}
     kept = [p for p in sorted(truth.glob("*_attribute_*.png")) if p.stem.rpartition("_attribute_")[2] in attributes
             and scorer_id(p.stem.rpartition("_attribute_")[0]) in wanted]
@@ -194,3 +202,8 @@ def score_against_truth(out: Path, truth: Path, attributes: list[str], image_ids
         scored = {scorer_id(p.stem.rpartition("_attribute_")[0]) for p in kept}
         log.info(f"scoring {len(scored)} of the {len(image_ids)} predicted image(s) against {truth}")
         return score_task2_folders(out, Path(folder), sorted({p.stem.rpartition("_attribute_")[2] for p in kept}))
+
+
+def format_truth_scores(scores: dict) -> str:
+    """score_against_truth's scores as a Markdown table: Task 1 (a lesion) or Task 2 (attributes)."""
+    return format_task1_scores(scores) if "threshold_jaccard" in scores else format_scores(scores)

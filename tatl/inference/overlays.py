@@ -214,9 +214,10 @@ class OverlayView:
     box, zoomed in as a dermatologist looks, else the whole image; at most max_side pixels on its longer side.
     Full-size masks are cropped to it and shrunk (a pixel is set when at least half of its area is)."""
 
-    def __init__(self, prediction, max_side: int):
+    def __init__(self, prediction, max_side: int, zoom: bool = True):
+        """zoom=False: the whole image, whatever Stage 1 found (a Segment-Net alone: its outline is the result)."""
         whole = whole_image_box(prediction.size)
-        zoom = "lesion" in prediction.maps and not prediction.lesion_fallback and prediction.box != whole
+        zoom = zoom and "lesion" in prediction.maps and not prediction.lesion_fallback and prediction.box != whole
         self.box = prediction.box if zoom else whole
         self.what = "Stage-1 lesion crop" if zoom else "whole image"
         self.source = prediction.source

@@ -35,6 +35,7 @@ from tatl.layout import BEST, VARIANTS, RunLayout, default_variant, variant_stag
 from tatl.models.fusion import fold_batchnorm
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
+from tatl.pipeline.context import stated_stages
 from tatl.pipeline.scoring import average_probabilities, full_size_probabilities
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,25 @@ class PredictionSettings:
 
 
 def settings_from_config(config: Config, variant: str | None, tuned: dict | None = None) -> PredictionSettings:
-    """The settings of one trained variant: `variant`, else tatl.layout.default_variant of those trained.
-    `tuned`: RUN/thresholds.json, whose per-attribute thresholds of the ensemble (or single shape) are used when
-    the run tuned them."""
-    trained = config.pipeline.variants
-    variant = variant or default_variant(trained)
-    if variant not in VARIANTS or variant not in trained:
-        raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
+    """The settings of one trained variant: `variant`, else tatl.layout.default_variant of those trained; "1" (no
+    attributes nor U/Link shapes) for a Segment-Net alone (pipeline.stages 1). `tuned`: RUN/thresholds.json, whose
+    per-attribute thresholds of the ensemble (or single shape) are used when the run tuned them."""
     d, m, p = config.data, config.model, config.pipeline
+    attributes, shapes, trained = list(d.attributes), list(m.shapes), p.variants
+    if p.stages == "1":  # the Segment-Net alone: variant "1", lesion masks only
+        if variant not in (None, "1"):
+            raise ConfigError(f"--variant {variant}: this run trained the Segment-Net alone (stages 1); it predicts "
+                              "lesion masks only")
+        variant, attributes, shapes = "1", [], []
+    variant = variant or default_variant(trained)
+    if variant != "1" and (variant not in VARIANTS or variant not in trained):
+        raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
     per_attribute = None
-    if tuned and tuned.get("tuned"):
-        per_attribute = tuned.get("variants", {}).get(variant, {}).get("ensemble" if len(m.shapes) > 1 else m.shapes[0])
-    return PredictionSettings(variant, list(d.attributes), list(m.shapes), m.stage1_shape, d.stage1_size,
-                              d.image_size, p.threshold, p.crop_margin, p.min_lesion_fraction, p.encoder_mode,
-                              m.encoder_name, d.max_image_pixels, per_attribute)
+    if tuned and tuned.get("tuned") and shapes:
+        per_attribute = tuned.get("variants", {}).get(variant, {}).get("ensemble" if len(shapes) > 1 else shapes[0])
+    return PredictionSettings(variant, attributes, shapes, m.stage1_shape, d.stage1_size, d.image_size, p.threshold,
+                              p.crop_margin, p.min_lesion_fraction, p.encoder_mode, m.encoder_name,
+                              d.max_image_pixels, per_attribute)
 
 
 class Network(Protocol):
@@ -251,9 +257,10 @@ class Predictor:
         if 1 in s.stages:
             maps[LESION] = self._probabilities(self.networks.stage1, source.read((s.stage1_size,) * 2))[LESION]
             box, fell_back = lesion_box(maps[LESION] > s.threshold, size, s.crop_margin, s.min_lesion_fraction)
-        crop = source.read((s.image_size,) * 2, box=box)
-        per_shape = [self._probabilities(networks, crop) for networks in self.networks.targets.values()]
-        maps.update(average_probabilities(per_shape))  # the U+Link ensemble (paper Section 5.3)
+        if self.networks.targets:  # none for a Segment-Net alone
+            crop = source.read((s.image_size,) * 2, box=box)
+            per_shape = [self._probabilities(networks, crop) for networks in self.networks.targets.values()]
+            maps.update(average_probabilities(per_shape))  # the U+Link ensemble (paper Section 5.3)
         return ImagePrediction(source, size, box, fell_back, maps)
 
     def _probabilities(self, networks: list[Network], image: np.ndarray) -> dict[str, np.ndarray]:
@@ -288,7 +295,9 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
         raise ConfigError(f"{model_dir} is an ONNX export: use --engine onnx or the run folder it was exported from")
     if engine == "torch":
         tuned = json.loads(run.thresholds.read_text()) if run.thresholds.is_file() else None
-        settings = settings_from_config(load_config(run.config), variant, tuned)
+        config = load_config(run.config)
+        config.pipeline.stages = stated_stages(run) or config.pipeline.stages  # a Stage-1 run from before the key
+        settings = settings_from_config(config, variant, tuned)
         networks = load_run_networks(model_dir, settings, resolve_device(device, "--device"), share_encoders)
     else:
         settings, networks = load_export_networks(model_dir, device)

@@ -8,6 +8,8 @@ RUN/data.json holds {"data": DATA as given to `tatl run`, "folder": the dataset 
 "folder_in_run": that folder relative to RUN when the run generated or converted it there (synthetic-data/,
 isic2017-converted/), else null}. So a run folder moved elsewhere still finds the data it keeps (relative) and an
 outside dataset left where it was (absolute); a dataset moved elsewhere is named with `--data`, which always wins.
+A Segment-Net trained on several DATA folders (`tatl run A B --stages 1`) records {"data": [A, B], "folders": [one
+such record per folder]}; its images are the union of the folders' (an id in two folders is an error).
 Runs written before data.json existed find the synthetic-data/ or isic2017-converted/ they keep, or ask for --data.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +31,7 @@ from tatl.data.checks import DataReport
 from tatl.data.crops import Box
 from tatl.data.dataset import load_images, load_masks
 from tatl.data.images import image_size
-from tatl.data.isic import Sample, find_samples
+from tatl.data.isic import Sample, find_samples, join_samples
 from tatl.data.splits import read_splits
 from tatl.device import resolve_device
 from tatl.errors import ConfigError, DataError
@@ -38,6 +41,7 @@ from tatl.pipeline import reuse
 
 log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"  # the DATA that generates the embedded synthetic dataset into the run folder
+Data = str | Path | Sequence[str | Path]  # DATA of `tatl run`: one dataset folder (or "synthetic"), or several
 
 
 @dataclass
@@ -49,20 +53,23 @@ class RunContext:
     config: Config
     train_ids: list[str]
     val_ids: list[str]
-    data_root: Path | None = None  # None: not known (a finished run opened without its data)
-    samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_root
+    data_root: Path | None = None  # None: not known (a finished run opened without its data); several: the first
+    samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_roots
     report: DataReport | None = None  # the data check of `tatl run` (every image's size); None for a finished run
+    data_roots: list[Path] = field(default_factory=list)  # every data folder: [data_root] unless several
     train: list[Sample] = field(init=False)
     val: list[Sample] = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.data_roots and self.data_root is not None:
+            self.data_roots = [self.data_root]
         self.train = [self.samples[i] for i in self.train_ids] if self.samples else []
         self.val = [self.samples[i] for i in self.val_ids] if self.samples else []
 
     @classmethod
-    def open(cls, run_dir: Path, data: str | Path | None = None, need_data: bool = True) -> RunContext:
+    def open(cls, run_dir: Path, data: Data | None = None, need_data: bool = True) -> RunContext:
         """A finished run: RUN/config.yaml, splits.json and its data, `data` (DATA as given to `tatl run`) when
-        given, else the folder RUN/data.json records, else the synthetic or converted ISIC 2017 data kept in RUN.
+        given, else the folder(s) RUN/data.json records, else the synthetic or converted ISIC 2017 data kept in RUN.
         need_data=False: a run whose data cannot be found opens without it (no samples)."""
         layout = RunLayout(run_dir)
         if not layout.config.is_file():
@@ -70,19 +77,20 @@ class RunContext:
         config = load_config(layout.config)
         train_ids, val_ids = split_ids(read_splits(layout.splits), config)
         if data is not None:
-            root = resolve_data(str(data), layout.root, config)
+            roots = [resolve_data(str(given), layout.root, config) for given in data_list(data)]
         else:
             try:
-                root = stored_data_folder(layout)
+                roots = stored_data_folders(layout)
             except DataError:
                 if need_data:
                     raise
                 return cls(layout, config, train_ids, val_ids)
-        samples = {s.image_id: s for s in find_samples(root, config.data.attributes)}
+        samples = join_samples([find_samples(root, config.data.attributes) for root in roots])
         missing = [i for i in train_ids + val_ids if i not in samples]
         if missing:
-            raise DataError(f"{root}: does not hold the run's images ({', '.join(missing[:3])} ...); wrong --data?")
-        return cls(layout, config, train_ids, val_ids, root, samples)
+            raise DataError(f"{', '.join(map(str, roots))}: does not hold the run's images ({', '.join(missing[:3])} "
+                            "...); wrong --data?")
+        return cls(layout, config, train_ids, val_ids, roots[0], samples, data_roots=roots)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -95,7 +103,7 @@ class RunContext:
     @cached_property
     def data_identity(self) -> dict[str, str]:
         """The data folder and a fingerprint of its files, recorded in each group's done.json (tatl.pipeline.reuse)."""
-        return reuse.data_identity(self.data_root, list(self.samples.values()))
+        return reuse.data_identity(self.data_roots, list(self.samples.values()))
 
     def boxes(self) -> dict[str, Box]:
         """The Stage-1 lesion boxes of every image, as Stage 2 and 3 cropped them."""
@@ -143,36 +151,66 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
     return root
 
 
-def record_data(layout: RunLayout, data: str, root: Path) -> None:
-    """RUN/data.json: DATA as given and the folder it resolved to (see the module's docstring)."""
+def data_list(data: Data) -> list[str]:
+    """DATA as a list of strings: one folder (or "synthetic") or several."""
+    return [str(data)] if isinstance(data, (str, Path)) else [str(given) for given in data]
+
+
+def record_data(layout: RunLayout, data: Data, roots: Sequence[Path]) -> None:
+    """RUN/data.json: DATA as given and the folder(s) it resolved to (see the module's docstring)."""
+    given = data_list(data)
+    records = [_folder_record(layout, name, root) for name, root in zip(given, roots, strict=True)]
+    write_json(layout.data_record, records[0] if len(records) == 1 else {"data": given, "folders": records})
+
+
+def _folder_record(layout: RunLayout, data: str, root: Path) -> dict:
     folder = Path(root).resolve()
     try:
         in_run = str(folder.relative_to(layout.root.resolve()))
     except ValueError:  # outside the run folder
         in_run = None
-    write_json(layout.data_record, {"data": str(data), "folder": str(folder), "folder_in_run": in_run})
+    return {"data": data, "folder": str(folder), "folder_in_run": in_run}
 
 
-def stored_data_folder(layout: RunLayout) -> Path:
-    """The data folder of a finished run: the one RUN/data.json records, else the synthetic or converted ISIC 2017
+def stored_data_folders(layout: RunLayout) -> list[Path]:
+    """The data folder(s) of a finished run: those RUN/data.json records, else the synthetic or converted ISIC 2017
     data kept in RUN (runs from before data.json); DataError asking for --data when there is none."""
     record = layout.data_record
     if record.is_file():
         try:
             values = json.loads(record.read_text())
-            folder = layout.root / values["folder_in_run"] if values.get("folder_in_run") else Path(values["folder"])
+            records = values["folders"] if "folders" in values else [values]
+            folders = [layout.root / r["folder_in_run"] if r.get("folder_in_run") else Path(r["folder"])
+                       for r in records]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise DataError(f"{record}: not a data record of `tatl run` ({error}); pass --data DIR") from None
-        if not folder.is_dir():
-            raise DataError(f"{record}: the run's data folder {folder} no longer exists; pass --data DIR (where "
-                            "that data is now)")
-        return folder
+        for folder in folders:
+            if not folder.is_dir():
+                raise DataError(f"{record}: the run's data folder {folder} no longer exists; pass --data DIR (where "
+                                "that data is now)")
+        return folders
     kept = (folder for folder in (layout.synthetic_data, layout.isic2017_converted) if folder.is_dir())
     folder = next(kept, None)
     if folder is None:
         raise DataError(f"{layout.root}: its data folder is not stored in the run; pass --data DIR (the DATA of "
                         "`tatl run`)")
-    return folder
+    return [folder]
+
+
+def stated_stages(layout: RunLayout) -> str | None:
+    """pipeline.stages of a run as RUN/config.yaml states it. Runs from before that key state none: a finished
+    Stage-1-only one is told by its metrics.json (Stage 1's scores alone) -> "1"; otherwise None (unknown)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(layout.config.read_text()) or {}
+        stages = (saved.get("pipeline") or {}).get("stages")
+        if stages is not None:
+            return str(stages)
+        metrics = json.loads(layout.metrics.read_text())
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return "1" if isinstance(metrics, dict) and set(metrics) == {"stage1"} else None
 
 
 def split_ids(splits: dict, config: Config) -> tuple[list[str], list[str]]:

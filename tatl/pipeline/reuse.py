@@ -24,12 +24,13 @@ from tatl.config import Config, load_config, to_dict
 from tatl.data.cache import file_fingerprint
 from tatl.data.isic import Sample
 from tatl.errors import ConfigError
+from tatl.io import write_json
 from tatl.layout import DONE, INPUTS, RunLayout
 
 # Settings a Stage-1 or Stage-2 network does not depend on (group folders are per shape: model.shapes neither).
 STAGE3_ONLY = frozenset({
     "pipeline.variants", "pipeline.encoder_mode", "pipeline.init", "pipeline.augmentation_copies",
-    "pipeline.tune_thresholds", "pipeline.reuse_stages_from", "model.shapes",
+    "pipeline.tune_thresholds", "pipeline.reuse_stages_from", "model.shapes", "pipeline.stages",
 })
 
 
@@ -40,14 +41,16 @@ def settings_that_differ(a: Config, b: Config) -> list[str]:
                   if key not in STAGE3_ONLY and flat_a.get(key) != flat_b.get(key))
 
 
-def data_identity(root: Path, samples: Sequence[Sample]) -> dict[str, str]:
-    """What a group's done.json records of the data it was trained on: the folder, and a SHA-256 over the path,
-    size and modification time of every image and mask of `samples` (the same stat the decoded-image cache keys on:
-    no file is read)."""
+def data_identity(root: Path | Sequence[Path], samples: Sequence[Sample]) -> dict:
+    """What a group's done.json records of the data it was trained on: the folder (a list of folders for a
+    Segment-Net trained on several), and a SHA-256 over the path, size and modification time of every image and
+    mask of `samples` (the same stat the decoded-image cache keys on: no file is read)."""
     files = sorted({str(path) for s in samples
                     for path in (s.image_path, s.lesion_mask_path, *s.attribute_mask_paths.values()) if path})
     listing = json.dumps([file_fingerprint(Path(path)) for path in files])
-    return {"data_folder": str(Path(root).resolve()), "data_fingerprint": hashlib.sha256(listing.encode()).hexdigest()}
+    roots = [str(Path(r).resolve()) for r in ([root] if isinstance(root, (str, Path)) else root)]
+    return {"data_folder": roots[0] if len(roots) == 1 else roots,
+            "data_fingerprint": hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dict[str, str]) -> Path | None:
@@ -74,14 +77,18 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dic
     return None
 
 
-def copy_group(source: Path, destination: Path) -> None:
-    """Copy a finished group folder; its done.json last, so a copy cut short is trained again, not reused."""
+def copy_group(source: Path, destination: Path, done: dict | None = None) -> None:
+    """Copy a finished group folder; its done.json last (`done` instead, when given), so a copy cut short is
+    trained or copied again, not reused."""
     staging = destination.with_name(destination.name + ".copying")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(DONE))
     shutil.rmtree(destination, ignore_errors=True)  # an unfinished attempt of this run's own
     staging.rename(destination)
-    shutil.copy2(source / DONE, destination / DONE)
+    if done is None:
+        shutil.copy2(source / DONE, destination / DONE)
+    else:
+        write_json(destination / DONE, done)
 
 
 def _is_stage1_or_stage2(run: RunLayout, group_dir: Path) -> bool:

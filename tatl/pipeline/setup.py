@@ -13,20 +13,20 @@ import os
 from pathlib import Path
 
 from tatl.config import Config
-from tatl.data.checks import DataReport, check_dataset, require_valid
+from tatl.data.checks import DataReport, check_dataset, merge_reports, require_valid
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.layout import RunLayout, variant_stages
-from tatl.pipeline.context import SYNTHETIC, RunContext, record_data, resolve_data, split_ids
+from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
 RESUME_FIXED = (
     "model.encoder_name", "model.stage1_shape", "pipeline.encoder_mode", "data.attributes", "data.stage1_size",
-    "data.image_size", "data.val_fraction", "data.n_folds", "data.fold",
+    "data.image_size", "data.val_fraction", "data.n_folds", "data.fold", "pipeline.stages", "pipeline.segment_net",
 )
 RESUME_FIXED_SYNTHETIC = ("synth.n", "synth.size", "synth.seed")  # the run's synthetic-data/ is reused as it is
 _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS releases them when it dies
@@ -77,12 +77,24 @@ def lock_run_dir(run_dir: Path) -> None:
     _held_locks[run_dir.resolve()] = handle
 
 
-def check_data_path(data: str) -> None:
-    """A dataset folder that is missing or a file is named before anything is written."""
-    root = Path(data)
-    if data != SYNTHETIC and not root.is_dir():
-        raise DataError(f"{root}: is a file, not a dataset folder" if root.exists()
-                        else f"{root}: dataset folder does not exist")
+def check_data_path(data: Data, config: Config | None = None) -> None:
+    """A dataset folder that is missing or a file is named before anything is written; several DATA folders train
+    the Segment-Net alone (pipeline.stages 1), each folder given once, none generated."""
+    given = data_list(data)
+    if len(given) > 1:
+        if config is not None and config.pipeline.stages != "1":
+            raise ConfigError(f"DATA {' '.join(given)}: several folders train the Segment-Net alone (--stages 1); "
+                              "Stages 2-3 read one dataset folder")
+        resolved = [Path(name).resolve() for name in given]
+        twice = next((name for name, path in zip(given, resolved, strict=True) if resolved.count(path) > 1), None)
+        if SYNTHETIC in given or twice:
+            raise DataError(f"{twice or SYNTHETIC}: " + ("given twice as DATA" if twice else "generated data cannot "
+                            "be one of several DATA folders"))
+    for name in given:
+        root = Path(name)
+        if name != SYNTHETIC and not root.is_dir():
+            raise DataError(f"{root}: is a file, not a dataset folder" if root.exists()
+                            else f"{root}: dataset folder does not exist")
 
 
 def check_model_settings(config: Config) -> None:
@@ -124,29 +136,52 @@ def check_resume_settings(saved: Config, config: Config, run_dir: Path, data: st
                               f"was started with {before!r}; start a new run (another --out) to change it")
 
 
-def prepare_context(data: str, run_dir: Path, config: Config, stage1_only: bool) -> RunContext:
+def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool | None = None) -> RunContext:
     """The context of a run being trained: its data found (or generated, or converted) and checked, its split
-    made (or read back), and RUN/data.json written, so the finished run knows its data."""
+    made (or read back), and RUN/data.json written, so the finished run knows its data. Several DATA folders (a
+    Segment-Net on several lesion datasets) are checked one by one, then joined. stage1_only: the Segment-Net
+    alone (default: pipeline.stages)."""
     if config.data.max_image_pixels:
         from tatl.data.images import set_max_image_pixels
 
         set_max_image_pixels(config.data.max_image_pixels)
-    root = resolve_data(data, run_dir, config)
-    needs_lesion = stage1_only or any(1 in variant_stages(v) for v in config.pipeline.variants)
-    report = check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=not stage1_only,
-                           binarize_threshold=config.data.binarize_threshold)
-    if not stage1_only:
-        _require_attribute_masks(report)
-    require_valid(report)
-    log.info(report.summary_table())
+    stage1_only = config.pipeline.stages == "1" if stage1_only is None else stage1_only
+    roots = [resolve_data(name, run_dir, config) for name in data_list(data)]
+    uses_stage1 = stage1_only or any(1 in variant_stages(v) for v in config.pipeline.variants)
+    own_stage1 = stage1_only or (uses_stage1 and not config.pipeline.segment_net)  # trained here on lesion masks
+    needs_lesion = own_stage1 or (uses_stage1 and config.pipeline.crop_source == "truth")
+    reports = [check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=not stage1_only,
+                             binarize_threshold=config.data.binarize_threshold) for root in roots]
+    for report in reports:
+        if needs_lesion and not stage1_only:
+            _require_lesion_masks(report, config)
+        if not stage1_only:
+            _require_attribute_masks(report)
+        require_valid(report)
+        log.info(report.summary_table())
+    report = merge_reports(reports)  # an id in two folders: named here
     layout = RunLayout(run_dir)
     train, val = split_ids(_splits(layout, report.presence, config), config)
     by_id = {s.image_id: s for s in report.samples}
     missing = [i for i in train + val if i not in by_id]
     if missing:
-        raise DataError(f"{layout.splits}: ids not in {root}: {', '.join(missing[:5])}")
-    record_data(layout, data, root)
-    return RunContext(layout, config, train, val, root, by_id, report)
+        raise DataError(f"{layout.splits}: ids not in {', '.join(map(str, roots))}: {', '.join(missing[:5])}")
+    record_data(layout, data, roots)
+    return RunContext(layout, config, train, val, roots[0], by_id, report, data_roots=roots)
+
+
+def _require_lesion_masks(report: DataReport, config: Config) -> None:
+    """Data without a single lesion mask cannot train Stage 1 (nor crop at true lesions): one line saying what to do,
+    instead of an error per image."""
+    if not report.samples or any(sample.lesion_mask_path for sample in report.samples):
+        return
+    if config.pipeline.segment_net:
+        raise ConfigError(f"pipeline.crop_source=truth crops training images at their lesion masks, and {report.root} "
+                          "has none (<id>_segmentation.png): use pipeline.crop_source=predicted")
+    with_stage1 = " ".join(v for v in config.pipeline.variants if 1 in variant_stages(v))
+    raise DataError(f"{report.root}: no image has a lesion mask (<id>_segmentation.png), which Stage 1 of variant(s) "
+                    f"{with_stage1} needs: crop with a Segment-Net trained elsewhere (--segment-net RUN1, e.g. from "
+                    "`tatl run LESION_DATA --out RUN1 --stages 1`) or run --variants 3 2,3")
 
 
 def _require_attribute_masks(report: DataReport) -> None:

@@ -42,6 +42,7 @@ from tatl.pipeline.scoring import (
     score_lesions,
     tune_thresholds,
 )
+from tatl.pipeline.segment_net import copy_into, recorded_origin, uses_segment_net
 from tatl.training.engine import fit
 from tatl.training.pretext import train_context_restoration
 
@@ -50,13 +51,17 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------- Stage 1
 def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
-    """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"."""
+    """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"; or, with
+    pipeline.segment_net, copy another run's (tatl.pipeline.segment_net) and load it."""
     cfg = ctx.config
-    size = cfg.data.stage1_size
+    size, shape, group_dir = cfg.data.stage1_size, cfg.model.stage1_shape, ctx.layout.stage1(cfg.model.stage1_shape)
+    if uses_segment_net(cfg):  # no datasets: this run's images need no lesion masks
+        distributed.main_process_first(lambda: copy_into(cfg, ctx.layout))
+        return _train_group(ctx, shape, None, [LESION], None, None, group_dir, train_encoder=True,
+                            label=f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})")
     datasets = [_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
-    return _train_group(ctx, cfg.model.stage1_shape, None, [LESION], *datasets,
-                        ctx.layout.stage1(cfg.model.stage1_shape), train_encoder=True, label="stage 1")
+    return _train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1")
 
 
 def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
@@ -89,9 +94,13 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
     if fallback_ids:
         log.warning(f"stage 1: no plausible lesion predicted for {len(fallback_ids)} image(s), whole image used: "
                     + ", ".join(fallback_ids[:10]) + (" ..." if len(fallback_ids) > 10 else ""))
-    is_val = np.array([s.image_id not in train_ids for s in mine], dtype=bool)
-    scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
-                           ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold, across_ranks=True)
+    scores: dict = {}
+    if any(s.lesion_mask_path for s in ctx.val):  # the same on every rank; data without lesion masks has no score
+        # the validation images with a lesion mask (all of them, unless the Segment-Net came from another run)
+        is_val = np.array([s.image_id not in train_ids and s.lesion_mask_path is not None for s in mine], dtype=bool)
+        scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
+                               ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold,
+                               across_ranks=True)
     scores["whole_image_fallbacks"] = fallback_ids
     write_json(ctx.layout.boxes, {k: list(v) for k, v in boxes.items()})
     return boxes, scores
@@ -242,17 +251,18 @@ def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSe
 
 
 # ----------------------------------------------------------------------------------------------------- the run
-def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
-    """Train every stage the configured variants need (each once) and score every variant; return metrics."""
+def run_pipeline(ctx: RunContext) -> dict:
+    """Train every stage the configured variants need (each once) and score every variant; return metrics.
+    pipeline.stages "1": the Segment-Net alone."""
     cfg = ctx.config
     metrics: dict = {}
     boxes = None
+    stage1_only = cfg.pipeline.stages == "1"
     if stage1_only or any(1 in variant_stages(v) for v in cfg.pipeline.variants):
-        segment_net = stage1_segment_net(ctx)
-        boxes, metrics["stage1"] = stage1_boxes(ctx, segment_net)
-        s1 = metrics["stage1"]
-        log.info(f"stage 1 (validation, original size): Jaccard {s1['jaccard']:.3f}, thresholded Jaccard "
-                 f"{s1['threshold_jaccard']:.3f}, Dice {s1['dice']:.3f}")
+        boxes, metrics["stage1"] = stage1_boxes(ctx, stage1_segment_net(ctx))
+        if uses_segment_net(cfg):
+            metrics["stage1"]["segment_net"] = recorded_origin(ctx.layout, cfg.model.stage1_shape)
+        _log_stage1(metrics["stage1"])
         if stage1_only:
             return metrics
     agnostic: dict[tuple[str, str], MultiHeadSegmenter] = {}
@@ -278,6 +288,14 @@ def run_pipeline(ctx: RunContext, stage1_only: bool = False) -> dict:
     write_json(ctx.layout.thresholds, {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds,
                                                  "stage2": stage2_thresholds})
     return metrics
+
+
+def _log_stage1(scores: dict) -> None:
+    if "jaccard" in scores:
+        log.info(f"stage 1 (validation, original size): Jaccard {scores['jaccard']:.3f}, thresholded Jaccard "
+                 f"{scores['threshold_jaccard']:.3f}, Dice {scores['dice']:.3f}")
+    else:
+        log.info("stage 1: no lesion masks in this run's data, so no Stage-1 scores on it")
 
 
 def _log_variant(variant: str, scores: dict) -> None:

@@ -1,10 +1,11 @@
 """One run of the TATL pipeline in one run folder, up to RUN/metrics.json: what `tatl run` and `tatl.train` do.
 
 The order of the checks is the promise that a mistake costs nothing: the config (a typo in a key or value) is
-resolved first and creates no folder; then the model settings (an unknown encoder, an unusable weights file) and
-the data path; only then is the run folder created (or, with resume, locked) and RUN/log.txt opened, and the data
-checked and split. Under torchrun every rank runs this function; rank 0 alone writes, and the process group is left
-on success only (after an error the other ranks may sit in a collective, and leaving would hang them).
+resolved first and creates no folder; then the model settings (an unknown encoder, an unusable weights file), the
+data path(s) and the Segment-Net of another run (pipeline.segment_net); only then is the run folder created (or,
+with resume, locked) and RUN/log.txt opened, and the data checked and split. Under torchrun every rank runs this
+function; rank 0 alone writes, and the process group is left on success only (after an error the other ranks may
+sit in a collective, and leaving would hang them).
 
 summary.md and the report are written by a higher layer (tatl.reporting, through tatl.api): `finish` is called on
 rank 0 with the metrics, inside the run's log and before the process group is left, for what it writes.
@@ -23,37 +24,43 @@ from tatl.config import Config
 
 log = logging.getLogger(__name__)
 
-STAGES = ("1", "1,2,3")  # "1": the Segment-Net alone (lesion-only data, ISIC Task 1 scores); "1,2,3": everything
-Finish = Callable[[dict, Config, Path], None]  # (metrics, resolved config, data folder read) -> None
+Finish = Callable[[dict, Config, Any], None]  # (metrics, resolved config, data folder read, or several) -> None
 
 
-def train(data: str | Path, out: str | Path, config: str | Path | None = None, *, resume: bool = False,
-          stages: str = "1,2,3", variants: Sequence[str] | None = None, device: str | None = None,
-          compile: bool = False, overrides: Sequence[str] | Mapping[str, Any] | None = None,
-          finish: Finish | None = None) -> dict:
-    """Train and score a run in `out` on `data` (a dataset folder, or "synthetic"); return its metrics.
+def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str | Path | None = None, *,
+          resume: bool = False, stages: str | None = None, variants: Sequence[str] | None = None,
+          device: str | None = None, compile: bool = False, overrides: Sequence[str] | Mapping[str, Any] | None = None,
+          segment_net: str | Path | None = None, finish: Finish | None = None) -> dict:
+    """Train and score a run in `out` on `data` (a dataset folder, "synthetic", or several lesion dataset folders
+    for the Segment-Net alone); return its metrics.
 
     config: a YAML file or preset name ("demo", "paper"); with resume, the run's own config.yaml is used instead.
     overrides: config values, as "section.key=value" strings (the CLI's --set) or a mapping {"section.key": value}.
-    variants, device and compile set pipeline.variants, train.device and train.compile (after the overrides)."""
+    stages, variants, device, compile and segment_net set pipeline.stages ("1": the Segment-Net alone; default:
+    the config's, which a resumed run keeps), pipeline.variants, train.device, train.compile and
+    pipeline.segment_net (a finished run whose Segment-Net crops this run's images), after the overrides."""
     from tatl import distributed
     from tatl.errors import ConfigError
+    from tatl.layout import STAGES
+    from tatl.pipeline.context import data_list
 
-    if stages not in STAGES:
+    if stages is not None and stages not in STAGES:
         raise ConfigError(f"stages {stages!r}: use one of {', '.join(STAGES)}")
-    data, out = str(data), Path(out)
-    settings = _override_list(overrides, variants, device, compile)
-    resolved = resolved_config(data, out, config, resume, settings)  # before the heavy work: a typo fails at once
+    given, out = data_list(data), Path(out)
+    data = given[0] if len(given) == 1 else given
+    settings = _override_list(overrides, variants, device, compile, stages=stages, segment_net=segment_net)
+    resolved = resolved_config(data, out, config, resume, settings, stages)  # before the heavy work: a typo fails
     distributed.setup(resolved.train.device)  # under torchrun: join the other processes (a no-op otherwise)
     distributed.check_batch_size(resolved.train.batch_size)  # before anything is written
     with ExitStack() as run_log:  # RUN/log.txt, from the moment the folder is prepared
-        metrics = _train_and_score(data, out, resolved, resume, stages == "1", finish, run_log)
+        metrics = _train_and_score(data, out, resolved, resume, finish, run_log)
     distributed.teardown()  # on success only: after an error the others may sit in a collective (NCCL would hang)
     return metrics
 
 
 def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None, variants: Sequence[str] | None,
-                   device: str | None, compile: bool) -> list[str]:
+                   device: str | None, compile: bool, stages: str | None = None,
+                   segment_net: str | Path | None = None) -> list[str]:
     """Every override as a "section.key=value" string, in the order the CLI has always applied them."""
     from tatl.errors import ConfigError
 
@@ -70,45 +77,62 @@ def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None, variants
         listed.append(f"train.device={device}")
     if compile:
         listed.append("train.compile=true")
+    if stages:
+        listed.append(f"pipeline.stages={json.dumps(stages)}")
+    if segment_net:  # where it is, not where it is from the working folder: a resume may start elsewhere
+        listed.append(f"pipeline.segment_net={json.dumps(str(Path(segment_net).expanduser().resolve()))}")
     return listed
 
 
-def resolved_config(data: str, out: Path, config: str | Path | None, resume: bool, overrides: list[str]) -> Config:
-    """The run's config: defaults + config + overrides, or, when resuming, the saved one + overrides (checked)."""
-    from tatl.config import load_config
+def resolved_config(data: Any, out: Path, config: str | Path | None, resume: bool, overrides: list[str],
+                    stages: str | None = None) -> Config:
+    """The run's config: defaults + config + overrides, or, when resuming, the saved one + overrides (checked).
+    stages: as given (it is in `overrides` too); a run from before pipeline.stages was saved takes it as its own."""
+    import copy
+
+    from tatl.config import apply_override, load_config, validate
     from tatl.errors import ConfigError, DataError
     from tatl.folders import check_output_folder
     from tatl.layout import RunLayout
 
     if not resume:
         return load_config(config, overrides)
-    saved = RunLayout(out).config
+    layout = RunLayout(out)
     check_output_folder(out, "run folder")
     if config:
-        raise ConfigError(f"--resume uses {saved}; drop --config (use --set to change a value)")
-    if not saved.is_file():
+        raise ConfigError(f"--resume uses {layout.config}; drop --config (use --set to change a value)")
+    if not layout.config.is_file():
         raise DataError(f"{out}: nothing to resume (no config.yaml); start a new run without --resume")
+    from tatl.pipeline.context import stated_stages
     from tatl.pipeline.setup import check_resume_settings
 
-    resolved = load_config(saved, overrides)
-    check_resume_settings(load_config(saved), resolved, out, data)
+    saved = load_config(layout.config)
+    saved.pipeline.stages = stated_stages(layout) or stages or saved.pipeline.stages  # a resume keeps the stages
+    resolved = copy.deepcopy(saved)
+    for override in overrides:
+        apply_override(resolved, override)
+    validate(resolved)
+    check_resume_settings(saved, resolved, out, data)
     return resolved
 
 
-def _train_and_score(data: str, run_dir: Path, config: Config, resume: bool, stage1_only: bool,
-                     finish: Finish | None, run_log: ExitStack) -> dict:
+def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, finish: Finish | None,
+                     run_log: ExitStack) -> dict:
     from tatl import distributed
     from tatl.config import save_config
     from tatl.errors import DataError
     from tatl.io import write_json
     from tatl.layout import RunLayout
     from tatl.logs import log_to_file
+    from tatl.pipeline import segment_net
     from tatl.pipeline.setup import check_data_path, check_model_settings, prepare_context, prepare_run_dir
     from tatl.pipeline.stages import run_pipeline
 
     layout = RunLayout(run_dir)
     check_model_settings(config)  # an unknown encoder or unusable weights file: named before any data is read
-    check_data_path(data)
+    check_data_path(data, config)
+    segment_net.prepare(config, run_dir)  # another run's Segment-Net: checked, its Stage-1 settings taken
+    stage1_only = config.pipeline.stages == "1"
 
     def prepare():
         if distributed.is_main_process():  # the folder, its lock and config; the data generated or converted
@@ -116,7 +140,7 @@ def _train_and_score(data: str, run_dir: Path, config: Config, resume: bool, sta
             run_log.enter_context(log_to_file(layout.log))  # appends: a resumed run's log goes on
             log.debug("%s run in %s on %s", "resumed" if resume else "new", run_dir, data)
             save_config(config, layout.config)
-        ctx = prepare_context(data, run_dir, config, stage1_only)  # the other ranks read rank 0's split
+        ctx = prepare_context(data, run_dir, config)  # the other ranks read rank 0's split
         if distributed.is_main_process():
             save_config(ctx.config, layout.config)  # again: the data may have set values (ISIC 2017 -> its features)
         return ctx
@@ -125,12 +149,12 @@ def _train_and_score(data: str, run_dir: Path, config: Config, resume: bool, sta
         ctx = distributed.main_process_first(prepare)
         if not stage1_only and not ctx.train:
             raise DataError(f"{data}: no training images left after the split")
-        metrics = run_pipeline(ctx, stage1_only=stage1_only)
+        metrics = run_pipeline(ctx)
     except Exception as error:  # the console shows it (tatl.cli); the log file keeps why the run stopped
         log.debug("run stopped: %s: %s", type(error).__name__, error)
         raise
     if distributed.is_main_process():
         write_json(layout.metrics, metrics)
         if finish is not None:
-            finish(metrics, ctx.config, ctx.data_root)
+            finish(metrics, ctx.config, ctx.data_roots if len(ctx.data_roots) > 1 else ctx.data_root)
     return metrics

@@ -19,7 +19,7 @@ from pathlib import Path
 from tatl.errors import DataError, TatlError
 from tatl.layout import LOG_CSV, RunLayout
 from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
-from tatl.reporting.summary import MICRO_NOTE
+from tatl.reporting.summary import MICRO_NOTE, stage1_cells, stage1_notes
 
 
 def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 3) -> Path:
@@ -120,7 +120,8 @@ def attribute_presence(run) -> dict[str, set[str]]:
 def data_blocks(run, presence: dict[str, set[str]]) -> list[Block]:
     sizes = [["train", str(len(run.train_ids))], ["validation", str(len(run.val_ids))],
              ["total", str(len(run.train_ids) + len(run.val_ids))]]
-    splits = Table("Images and split", ["", "images"], [["data folder", str(run.data_root or "not known")], *sizes])
+    folders = ", ".join(map(str, run.data_roots)) or "not known"
+    splits = Table("Images and split", ["", "images"], [["data folder", folders], *sizes])
     if not presence:
         return [splits, Text("Per-attribute counts need the data folder: tatl report DIR --data DATA.")]
     rows = []
@@ -176,11 +177,9 @@ def result_tables(metrics: dict, attributes: list[str]) -> list[Block]:
     """The Stage-3 scores (Tables 2-3: the U+Link ensemble, then each shape) first, then Stages 1 and 2."""
     blocks = attribute_tables(metrics, attributes)
     if "stage1" in metrics:
-        s1 = metrics["stage1"]
         blocks.append(Table("Stage 1: lesion segmentation (ISIC 2018 Task 1 scores, validation, original size)",
                             ["Jaccard", "thresholded Jaccard", "Dice", "whole-image fallbacks"],
-                            [[f"{s1['jaccard']:.3f}", f"{s1['threshold_jaccard']:.3f}", f"{s1['dice']:.3f}",
-                              str(len(s1.get("whole_image_fallbacks", [])))]]))
+                            [stage1_cells(metrics["stage1"])], " ".join(stage1_notes(metrics["stage1"]))))
     for key in (k for k in metrics if k.startswith("stage2-")):
         rows = [[shape, f"{v['union']['jaccard']:.3f}", f"{v['union']['dice']:.3f}"]
                 for shape, v in metrics[key].items()]
@@ -246,7 +245,8 @@ def overlay_figures(run, presence: dict[str, set[str]], count: int, side: int = 
             figures.append(Figure(f"overlay-{image_id}", png, f"{image_id} (validation)"))
     s = predictor.settings
     caption = (f"Variant {s.variant}, {' + '.join(s.shapes)}: truth green, prediction red, both yellow; the abnormal "
-               "region (Stage 2) dashed, the lesion (Stage 1) outlined.")
+               "region (Stage 2) dashed, the lesion (Stage 1) outlined." if s.shapes
+               else f"Segment-Net (Stage 1, {s.stage1_shape}): the predicted lesion outlined.")
     return [Text(caption), *figures]
 
 

@@ -39,9 +39,9 @@ def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str 
             "",
             "| Jaccard | thresholded Jaccard (< 0.65 -> 0) | Dice | whole-image fallbacks |",
             "|---|---|---|---|",
-            f"| {s1['jaccard']:.3f} | {s1['threshold_jaccard']:.3f} | {s1['dice']:.3f} | "
-            f"{len(s1.get('whole_image_fallbacks', []))} |",
+            "| " + " | ".join(stage1_cells(s1)) + " |",
             "",
+            *(f"{note}\n" for note in stage1_notes(s1)),
         ]
     variants = [k for k in metrics if k.startswith("variant ")]
     if variants:
@@ -52,6 +52,20 @@ def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str 
         lines += [f"## Stage 2: attribute-agnostic (abnormal) region, {key[7:]} inputs", "",
                   "| network | Jaccard | Dice |", "|---|---|---|", *rows, ""]
     return "\n".join(lines) + "\n"
+
+
+def stage1_cells(s1: dict[str, Any]) -> list[str]:
+    """Jaccard, thresholded Jaccard, Dice ("n/a" without lesion masks in the run's data), whole-image fallbacks."""
+    scores = [f"{s1[key]:.3f}" if key in s1 else "n/a" for key in ("jaccard", "threshold_jaccard", "dice")]
+    return [*scores, str(len(s1.get("whole_image_fallbacks", [])))]
+
+
+def stage1_notes(s1: dict[str, Any]) -> list[str]:
+    """Where a Segment-Net from another run comes from (pipeline.segment_net), and why it has no scores here."""
+    from tatl.pipeline.segment_net import describe
+
+    notes = [] if "jaccard" in s1 else ["No lesion masks in this run's data: no Stage-1 scores on it."]
+    return notes + ([describe(s1["segment_net"])] if s1.get("segment_net") else [])
 
 
 def _table(metrics: dict[str, Any], variants: list[str], attributes: list[str]) -> list[str]:
