@@ -26,7 +26,7 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help='dataset folder in the ISIC 2018 layout, or "synthetic"')
     parser.add_argument("--out", required=True, type=Path, help="run folder (must be new unless --resume)")
-    parser.add_argument("--config", help="YAML config file or preset name (demo, paper)")
+    parser.add_argument("--config", help="YAML config file or preset name (demo, paper, isic-cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--variants", nargs="+", metavar="STAGES",
