@@ -113,6 +113,29 @@ def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_ru
     assert list(initialisations(RunContext.open(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
 
 
+def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains_on(tiny_run: Path, tmp_path: Path):
+    """Figure 4's Augmentation bar: the ImageNet start, on pipeline.augmentation_copies strongly augmented copies of
+    every training image; the ImageNet bar: the same start on the training images as they are."""
+    from tatl.evaluation.bound import BoundSettings, estimate_bounds
+    from tatl.models.networks import build_model
+
+    torch.manual_seed(5)
+    stand_in = tmp_path / "imagenet-stand-in.pt"  # offline: an encoder file in place of the ImageNet download
+    torch.save(build_model("unet", "tu-resnet10t").encoder.state_dict(), stand_in)
+    run = RunContext.open(tiny_run)
+    run.config.model.encoder_weights = str(stand_in)
+    run.config.pipeline.init, run.config.pipeline.variants = "augmentation", ["1,3"]
+    result = estimate_bounds(run, BoundSettings(variant="1,3", iterations=2, max_samples=1, device="cpu"))
+    assert result["initialisations"] == ["tatl", stand_in.name, "augmentation"]
+    copies = run.config.pipeline.augmentation_copies
+    shown = [(per_init[stand_in.name], per_init["augmentation"]) for per_init in result["attributes"].values()
+             if per_init[stand_in.name]["m"]]
+    assert shown
+    for imagenet, augmented in shown:
+        assert imagenet["m"] < augmented["m"] <= copies * imagenet["m"]  # a shift or zoom may push a mask out
+        assert augmented["risk"] != imagenet["risk"] and augmented["bound"] != imagenet["bound"]
+
+
 def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
     for name in ("config.yaml", "splits.json"):
         shutil.copy(tiny_run / name, tmp_path / name)
@@ -154,7 +177,8 @@ def test_initialisations_follow_the_runs_init(tmp_path: Path):
         config = load_config(None, ["model.encoder_name=tu-resnet10t", "pipeline.variants=[\"1,3\"]", *overrides])
         return list(initialisations(SimpleNamespace(config=config, layout=RunLayout(tmp_path)), "unet", "1,3"))
 
-    assert names("pipeline.init=imagenet") == ["imagenet"] == names("pipeline.init=augmentation")
+    assert names("pipeline.init=imagenet") == ["imagenet"]
+    assert names("pipeline.init=augmentation") == ["imagenet", "augmentation"]  # the same start, two training sets
     assert names("pipeline.init=random", "model.encoder_weights=lite0") == ["random"]
     assert names("pipeline.init=tatl") == ["random"]  # stage 3 alone, from the configured (no) weights
     pretext = tmp_path / "pretext-crops" / "unet" / "best.pt"

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tatl.config import Config, apply_override, from_dict, load_config, save_config, to_dict
+from tatl.config import PRESETS_DIR, Config, apply_override, from_dict, load_config, save_config, to_dict, validate
 from tatl.errors import ConfigError
 
 
@@ -82,6 +83,33 @@ def test_paper_preset_has_the_papers_settings():
     assert p.encoder_mode == "frozen" and p.init == "tatl" and p.variants == ["1,2,3"]
     assert (p.threshold, p.tune_thresholds) == (0.5, False)
     assert t.monitor == "jaccard"  # best model on validation Jaccard
+    assert t.augment is False  # the paper's TATL trains without augmentation (its Section 5.5 baseline)
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in PRESETS_DIR.glob("*.yaml")))
+def test_every_preset_loads_validates_and_round_trips(preset: str, tmp_path: Path):
+    config = load_config(preset)
+    validate(config)
+    save_config(config, tmp_path / "config.yaml")
+    assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(config)
+
+
+def test_the_real_data_presets_train_without_augmentation_and_the_demo_keeps_it():
+    assert {name: load_config(name).train.augment for name in ("paper", "isic-cpu", "demo")} == {
+        "paper": False, "isic-cpu": False, "demo": True}  # the demo's README scores were measured with it
+
+
+def test_the_isic_cpu_preset_starts_from_lite0_and_runs_both_shapes_and_the_crop_variants():
+    from tatl.models.weights import LITE0_ENCODER, check_lite0_fits
+
+    config = load_config("isic-cpu")
+    m, p = config.model, config.pipeline
+    assert (m.encoder_name, m.encoder_weights) == (LITE0_ENCODER, "lite0")
+    check_lite0_fits(m.encoder_name)
+    assert m.shapes == ["unet", "linknet"] and {"3", "1,2,3"} <= set(p.variants)
+    assert p.init == "tatl" and p.encoder_mode == "frozen"
+    values = yaml.safe_load((PRESETS_DIR / "isic-cpu.yaml").read_text())
+    assert "segment_net" not in values["pipeline"]  # the run names its Segment-Net: --segment-net
 
 
 def test_the_optimizer_is_sgd_with_the_configured_rate_and_momentum():

@@ -298,3 +298,65 @@ def test_dataloader_workers_give_the_same_training_as_the_main_process(tmp_path:
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(states[1][key], value), key
+
+
+class RedChannel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 100 * x[:, :1]  # normalised red 255 > 0 > normalised red 0
+
+
+class ReadsItsPrediction(torch.nn.Module):
+    """A 'network' whose lesion logits are the input's red channel: bright (255) pixels are predicted positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Identity()
+        self.heads = torch.nn.ModuleDict({"lesion": RedChannel()})
+
+
+def predicted_as(truth_rows: list[int], predicted_rows: list[list[int]]) -> SegmentationDataset:
+    """Images of 10x32 px (stored 32x32): a lesion of `truth_rows[i]` rows in image i, predicted as the rows listed
+    in predicted_rows[i]: per-image Jaccard = overlap / union of the row sets."""
+    images = np.zeros((len(truth_rows), 32, 32, 3), np.uint8)
+    masks = np.zeros((len(truth_rows), 1, 32, 32), np.uint8)
+    for i, (lesion, predicted) in enumerate(zip(truth_rows, predicted_rows, strict=True)):
+        masks[i, 0, :lesion] = 1
+        images[i, predicted, :, 0] = 255
+    return SegmentationDataset(images, masks, targets=["lesion"])
+
+
+def test_stage1_monitor_is_the_thresholded_jaccard_and_picks_another_epoch_than_the_jaccard():
+    """Epoch 0 gets image 0 right enough (Jaccard 0.7 >= 0.65) and image 1 wrong (0); epoch 1 gets both to 0.6. The
+    pooled Jaccard prefers epoch 1, ISIC Task 1's thresholded Jaccard (below 0.65 counts 0) epoch 0."""
+    from tatl.training.engine import TrainingSetup, evaluate_heads
+    from tatl.training.head_progress import HeadProgress, update_progress
+
+    cfg = config(monitor="threshold_jaccard")
+    setup = TrainingSetup(ReadsItsPrediction(), {}, cfg, train_encoder=True, label="stage 1")
+    epochs = [predicted_as([10, 10], [list(range(7)), list(range(10, 20))]),  # Jaccard 0.7 and 0
+              predicted_as([10, 10], [list(range(6)), list(range(6))])]  # Jaccard 0.6 and 0.6
+    rows = [{"epoch": e, **evaluate_heads(setup, ["lesion"], val)["lesion"]} for e, val in enumerate(epochs)]
+    assert rows[0]["threshold_jaccard"] == pytest.approx(0.35) and rows[1]["threshold_jaccard"] == 0.0
+    assert rows[1]["jaccard"] > rows[0]["jaccard"]  # 12/20 pooled vs 7/23
+    best = {}
+    for monitor in ("threshold_jaccard", "jaccard"):
+        progress = HeadProgress()
+        for row in rows:
+            update_progress(progress, dict(row), config(monitor=monitor))
+        best[monitor] = progress.best_epoch
+    assert best == {"threshold_jaccard": 0, "jaccard": 1}
+    assert "threshold_jaccard" not in evaluate_heads(TrainingSetup(ReadsItsPrediction(), {}, config(), True, "s2"),
+                                                     ["lesion"], epochs[0])["lesion"]  # only for Stage 1
+
+
+def test_a_thresholded_jaccard_of_zero_everywhere_is_ranked_by_the_jaccard():
+    """Early in training no image reaches 0.65: every epoch scores 0, and the one closest to it is kept as best."""
+    from tatl.training.head_progress import HeadProgress, update_progress
+
+    progress = HeadProgress()
+    for epoch, jaccard in enumerate([0.2, 0.5, 0.4]):
+        update_progress(progress, {"epoch": epoch, "loss": 1.0, "jaccard": jaccard, "threshold_jaccard": 0.0},
+                        config(monitor="threshold_jaccard", patience=2))
+    assert (progress.best_epoch, progress.best_score, progress.bad_epochs) == (1, 0.0, 1)
+    assert [row["improved"] for row in progress.history] == [True, True, False]
+

@@ -266,6 +266,30 @@ def test_params_command_json(capsys) -> None:
     ]
 
 
+def test_params_shows_lite0_beside_b0_with_the_same_decoders_and_no_squeeze_excitation(capsys) -> None:
+    """Lite0 is b0 without squeeze-and-excitation: the whole difference is b0's SE parameters, in the encoder."""
+    from tatl.cli import main
+    from tatl.models.parameter_table import NOTES, select_backbones
+
+    assert list(select_backbones(None).values())[:2] == ["paper-efficientnet-b0", "paper-efficientnet-lite0"]
+    assert main(["params", "--backbones", "paper-efficientnet-b0,paper-efficientnet-lite0", "--json"]) == 0
+    rows = {(row["encoder_name"], row["shape"]): row for row in json.loads(capsys.readouterr().out)["rows"]}
+    lite0 = {shape: rows["paper-efficientnet-lite0", shape] for shape in ("unet", "linknet")}
+    assert (lite0["unet"]["keras_style"], lite0["linknet"]["keras_style"]) == (9_478_961, 5_459_793)
+    assert lite0["unet"]["paper_network"] is None and lite0["unet"]["paper_classifier"] is None
+    squeeze_excitation = sum(p.numel() for name, p in build_model("unet").encoder.named_parameters() if ".se." in name)
+    for shape, row in lite0.items():
+        b0 = rows["paper-efficientnet-b0", shape]
+        assert b0["keras_style"] - row["keras_style"] == squeeze_excitation == 636_540
+        assert b0["encoder_keras_style"] - row["encoder_keras_style"] == squeeze_excitation
+    activations = {type(m).__name__ for m in build_model("unet", "paper-efficientnet-lite0").encoder.modules()}
+    assert "ReLU6" in activations and "SiLU" not in activations
+    assert main(["params", "--backbones", "paper-efficientnet-lite0", "--shapes", "unet"]) == 0
+    table = capsys.readouterr().out
+    assert "| 9,478,961 |" in table and "not in the paper" in table
+    assert any("squeeze-and-excitation" in note and "9,478,961" in note for note in NOTES)
+
+
 @pytest.mark.slow
 def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsys, monkeypatch) -> None:
     # `tatl params --json` builds every shape x paper backbone (VGG16, ResNet-152, DenseNet-169,
@@ -289,7 +313,8 @@ def test_every_paper_backbone_in_both_shapes_runs_and_is_counted_by_params(capsy
     monkeypatch.setattr(parameter_table, "build_model", build_and_check)
     assert main(["params", "--json"]) == 0
     rows = {(row["shape"], row["encoder_name"]): row for row in json.loads(capsys.readouterr().out)["rows"]}
-    encoders = ["paper-efficientnet-b0", "efficientnet-b0", "vgg16", "resnet152", "densenet169", "inceptionresnetv2"]
+    encoders = ["paper-efficientnet-b0", "paper-efficientnet-lite0", "efficientnet-b0", "vgg16", "resnet152",
+                "densenet169", "inceptionresnetv2"]
     assert sorted(rows) == sorted(checked) == sorted((shape, e) for shape in ("unet", "linknet") for e in encoders)
     for key, row in rows.items():
         output_shape, finite, keras_style = checked[key]

@@ -86,6 +86,21 @@ def test_frozen_stage3_shares_the_stage2_encoder(tiny_run: Path):
         assert encoder_keys and all(torch.equal(stage2[k], target[k]) for k in encoder_keys)
 
 
+def test_stage1_keeps_the_epoch_of_the_best_thresholded_jaccard_the_other_stages_of_train_monitor(tiny_run: Path):
+    import csv
+
+    from tatl.checkpoints import load_checkpoint
+
+    def log_of(group: str) -> list[dict]:
+        return list(csv.DictReader((tiny_run / group / "log.csv").read_text().splitlines()))
+
+    stage1 = load_checkpoint(tiny_run / "stage1" / "unet" / "best.pt")
+    assert stage1["best_score"] == pytest.approx(float(log_of("stage1/unet")[0]["threshold_jaccard"]))
+    assert "threshold_jaccard" not in log_of("stage2-crops/unet")[0]
+    stage2 = load_checkpoint(tiny_run / "stage2-crops" / "unet" / "best.pt")
+    assert stage2["best_score"] == pytest.approx(float(log_of("stage2-crops/unet")[0]["jaccard"]))
+
+
 def test_existing_run_folder_is_refused_without_resume(tiny_run: Path, capsys):
     before = (tiny_run / "metrics.json").read_bytes()
     assert main(["run", "synthetic", "--out", str(tiny_run), *TINY]) == 2

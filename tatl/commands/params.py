@@ -1,4 +1,5 @@
-"""Print a Table-5-style parameter count for every network shape x backbone, beside the paper's figures.
+"""Print a Table-5-style parameter count for every network shape x backbone, beside the paper's figures, and for
+EfficientNet-Lite0 (the offline ImageNet start, not in the paper).
 
 Our networks are built with one output class and no weights. "Keras-style" counts every parameter plus the
 BatchNorm running mean and variance, as Keras' model.summary() does (the paper's counts are Keras'); "trainable"
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbones",
         type=_comma_list,
-        help="comma-separated backbone labels or encoder names (default: every paper backbone); any smp encoder or "
-        "tu-<timm name> works too",
+        help="comma-separated backbone labels or encoder names (default: every paper backbone and Lite0); any smp "
+        "encoder or tu-<timm name> works too",
     )
     parser.add_argument("--shapes", type=_comma_list, help="comma-separated shapes: unet,linknet (default: both)")
     parser.add_argument("--json", action="store_true", help="print rows and notes as JSON instead of Markdown")

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='dataset folder in the ISIC 2018 layout, or "synthetic"; with --stages 1, one or more '
                              "lesion dataset folders (image ids must differ across them)")
     parser.add_argument("--out", required=True, type=Path, help="run folder (must be new unless --resume)")
-    parser.add_argument("--config", help="YAML config file or preset name (demo, paper)")
+    parser.add_argument("--config", help="YAML config file or preset name (demo, paper, isic-cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--variants", nargs="+", metavar="STAGES",

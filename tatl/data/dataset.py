@@ -139,6 +139,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.images) * self.copies
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, masks = self.pixels(index)
+        return normalize(image), torch.from_numpy(np.array(masks, dtype=np.float32))  # copy: cache is read-only
+
+    def pixels(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index` as training sees it this epoch, before normalisation: uint8 HxWx3 image, KxHxW masks."""
         item = index % len(self.images)
         image = np.asarray(self.images[item])
         masks = np.asarray(self.masks[item]) if self.masks is not None else np.zeros((0, *image.shape[:2]), np.uint8)
@@ -147,7 +152,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.augmentation.set_random_state(np.random.default_rng(sample_seed), random.Random(sample_seed))
             out = self.augmentation(image=image, masks=list(masks))
             image, masks = out["image"], np.stack(out["masks"]) if len(masks) else masks
-        return normalize(image), torch.from_numpy(np.array(masks, dtype=np.float32))  # copy: cache is read-only
+        return image, masks
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:

@@ -19,6 +19,11 @@ input), m differing per attribute as in the paper's Table 1 counts and its remar
 have "fewer samples"; `samples="all"` takes every training image, empty masks included, as Stage 3 trains on.
 `max_samples` estimates the two means on a seeded random subset, for speed; the bound keeps the attribute's full m,
 since the subset only estimates means over the m samples.
+
+The Augmentation case (a run with pipeline.init augmentation) starts from the same ImageNet weights as the ImageNet
+case but is judged on the training set it trains on: pipeline.augmentation_copies copies of every image through the
+strong transform (tatl.pipeline.stages.training_set, as in epoch 0), so its m and its means are those of the
+enlarged, augmented set and both bars are shown.
 """
 
 from __future__ import annotations
@@ -35,17 +40,19 @@ from torch import Tensor, nn
 
 from tatl import logs
 from tatl.checkpoints import load_checkpoint
-from tatl.data.dataset import normalize
+from tatl.data.dataset import SegmentationDataset, normalize
 from tatl.device import resolve_device
 from tatl.errors import ConfigError, TatlError
 from tatl.layout import BEST, VARIANTS, default_variant, inputs_of, variant_stages
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.pipeline.context import RunContext
+from tatl.pipeline.stages import training_set
 from tatl.training.losses import TatlLoss
 
 log = logging.getLogger(__name__)
 Initialisation = Callable[[], dict[str, Tensor]]  # returns the state dict of a whole single network
+AUGMENTATION = "augmentation"  # the initialisation judged on the augmented training set
 
 
 # ------------------------------------------------------------------------------------------------- the formula
@@ -130,7 +137,8 @@ def weights_name(encoder_weights: str | None) -> str:
 def initialisations(run: RunContext, shape: str, variant: str) -> dict[str, Initialisation]:
     """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2), the context-restoration pretext
     network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline.stages's
-    _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder."""
+    _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder; with
+    init augmentation that ImageNet start once more as "augmentation", judged on the augmented set."""
     m, init = run.config.model, run.config.pipeline.init
     stage2 = run.layout.stage2(inputs_of(variant), shape) / BEST
     pretext = run.layout.pretext(inputs_of(variant), shape) / BEST
@@ -150,7 +158,8 @@ def initialisations(run: RunContext, shape: str, variant: str) -> dict[str, Init
     found: dict[str, Initialisation] = {"tatl": lambda: load_checkpoint(stage2)["model"]} if stage2.is_file() else {}
     if init == "context-restoration" and pretext.is_file():
         found["context-restoration"] = lambda: fresh(load_checkpoint(pretext)["model"])
-    return {**found, weights_name(weights): fresh}
+    augmented = {AUGMENTATION: fresh} if init == AUGMENTATION else {}
+    return {**found, weights_name(weights): fresh, **augmented}
 
 
 # --------------------------------------------------------------------------------------------- the estimate
@@ -183,21 +192,23 @@ def estimate_bounds(run: RunContext, settings: BoundSettings) -> dict:
     if variant not in VARIANTS or shape not in run.config.model.shapes:
         raise ConfigError(f"variant {variant}, shape {shape}: variants are {', '.join(VARIANTS)}; this run trained "
                           f"the shapes {', '.join(run.config.model.shapes)}")
-    images, masks = run.stage_inputs(run.train, run.boxes() if 1 in variant_stages(variant) else None)
     starts = _starting_states(initialisations(run, shape, variant))
+    sets = _training_samples(run, variant, with_augmented=AUGMENTATION in starts)
     result: dict = {"settings": {**asdict(settings), "variant": variant, "shape": shape},
                     "initialisations": list(starts), "attributes": {}}
     for index, attribute in enumerate(run.config.data.attributes):
-        rows, used = _which_samples(masks[:, index], settings, run.config.train.seed)
         result["attributes"][attribute] = per_init = {}
         for name, state in starts.items():
+            samples = sets[AUGMENTATION if name == AUGMENTATION else "plain"]
+            rows, used = _which_samples(samples.present[:, index], settings, run.config.train.seed)
             if not len(rows):
                 per_init[name] = {"m": 0, "skipped": "no training sample"}
                 continue
             model = build_model(shape, run.config.model.encoder_name)
             transfer_weights(state, model)
             log.info(f"bound: {attribute}, {name}: {len(used)} of m = {len(rows)} samples")
-            losses, norms = per_sample_estimates(model, images[used], masks[used, index],
+            images, masks = samples.take(used, index)
+            losses, norms = per_sample_estimates(model, images, masks,
                                                  resolve_device(settings.device, "--device"), settings.iterations,
                                                  settings.tolerance, settings.wrt, f"bound: {attribute}, {name}")
             terms = generalization_bound(float(np.mean(losses)), float(np.mean(norms)), len(rows), settings.c,
@@ -217,11 +228,40 @@ def _starting_states(inits: dict[str, Initialisation]) -> dict[str, dict[str, Te
     return out
 
 
-def _which_samples(masks: np.ndarray, settings: BoundSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the attribute's m training rows, the rows the means are estimated on)."""
-    rows = np.arange(len(masks))
+@dataclass
+class TrainingSamples:
+    """The training samples an initialisation is judged on, item by item as Stage 3 reads them (an augmented item
+    is made again, identically, when it is needed, rather than kept: copies x images x attributes masks)."""
+
+    dataset: SegmentationDataset
+    present: np.ndarray  # (samples, attributes) bool: the attribute's mask is not empty
+
+    @classmethod
+    def of(cls, dataset: SegmentationDataset) -> TrainingSamples:
+        masks = (dataset.pixels(i)[1] for i in logs.progress(range(len(dataset)), "bound: samples", unit="sample"))
+        return cls(dataset, np.stack([m.reshape(len(m), -1).any(axis=1) for m in masks]))
+
+    def take(self, rows: np.ndarray, attribute: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, S, S, 3) and the attribute's masks (N, S, S) of `rows`."""
+        items = [self.dataset.pixels(int(row)) for row in rows]
+        return np.stack([image for image, _ in items]), np.stack([masks[attribute] for _, masks in items])
+
+
+def _training_samples(run: RunContext, variant: str, with_augmented: bool) -> dict[str, TrainingSamples]:
+    """"plain": the stage inputs of the training split; "augmentation": the set init augmentation trains on."""
+    images, masks = run.stage_inputs(run.train, run.boxes() if 1 in variant_stages(variant) else None)
+    attributes = run.config.data.attributes
+    sets = {"plain": TrainingSamples.of(SegmentationDataset(images, masks))}
+    if with_augmented:
+        sets[AUGMENTATION] = TrainingSamples.of(training_set(images, masks, run.config, attributes, True, strong=True))
+    return sets
+
+
+def _which_samples(present: np.ndarray, settings: BoundSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the attribute's m training rows, the rows the means are estimated on), from whether each sample shows it."""
+    rows = np.arange(len(present))
     if settings.samples == "present":
-        rows = rows[masks.reshape(len(masks), -1).any(axis=1)]
+        rows = rows[present]
     used = rows
     if settings.max_samples is not None and len(rows) > settings.max_samples:
         used = np.sort(np.random.default_rng(seed).choice(rows, settings.max_samples, replace=False))

@@ -1,4 +1,5 @@
-"""Table 5 of the paper: parameter counts of every network shape x backbone, beside the paper's figures.
+"""Table 5 of the paper: parameter counts of every network shape x backbone, beside the paper's figures, and of
+EfficientNet-Lite0 (the offline ImageNet start), which the paper does not have.
 
 Our networks are built with one output class and no weights. "Keras-style" counts every parameter plus the
 BatchNorm running mean and variance, as Keras' model.summary() does (the paper's counts are Keras'); "trainable"
@@ -10,6 +11,14 @@ other figures are the ImageNet classifiers with their top, shown for reference o
 from __future__ import annotations
 
 from tatl.models.networks import PAPER_BACKBONES, build_model, check_encoder_name, count_parameters
+
+# The backbones `tatl params` counts by default: the paper's, and beside its EfficientNet-b0 the Lite0 that gives
+# the offline ImageNet start (model.encoder_weights: lite0), which is not in the paper.
+LITE0_LABEL = "EfficientNet-Lite0 (paper-faithful)"
+TABLE_BACKBONES: dict[str, str] = {
+    **dict(list(PAPER_BACKBONES.items())[:1]), LITE0_LABEL: "paper-efficientnet-lite0",
+    **dict(list(PAPER_BACKBONES.items())[1:]),
+}
 
 # (shape, encoder_name) -> the paper's whole-network figure (Table 5, "Our (EfficientNet, U/Link-shape)").
 PAPER_NETWORKS = {("unet", "paper-efficientnet-b0"): 10_115_501, ("linknet", "paper-efficientnet-b0"): 6_096_333}
@@ -35,16 +44,21 @@ NOTES = [
     "segmentation network. Its EfficientNetb0 figure (tf.keras.applications) also counts the 7 weights of the "
     "input Normalization layer (mean 3, variance 3, count 1): 5,330,571 = 4,049,564 (body = our encoder) "
     "+ 1,281,000 (top) + 7. qubvel's EfficientNet, used by segmentation_models, has no such layer.",
+    "EfficientNet-Lite0 (`paper-efficientnet-lite0`; its ImageNet weights install offline: model.encoder_weights "
+    "lite0) is not in the paper: b0's stages, channels and kernels without squeeze-and-excitation (636,540 "
+    "parameters fewer, all in the encoder: 3,413,024 vs 4,049,564), ReLU6 instead of swish, and a stem (32 "
+    "channels) and head (1280) that stay fixed as the Lite family scales up (at Lite0's size, b0's); TF 'same' "
+    "padding, as its weights were trained. With the same decoders: U 9,478,961 and Link 5,459,793 Keras-style.",
     "Paper names: 'ResNet-151' is ResNet-152 and 'ResNet-v2' is Inception-ResNet-v2 (the figures are Keras' "
     "ResNet152 and InceptionResNetV2).",
 ]
 
 
 def select_backbones(requested: list[str] | None) -> dict[str, str]:
-    """label -> encoder_name for the requested labels or encoder names (default: all of PAPER_BACKBONES)."""
+    """label -> encoder_name for the requested labels or encoder names (default: all of TABLE_BACKBONES)."""
     if not requested:
-        return dict(PAPER_BACKBONES)
-    by_key = {key.lower(): (label, name) for label, name in PAPER_BACKBONES.items() for key in (label, name)}
+        return dict(TABLE_BACKBONES)
+    by_key = {key.lower(): (label, name) for label, name in TABLE_BACKBONES.items() for key in (label, name)}
     selected = {}
     for item in requested:
         if item.lower() in by_key:
@@ -84,6 +98,8 @@ def format_markdown(rows: list[dict]) -> str:
         network = "" if row["paper_network"] is None else f"{row['paper_network']:,}"
         if row["matches_paper"] is not None:
             network += " (exact)" if row["matches_paper"] else " (differs)"
+        elif row["encoder_name"] == TABLE_BACKBONES[LITE0_LABEL]:
+            network = "not in the paper (see the notes)"
         classifier = row["paper_classifier"]
         classifier_text = "" if classifier is None else f"{classifier['label']} {classifier['parameters']:,}"
         lines.append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from tatl import distributed
 from tatl.checkpoints import load_checkpoint
-from tatl.config import to_dict
+from tatl.config import Config, to_dict
 from tatl.constants import LESION, UNION
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import SegmentationDataset, full_size_target, load_images, load_masks
@@ -44,6 +45,7 @@ from tatl.pipeline.scoring import (
 )
 from tatl.pipeline.segment_net import copy_into, recorded_origin, uses_segment_net
 from tatl.training.engine import fit
+from tatl.training.head_progress import THRESHOLD_JACCARD
 from tatl.training.pretext import train_context_restoration
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,12 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------------- Stage 1
 def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
     """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"; or, with
-    pipeline.segment_net, copy another run's (tatl.pipeline.segment_net) and load it."""
+    pipeline.segment_net, copy another run's (tatl.pipeline.segment_net) and load it.
+
+    Its early stopping and best.pt follow the score Stage 1 reports, ISIC 2018 Task 1's thresholded Jaccard, ties
+    broken by the Jaccard (tatl.training.head_progress.ranking), not train.monitor; computed at stage1_size each
+    epoch (original size would upscale every prediction for a score that differs only at the lesion borders).
+    stage1_boxes reports the original-size scores once training is done."""
     cfg = ctx.config
     size, shape, group_dir = cfg.data.stage1_size, cfg.model.stage1_shape, ctx.layout.stage1(cfg.model.stage1_shape)
     if uses_segment_net(cfg):  # no datasets: this run's images need no lesion masks
@@ -61,7 +68,8 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
                             label=f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})")
     datasets = [_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
-    return _train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1")
+    return _train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1",
+                        monitor=THRESHOLD_JACCARD)
 
 
 def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
@@ -168,16 +176,25 @@ def _dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: i
     images = load_images(samples, size, boxes, ctx.cache_dir)
     masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
                        ctx.config.data.binarize_threshold)
-    copies = ctx.config.pipeline.augmentation_copies if strong else 1
-    return SegmentationDataset(images, masks, augment=augment and ctx.config.train.augment, seed=ctx.config.train.seed,
+    return training_set(images, masks, ctx.config, targets, augment, strong)
+
+
+def training_set(images: np.ndarray, masks: np.ndarray, config: Config, targets: list[str], augment: bool,
+                 strong: bool = False) -> SegmentationDataset:
+    """What a stage trains on: `augment` with train.augment's flips and jitter; `strong` (init augmentation) with
+    pipeline.augmentation_copies copies of every image through the strong transform (tatl.evaluation.bound too)."""
+    copies = config.pipeline.augmentation_copies if strong else 1
+    return SegmentationDataset(images, masks, augment=augment and config.train.augment, seed=config.train.seed,
                                copies=copies, strong=strong, targets=list(targets))
 
 
 def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
                  group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
-                 encoder_weights: str | None = "configured") -> MultiHeadSegmenter:
-    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder."""
+                 encoder_weights: str | None = "configured", monitor: str | None = None) -> MultiHeadSegmenter:
+    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder; `monitor`
+    replaces train.monitor (Stage 1's thresholded Jaccard)."""
     cfg = ctx.config
+    train_cfg = replace(cfg.train, monitor=monitor) if monitor else cfg.train
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
     weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
     model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
@@ -197,12 +214,12 @@ def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: l
         log.info(f"{label}: already trained, reusing {group_dir}")
         return group
     started = time.perf_counter()
-    progress = fit(group, train_set, val_set, cfg.train, head_dirs, train_encoder, label,
+    progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
                    to_dict(cfg), cfg.pipeline.threshold)
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
     write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
-    summary = ", ".join(f"{n} {cfg.train.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
+    summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
     log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
     return group

@@ -135,7 +135,8 @@ def data_blocks(run, presence: dict[str, set[str]]) -> list[Block]:
 
 
 # -------------------------------------------------------------------------------------------- training curves
-CURVES = (("train_loss", "training loss"), ("loss", "validation loss"), ("jaccard", "validation Jaccard"))
+CURVES = (("train_loss", "training loss"), ("loss", "validation loss"), ("jaccard", "validation Jaccard"),
+          ("threshold_jaccard", "validation thresholded Jaccard"))  # Stage 1's monitor
 
 
 def curve_figures(run_dir: Path) -> list[Block]:

@@ -40,10 +40,10 @@ from tatl.config import TrainConfig
 from tatl.device import resolve_device
 from tatl.errors import TatlError
 from tatl.layout import BEST, LAST
-from tatl.metrics.isic2018 import Task2Scorer
+from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
 from tatl.training import parallel
-from tatl.training.head_progress import HeadProgress, resume_head, save_epoch, update_progress
+from tatl.training.head_progress import THRESHOLD_JACCARD, HeadProgress, resume_head, save_epoch, update_progress
 from tatl.training.losses import TatlLoss
 
 log = logging.getLogger(__name__)
@@ -285,11 +285,13 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils.data.Dataset,
                    threshold: float = 0.5) -> dict[str, dict]:
     """Validation loss per head (a per-image mean) and, for segmentation, official-semantics Jaccard/Dice, at the
-    training resolution."""
+    training resolution; with monitor "threshold_jaccard" also ISIC 2018 Task 1's thresholded Jaccard of each head
+    (per-image Jaccard, 0 below 0.65, averaged over the images), at the training resolution too."""
     model, cfg, device, amp_dtype, loss_fn = setup.model, setup.cfg, setup.device, setup.amp_dtype, setup.objective.loss
     channel = target_parts(dataset, list(model.heads), setup.objective)
     model.eval()
     scorer = Task2Scorer(active) if setup.objective.segmentation else None
+    per_image = {n: Task1Scorer() for n in active} if scorer is not None and cfg.monitor == THRESHOLD_JACCARD else {}
     loss_sums = {n: 0.0 for n in active}
     seen = 0
     for x, y in _loader(dataset, cfg, None, device):
@@ -301,9 +303,14 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
                 truth = y[:, channel[n]]
                 loss_sums[n] += loss_fn(logits, truth).item() * len(x)
                 if scorer is not None:
-                    scorer.update(n, truth > 0.5, torch.sigmoid(logits[:, 0]) > threshold)
+                    predicted = torch.sigmoid(logits[:, 0]) > threshold
+                    scorer.update(n, truth > 0.5, predicted)
+                    if n in per_image:
+                        per_image[n].update(truth > 0.5, predicted)
         seen += len(x)
     losses = distributed.per_image_means(loss_sums, seen)
     # each rank scored its share of the images: the sums added up
     scores = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {n: {} for n in active}
+    for n, task1 in per_image.items():
+        scores[n][THRESHOLD_JACCARD] = distributed.sum_scorer_over_ranks(task1).result()[THRESHOLD_JACCARD]
     return {n: {"loss": losses[n], **scores[n]} for n in active}

@@ -19,6 +19,10 @@ from tatl.config import TrainConfig
 from tatl.io import write_text
 from tatl.layout import BEST, LAST, LOG_CSV
 
+# A monitor beside train.monitor's: ISIC 2018 Task 1's score (per-image Jaccard, 0 below 0.65, averaged over the
+# images), on which Stage 1 picks its best epoch (tatl.pipeline.stages); engine validation computes it only then.
+THRESHOLD_JACCARD = "threshold_jaccard"
+
 
 @dataclass
 class HeadProgress:
@@ -33,15 +37,27 @@ class HeadProgress:
 
 def update_progress(progress: HeadProgress, row: dict[str, float], cfg: TrainConfig) -> None:
     """Add one epoch's row (marked "improved" or not) and decide whether the head stops: `patience` epochs without
-    a better cfg.monitor ("loss": lower is better)."""
-    score = -row["loss"] if cfg.monitor == "loss" else row[cfg.monitor]
-    row["improved"] = score > progress.best_score
+    a better cfg.monitor ("loss": lower is better; see `ranking`)."""
+    best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), None)
+    score = ranking(row, cfg.monitor)
+    row["improved"] = score > (ranking(best, cfg.monitor) if best is not None else (-math.inf, -math.inf))
     if row["improved"]:
-        progress.best_score, progress.best_epoch, progress.bad_epochs = score, int(row["epoch"]), 0
+        progress.best_score, progress.best_epoch, progress.bad_epochs = score[0], int(row["epoch"]), 0
     else:
         progress.bad_epochs += 1
         progress.stopped = progress.bad_epochs >= cfg.patience
     progress.history.append(row)
+
+
+def ranking(row: dict[str, float], monitor: str) -> tuple[float, float]:
+    """How an epoch's validation row ranks (higher is better): its monitor ("loss": negated), then, for the
+    thresholded Jaccard, the plain Jaccard. Early on, when no image reaches a Jaccard of 0.65, every epoch's
+    thresholded Jaccard is 0: the tie-break keeps the best of them rather than the first, and a 0 that gets closer
+    to the threshold counts as progress for early stopping."""
+    if monitor == "loss":
+        return -row["loss"], 0.0
+    # A row from a run resumed across this change may lack the monitor: it ranks lowest.
+    return row.get(monitor, -math.inf), row.get("jaccard", -math.inf) if monitor == THRESHOLD_JACCARD else 0.0
 
 
 def save_epoch(model, optimizers, progress, active, head_dirs, epoch, config_dict, label) -> None:
@@ -71,7 +87,8 @@ def resume_head(model, name, optimizer, progress, path: Path, device: torch.devi
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    columns = list(dict.fromkeys(key for row in history for key in row))  # rows of a resumed run may differ
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
     write_text(path, buffer.getvalue(), durable=True)
