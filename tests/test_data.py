@@ -212,7 +212,7 @@ def union_dataset(root: Path) -> tuple[list, dict[str, np.ndarray], int]:
 
 
 def test_stage2_union_target_is_the_pixel_or_of_the_attribute_masks(tmp_path):
-    # What Stage 2 trains and is validated on (load_masks(..., [UNION], ...) through stages._dataset) and is scored
+    # What Stage 2 trains and is validated on (load_masks(..., [UNION], ...) through groups.stage_dataset) and is scored
     # against at original size (full_size_target(sample, UNION, ...) in pipeline.scoring): Eq. 4 of the paper.
     import torch
 

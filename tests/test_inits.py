@@ -50,10 +50,10 @@ def encoder_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def fits(monkeypatch) -> list[dict]:
     """Every network the pipeline trains, as it enters training: label, heads, encoder state, datasets, mode."""
-    import tatl.pipeline.stages
+    import tatl.pipeline.groups
 
     calls: list[dict] = []
-    real_fit = tatl.pipeline.stages.fit
+    real_fit = tatl.pipeline.groups.fit
 
     def spy(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs):
         calls.append({"label": label, "heads": sorted(model.heads), "train_set": train_set, "val_set": val_set,
@@ -61,7 +61,7 @@ def fits(monkeypatch) -> list[dict]:
                       "start": {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}})
         return real_fit(model, train_set, val_set, cfg, head_dirs, train_encoder, label, *args, **kwargs)
 
-    monkeypatch.setattr(tatl.pipeline.stages, "fit", spy)
+    monkeypatch.setattr(tatl.pipeline.groups, "fit", spy)
     return calls
 
 

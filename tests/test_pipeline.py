@@ -321,7 +321,7 @@ def test_stage2_trains_on_every_training_image_including_those_with_an_empty_uni
         seen.update(names=names, train=train_set, val=val_set)
         return "trained"
 
-    monkeypatch.setattr(pipeline, "_train_group", capture)
+    monkeypatch.setattr(pipeline, "train_group", capture)
     assert pipeline.stage2_agnostic(ctx, "unet", boxes) == "trained"
     train = seen["train"]
     assert seen["names"] == [UNION] and train.targets == [UNION]

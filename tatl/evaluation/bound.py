@@ -22,7 +22,7 @@ since the subset only estimates means over the m samples.
 
 The Augmentation case (a run with pipeline.init augmentation) starts from the same ImageNet weights as the ImageNet
 case but is judged on the training set it trains on: pipeline.augmentation_copies copies of every image through the
-strong transform (tatl.pipeline.stages.training_set, as in epoch 0), so its m and its means are those of the
+strong transform (tatl.pipeline.groups.training_set, as in epoch 0), so its m and its means are those of the
 enlarged, augmented set and both bars are shown.
 """
 
@@ -47,7 +47,7 @@ from tatl.layout import BEST, VARIANTS, default_variant, inputs_of, variant_stag
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.pipeline.context import RunContext
-from tatl.pipeline.stages import training_set
+from tatl.pipeline.groups import training_set
 from tatl.training.losses import TatlLoss
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def initialisations(run: RunContext, shape: str, variant: str) -> dict[str, Init
         weights = "imagenet"
 
     def fresh(start: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline.stages._train_group gives Stage 3
+        torch.manual_seed(run.config.train.seed)  # the very start tatl.pipeline.groups.train_group gives Stage 3
         model = build_model(shape, m.encoder_name, weights if start is None else None)
         if start is not None:
             transfer_weights(start, model)  # the 3-channel restoration head is re-initialised, as in the pipeline

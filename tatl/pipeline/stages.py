@@ -15,27 +15,18 @@ vanilla encoder-decoder). Shared stages are trained once and reused by every var
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from tatl import distributed
-from tatl.checkpoints import load_checkpoint
-from tatl.config import Config, to_dict
 from tatl.constants import LESION, UNION
 from tatl.data.crops import Box, lesion_box
-from tatl.data.dataset import SegmentationDataset, full_size_target, load_images, load_masks
-from tatl.data.isic import Sample
+from tatl.data.dataset import full_size_target, load_images
 from tatl.io import write_json
-from tatl.layout import BEST, DONE, inputs_of, variant_stages
+from tatl.layout import inputs_of, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
-from tatl.models.networks import build_model
-from tatl.models.weights import transfer_weights
-from tatl.pipeline import reuse
 from tatl.pipeline.context import RunContext
+from tatl.pipeline.groups import stage_dataset, train_group
 from tatl.pipeline.scoring import (
     average_probabilities,
     predict_probabilities,
@@ -44,7 +35,6 @@ from tatl.pipeline.scoring import (
     tune_thresholds,
 )
 from tatl.pipeline.segment_net import copy_into, recorded_origin, uses_segment_net
-from tatl.training.engine import fit
 from tatl.training.head_progress import THRESHOLD_JACCARD
 from tatl.training.pretext import train_context_restoration
 
@@ -64,11 +54,11 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
     size, shape, group_dir = cfg.data.stage1_size, cfg.model.stage1_shape, ctx.layout.stage1(cfg.model.stage1_shape)
     if uses_segment_net(cfg):  # no datasets: this run's images need no lesion masks
         distributed.main_process_first(lambda: copy_into(cfg, ctx.layout))
-        return _train_group(ctx, shape, None, [LESION], None, None, group_dir, train_encoder=True,
+        return train_group(ctx, shape, None, [LESION], None, None, group_dir, train_encoder=True,
                             label=f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})")
-    datasets = [_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
+    datasets = [stage_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
-    return _train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1",
+    return train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1",
                         monitor=THRESHOLD_JACCARD)
 
 
@@ -118,9 +108,9 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
 def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -> MultiHeadSegmenter:
     """Train the Attribute-Agnostic Segmenter on union masks (images with an empty union included)."""
     kind = "crops" if boxes else "full"
-    datasets = [_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
+    datasets = [stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
                 for samples in (ctx.train, ctx.val)]
-    return _train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
+    return train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
                         train_encoder=True, label=f"stage 2 ({kind}, {shape})")
 
 
@@ -135,18 +125,18 @@ def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, B
     attributes = cfg.data.attributes
     init = "tatl" if agnostic is not None else cfg.pipeline.init
     augmented = init == "augmentation"
-    train_set = _dataset(ctx, ctx.train, attributes, cfg.data.image_size, boxes, augment=True, strong=augmented)
-    val_set = _dataset(ctx, ctx.val, attributes, cfg.data.image_size, boxes, augment=False)
+    train_set = stage_dataset(ctx, ctx.train, attributes, cfg.data.image_size, boxes, augment=True, strong=augmented)
+    val_set = stage_dataset(ctx, ctx.val, attributes, cfg.data.image_size, boxes, augment=False)
     start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
     shape_dir = ctx.layout.stage3(variant, shape)
     heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in attributes}
     label = f"stage 3 (variant {variant}, {shape}"
     if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
         # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
-        return [_train_group(ctx, shape, start, attributes, train_set, val_set, shape_dir, train_encoder=False,
+        return [train_group(ctx, shape, start, attributes, train_set, val_set, shape_dir, train_encoder=False,
                              label=label + ", frozen encoder)", head_dirs=heads)]
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
-    return [_train_group(ctx, shape, start, [a], train_set, val_set, heads[a], train_encoder=True,
+    return [train_group(ctx, shape, start, [a], train_set, val_set, heads[a], train_encoder=True,
                          label=f"{label}, {a})", encoder_weights=weights) for a in attributes]
 
 
@@ -170,72 +160,6 @@ def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Bo
     return None, configured  # "tatl" without Stage 2: the paper's Stage-3-only ablation
 
 
-# ----------------------------------------------------------------------------------------------------- helpers
-def _dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: int, boxes: dict[str, Box] | None,
-             augment: bool, strong: bool = False) -> SegmentationDataset:
-    images = load_images(samples, size, boxes, ctx.cache_dir)
-    masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
-                       ctx.config.data.binarize_threshold)
-    return training_set(images, masks, ctx.config, targets, augment, strong)
-
-
-def training_set(images: np.ndarray, masks: np.ndarray, config: Config, targets: list[str], augment: bool,
-                 strong: bool = False) -> SegmentationDataset:
-    """What a stage trains on: `augment` with train.augment's flips and jitter; `strong` (init augmentation) with
-    pipeline.augmentation_copies copies of every image through the strong transform (tatl.evaluation.bound too)."""
-    copies = config.pipeline.augmentation_copies if strong else 1
-    return SegmentationDataset(images, masks, augment=augment and config.train.augment, seed=config.train.seed,
-                               copies=copies, strong=strong, targets=list(targets))
-
-
-def _train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
-                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
-                 encoder_weights: str | None = "configured", monitor: str | None = None) -> MultiHeadSegmenter:
-    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder; `monitor`
-    replaces train.monitor (Stage 1's thresholded Jaccard)."""
-    cfg = ctx.config
-    train_cfg = replace(cfg.train, monitor=monitor) if monitor else cfg.train
-    torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
-    weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
-    model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
-    done = group_dir / DONE
-    if start_state is not None and not done.exists():  # a trained group reloads its own weights below
-        reinitialised = transfer_weights(start_state, model)
-        if reinitialised:
-            log.info(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
-    group = MultiHeadSegmenter.from_model(model, names)
-    head_dirs = head_dirs or {names[0]: group_dir}
-    if not done.exists() and cfg.pipeline.reuse_stages_from:
-        _copy_if_trained_elsewhere(ctx, group_dir, label)
-    if done.exists():
-        for name in names:
-            best = head_dirs[name] / BEST
-            group.load_head_state(name, load_checkpoint(best)["model"], best)
-        log.info(f"{label}: already trained, reusing {group_dir}")
-        return group
-    started = time.perf_counter()
-    progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
-                   to_dict(cfg), cfg.pipeline.threshold)
-    best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
-            for n, p in progress.items()}
-    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
-    summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
-                        for n, p in progress.items())
-    log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
-    return group
-
-
-def _copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> None:
-    """Stage 1-2 of another run on the same data with the same settings and split (pipeline.reuse_stages_from):
-    copied, not trained."""
-    source = None
-    if distributed.is_main_process():
-        source = reuse.find_trained_group(ctx.layout.root, group_dir, ctx.config, ctx.data_identity)
-        if source is not None:
-            reuse.copy_group(source, group_dir)
-    source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
-    if source is not None:
-        log.info(f"{label}: copied from {source} (trained there with the same settings and split)")
 
 
 def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,100 @@
+"""One group of networks, the unit every stage trains: heads sharing one encoder, built, started from the given
+weights and trained by tatl.training.engine.fit; reloaded when its done.json says it finished, or copied from
+another run that trained it with the same settings (pipeline.reuse_stages_from). Also the datasets a group reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tatl import distributed
+from tatl.checkpoints import load_checkpoint
+from tatl.config import Config, to_dict
+from tatl.data.crops import Box
+from tatl.data.dataset import SegmentationDataset, load_images, load_masks
+from tatl.data.isic import Sample
+from tatl.io import write_json
+from tatl.layout import BEST, DONE
+from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.networks import build_model
+from tatl.models.weights import transfer_weights
+from tatl.pipeline import reuse
+from tatl.pipeline.context import RunContext
+from tatl.training.engine import fit
+
+log = logging.getLogger(__name__)
+
+
+def stage_dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: int,
+                  boxes: dict[str, Box] | None, augment: bool, strong: bool = False) -> SegmentationDataset:
+    """The images (cropped to `boxes` when given) and `targets` masks of `samples` at `size`, decoded once into
+    the cache."""
+    images = load_images(samples, size, boxes, ctx.cache_dir)
+    masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
+                       ctx.config.data.binarize_threshold)
+    return training_set(images, masks, ctx.config, targets, augment, strong)
+
+
+def training_set(images: np.ndarray, masks: np.ndarray, config: Config, targets: list[str], augment: bool,
+                 strong: bool = False) -> SegmentationDataset:
+    """What a stage trains on: `augment` with train.augment's flips and jitter; `strong` (init augmentation) with
+    pipeline.augmentation_copies copies of every image through the strong transform (tatl.evaluation.bound too)."""
+    copies = config.pipeline.augmentation_copies if strong else 1
+    return SegmentationDataset(images, masks, augment=augment and config.train.augment, seed=config.train.seed,
+                               copies=copies, strong=strong, targets=list(targets))
+
+
+def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
+                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
+                 encoder_weights: str | None = "configured", monitor: str | None = None) -> MultiHeadSegmenter:
+    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder; `monitor`
+    replaces train.monitor (Stage 1's thresholded Jaccard)."""
+    cfg = ctx.config
+    train_cfg = replace(cfg.train, monitor=monitor) if monitor else cfg.train
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
+    weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
+    model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
+    done = group_dir / DONE
+    if start_state is not None and not done.exists():  # a trained group reloads its own weights below
+        reinitialised = transfer_weights(start_state, model)
+        if reinitialised:
+            log.info(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
+    group = MultiHeadSegmenter.from_model(model, names)
+    head_dirs = head_dirs or {names[0]: group_dir}
+    if not done.exists() and cfg.pipeline.reuse_stages_from:
+        copy_if_trained_elsewhere(ctx, group_dir, label)
+    if done.exists():
+        for name in names:
+            best = head_dirs[name] / BEST
+            group.load_head_state(name, load_checkpoint(best)["model"], best)
+        log.info(f"{label}: already trained, reusing {group_dir}")
+        return group
+    started = time.perf_counter()
+    progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
+                   to_dict(cfg), cfg.pipeline.threshold)
+    best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
+            for n, p in progress.items()}
+    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
+    summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
+                        for n, p in progress.items())
+    log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
+    return group
+
+
+def copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> None:
+    """Stage 1-2 of another run on the same data with the same settings and split (pipeline.reuse_stages_from):
+    copied, not trained."""
+    source = None
+    if distributed.is_main_process():
+        source = reuse.find_trained_group(ctx.layout.root, group_dir, ctx.config, ctx.data_identity)
+        if source is not None:
+            reuse.copy_group(source, group_dir)
+    source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
+    if source is not None:
+        log.info(f"{label}: copied from {source} (trained there with the same settings and split)")
