@@ -370,7 +370,7 @@ CONFIG_ERRORS: list[tuple[str, list[str], list[str]]] = [
     ("--set without =", ["--set", "train.epochs"], ["--set 'train.epochs': expected section.key=value"]),
     ("--set without a section", ["--set", "epochs=3"], ["--set 'epochs=3': key must be section.key"]),
     ("--set value that is not YAML", ["--set", "train.epochs=[1"], ["'train.epochs=[1': value is not valid YAML"]),
-    ("unknown preset", ["--config", "fast"], ["fast: not a config file or a preset (presets: demo, paper)"]),
+    ("unknown preset", ["--config", "fast"], ["fast: not a config file or a preset (presets: demo, isic-cpu, paper)"]),
     ("missing config file", ["--config", "{tmp}/missing.yaml"], ["missing.yaml: config file not found"]),
     ("config file that is a folder", ["--config", "{tmp}"], ["is a folder, not a YAML config file"]),
     ("YAML syntax error", ["--config", "{tmp}/syntax.yaml"], ["syntax.yaml: cannot read YAML"]),
