@@ -192,25 +192,34 @@ def _mask_key(path: Path) -> tuple[str, str] | None:
     return (isic_id.group(0) if isic_id else stem), attribute
 
 
-def _index_masks(folder: Path, role: str) -> dict[tuple[str, str], Path]:
-    """{(image id, attribute): path} of the attribute PNGs in `folder`; DataError on duplicates."""
+def index_masks(folder: Path, role: str, key_of, what: str) -> dict:
+    """{key_of(path): path} of the PNG masks in `folder` (key_of returns None to skip a file); DataError when the
+    folder is missing, a key comes twice or no mask is found. `what`: the file names expected, for messages."""
     if not folder.is_dir():
         raise DataError(f"{role} folder {folder} does not exist or is not a folder")
-    index: dict[tuple[str, str], Path] = {}
+    index: dict = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() != ".png":
             continue  # ATTRIBUTION.txt, LICENSE.txt, macOS resource forks
-        key = _mask_key(path)
+        key = key_of(path)
         if key is None:
-            if role == "truth":
-                raise DataError(f"truth mask {path} is not named <image>_attribute_<name>.png")
-            continue  # the scorer also ignores prediction files that match no truth mask
+            continue
         if key in index:
-            raise DataError(f"duplicated {role} mask for {key[0]} / {key[1]}: {index[key].name} and {path.name}")
+            name = " / ".join(key) if isinstance(key, tuple) else key
+            raise DataError(f"duplicated {role} mask for {name}: {index[key].name} and {path.name}")
         index[key] = path
     if not index:
-        raise DataError(f"{role} folder {folder} holds no <image>_attribute_<name>.png mask")
+        raise DataError(f"{role} folder {folder} holds no {what} mask")
     return index
+
+
+def _attribute_mask_key(path: Path, role: str) -> tuple[str, str] | None:
+    """(image id, attribute) of an attribute PNG; a truth PNG named otherwise is an error, a prediction one is
+    skipped (as the scorer ignores prediction files that match no truth mask)."""
+    key = _mask_key(path)
+    if key is None and role == "truth":
+        raise DataError(f"truth mask {path} is not named <image>_attribute_<name>.png")
+    return key
 
 
 def read_score_png(path: Path) -> np.ndarray:
@@ -229,8 +238,10 @@ def read_score_png(path: Path) -> np.ndarray:
 
 def score_task2_folders(prediction_dir: Path, truth_dir: Path, attributes: Sequence[str] | None = None) -> dict:
     """Official Task 2 scores of the PNG masks in `prediction_dir` against `truth_dir`, one image pair at a time."""
-    truth_index = _index_masks(Path(truth_dir), "truth")
-    prediction_index = _index_masks(Path(prediction_dir), "prediction")
+    truth_index = index_masks(Path(truth_dir), "truth", lambda path: _attribute_mask_key(path, "truth"),
+                              "<image>_attribute_<name>.png")
+    prediction_index = index_masks(Path(prediction_dir), "prediction",
+                                   lambda path: _attribute_mask_key(path, "prediction"), "<image>_attribute_<name>.png")
     present = sorted({attribute for _, attribute in truth_index})
     if attributes is None:
         attributes = present

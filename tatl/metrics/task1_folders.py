@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tatl.errors import DataError
-from tatl.metrics.isic2018 import PNG_THRESHOLD, Task1Scorer, read_score_png
+from tatl.metrics.isic2018 import PNG_THRESHOLD, Task1Scorer, index_masks, read_score_png
 
 LESION_MASK_SUFFIX = "_segmentation"  # <id>_segmentation.png
 
@@ -56,17 +56,9 @@ def scorer_id(stem: str) -> str:
 
 def _index_lesion_masks(folder: Path, role: str) -> dict[str, Path]:
     """{image id: path} of the `<stem>_segmentation.png` masks in `folder`; DataError on duplicates or none."""
-    if not folder.is_dir():
-        raise DataError(f"{role} folder {folder} does not exist or is not a folder")
-    index: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+
+    def image_id(path: Path) -> str | None:
         stem = path.stem.removesuffix(LESION_MASK_SUFFIX)
-        if path.name.startswith(".") or path.suffix.lower() != ".png" or stem == path.stem or not stem:
-            continue  # attribute masks, overlays, LICENSE.txt
-        key = scorer_id(stem)
-        if key in index:
-            raise DataError(f"duplicated {role} lesion mask for {key}: {index[key].name} and {path.name}")
-        index[key] = path
-    if not index:
-        raise DataError(f"{role} folder {folder} holds no <image>{LESION_MASK_SUFFIX}.png mask")
-    return index
+        return scorer_id(stem) if stem != path.stem and stem else None  # attribute masks, overlays: skipped
+
+    return index_masks(folder, role, image_id, f"<image>{LESION_MASK_SUFFIX}.png")
