@@ -6,7 +6,7 @@ cache, splits); outputs that come by the thousand (masks, overlays) skip the fsy
 permissions, like any other file the user writes.
 
 Under torchrun every rank runs the same code but only rank 0 writes (N writers of one file would only race): on the
-other ranks these functions do nothing, unless `every_rank=True` (a file each rank needs for itself).
+other ranks these functions do nothing.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ def is_main_process() -> bool:
     return dist.get_rank() == 0
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object], durable: bool = False,
-                 every_rank: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], durable: bool = False) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it to `path`. OSError -> DataError naming the
     file (the OSError is its __cause__)."""
-    if not every_rank and not is_main_process():
+    if not is_main_process():
         return
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY_NUMBERS)}.tmp")

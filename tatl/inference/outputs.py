@@ -8,7 +8,6 @@ Stage 1, or when Stage 1 finds no lesion, the lesion is the whole image ("area_r
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -23,7 +22,7 @@ from tatl.inference.overlays import OverlayView
 from tatl.inference.results import full_size_maps
 from tatl.io import remove_stale_temporaries, write_png
 from tatl.metrics.isic2018 import PNG_THRESHOLD, format_scores, read_score_png, score_task2_folders
-from tatl.metrics.task1_folders import format_task1_scores, score_task1_folders
+from tatl.metrics.task1_folders import format_task1_scores, score_task1_folders, scorer_id
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +172,6 @@ def run_report(predictor, records: dict[str, dict], failed: dict[str, str]) -> d
                          "/ image pixels when there is no lesion mask (area_reference 'image')",
         "images": records, "failed": failed,
     }
-
-
-def scorer_id(stem: str) -> str:
-    """The image id the ISIC scorer reads from a file name: its ISIC_nnnnnnn, else the whole stem."""
-    match = re.search(r"ISIC_[0-9]{7}", stem)
-    return match.group(0) if match else stem
 
 
 def score_against_truth(out: Path, truth: Path, attributes: list[str], image_ids: list[str]) -> dict:
