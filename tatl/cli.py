@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("tatl.commands.experiment", "run a backbone x shape x setting x fold x seed grid; Tables 6-7"),
     "bound": ("tatl.commands.bound", "estimate the generalisation bound (Eq. 6) of each Stage-3 initialisation"),
     "report": ("tatl.commands.report", "write one self-contained HTML (and Markdown) report of a run folder"),
+    "serve": ("tatl.commands.serve", "a local web app to see, correct and teach a run's attribute masks"),
 }
 
 EPILOG = textwrap.dedent(

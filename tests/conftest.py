@@ -63,3 +63,18 @@ def cli_logging():
     from tatl import logs
 
     logs.configure(logs.NORMAL)
+
+
+TINY_RUN_SETTINGS = {  # a run of seconds: 64 px synthetic images, 32 px stage inputs, one epoch, U-Net only
+    "synth.n": 12, "synth.size": 64, "data.stage1_size": 32, "data.image_size": 32, "train.epochs": 1,
+    "model.encoder_name": "tu-resnet10t", "model.shapes": ["unet"], "data.attributes": ["pigment_network", "globules"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run of the whole pipeline (variant 1,2,3) on tiny synthetic data, trained once per session."""
+    import tatl
+
+    return tatl.train("synthetic", tmp_path_factory.mktemp("tiny") / "run", config="demo", variants=["1,2,3"],
+                      overrides=TINY_RUN_SETTINGS).run_dir

@@ -1,0 +1,26 @@
+"""`tatl serve`: a local web app and REST API to see a run's predictions, correct them and teach the model.
+
+Everything the server reads or writes lives in the image folder FOLDER (given by --data):
+
+    FOLDER/<id>.jpg|.jpeg|.png|.bmp                   the images (uploads are added here); <id> is the file stem
+    FOLDER/corrections/<id>_attribute_<name>.png      the official corrections: one per attribute, 8-bit {0, 255},
+                                                      the image's original size (ISIC 2018 Task 2 format)
+    FOLDER/corrections/versions/<id>/<time>-<model>/  every saved version: its masks and version.json (version
+                                                      number, UTC time, the model version it corrected)
+    FOLDER/.tatl-serve/predictions/<model>/           what `tatl predict` writes, per model version and image:
+                                                      <id>_attribute_<name>.png, <id>_segmentation.png,
+                                                      <id>_abnormal.png, probabilities/<id>_attribute_<name>.png,
+                                                      and <id>.json (that image's predictions.json record plus its
+                                                      uncertainty); predictions are never overwritten by corrections
+    FOLDER/.tatl-serve/display/<id>.jpg               the downscaled copy the browser shows (longest side 2048)
+    FOLDER/.tatl-serve/thumbnails/<id>.jpg            gallery thumbnails (longest side 256)
+    FOLDER/.tatl-serve/states/<id>.json               the correction version number and whether it is approved
+    FOLDER/.tatl-serve/drafts/<id>.json               autosaved unsaved edits (PNG data URLs per attribute)
+    FOLDER/.tatl-serve/models.json, models/run_<n>/   the model versions (the served RUN is "base") and the
+                                                      fine-tuned runs of the Teach button
+
+Every file is written through tatl.io (a temporary name, then a rename), so a server killed during a save leaves
+the old file or the new one, never half of one. Modules: security (ids, tokens, hosts, uploads), store (images,
+states, corrections, versions, drafts), predictions (predicting and reading predictions), models (versions),
+training (the fine-tuning subprocess), app (the FastAPI routes), server (uvicorn); static/ holds the page.
+"""

@@ -1,0 +1,265 @@
+"""The FastAPI app of `tatl serve`: the page (static/), and the REST API documented at /docs.
+
+    GET  /api/info                                  attributes, colours, active model, limits
+    GET  /api/images?sort=name|uncertainty|state    the gallery: id, state, attributes present, uncertainty
+    POST /api/images                                upload images (multipart "files"); each is predicted at once
+    GET  /api/images/{id}                           size, state, prediction record, corrections and versions
+    GET  /api/images/{id}/image?size=display        the image: original, display (<= 2048 px) or thumbnail
+    POST /api/images/{id}/predict                   predict with the active model (kept once per model)
+    GET  /api/images/{id}/predictions.json          the image's predictions.json record
+    GET  /api/images/{id}/predictions/{layer}.png   a predicted mask (or ?probabilities=1); ?display=1 downscaled
+    GET  /api/images/{id}/masks                     the correction's version and its saved versions
+    GET  /api/images/{id}/masks/{attribute}.png     the official corrected mask (?display=1 downscaled)
+    PUT  /api/images/{id}/masks                     {"version": n, "masks": {attribute: PNG as base64 or data URL}}
+                                                    -> the next version; 409 when version n is not the current one
+    GET|PUT|DELETE /api/images/{id}/draft           the autosaved draft
+    POST /api/images/{id}/approve                   {"approved": true|false}
+    GET  /api/next?after=id                         the next image to review
+    POST /api/training, GET /api/training, POST /api/training/stop   fine-tuning on the corrections
+    GET  /api/models, POST /api/models/{name}/activate               model versions
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Body, FastAPI, File, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from tatl.errors import DataError
+from tatl.inference.outputs import IMAGE_SUFFIXES
+from tatl.serving import predictions
+from tatl.serving.gallery import gallery, next_image
+from tatl.serving.models import ModelVersions
+from tatl.serving.security import TOKEN_COOKIE, ServerSettings, check_name, check_request, upload_name
+from tatl.serving.store import NotFound, Store, VersionConflict
+from tatl.serving.training import Teacher
+
+
+class MasksIn(BaseModel):
+    version: int = Field(description="the correction version the edit started from (0: none saved yet)")
+    masks: dict[str, str] = Field(description="attribute -> PNG (base64 or a data URL), white = attribute, at the "
+                                              "image's original or display size")
+
+
+class Approval(BaseModel):
+    approved: bool = True
+
+
+COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4"]
+
+
+def create_app(settings: ServerSettings, versions: ModelVersions | None = None, teacher: Teacher | None = None):
+    store = Store(settings.data)
+    versions = versions or ModelVersions(settings.data, settings.run)
+    teacher = teacher or Teacher(settings.data, versions)
+    app = FastAPI(title="tatl serve", description="See, correct and teach TATL's skin attribute masks.")
+    app.state.store, app.state.versions, app.state.teacher = store, versions, teacher
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        refused = check_request(settings, request.headers, request.query_params, request.cookies)
+        if refused is not None:
+            return JSONResponse({"detail": refused[1]}, status_code=refused[0])
+        response = await call_next(request)
+        token = request.query_params.get("token")
+        if settings.token and token and request.url.path == "/":  # the page's later requests carry the cookie
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(DataError)
+    async def data_error(request: Request, error: DataError):
+        return JSONResponse({"detail": str(error)}, status_code=404 if isinstance(error, NotFound) else 400)
+
+    @app.exception_handler(VersionConflict)
+    async def conflict(request: Request, error: VersionConflict):
+        return JSONResponse({"detail": str(error), "version": error.current}, status_code=409)
+
+    static = resources.files("tatl.serving") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(str(static / "index.html"), headers={"Cache-Control": "no-store"})
+
+    def attributes() -> list[str]:
+        return list(predictor_settings().attributes)
+
+    def predictor_settings():
+        return versions.predictor()[1].settings
+
+    @app.get("/api/info")
+    def info():
+        names = attributes()
+        return {"attributes": names, "colours": dict(zip(names, COLOURS * 3, strict=False)),
+                "model": versions.active, "folder": str(store.folder), "max_upload_bytes": settings.max_upload_bytes}
+
+    @app.get("/api/images")
+    def list_images(sort: str = "name"):
+        return gallery(store, versions.active, sort)
+
+    @app.post("/api/images")
+    def upload(files: Annotated[list[UploadFile], File()]):
+        added, refused = [], []
+        for file in files:
+            data = file.file.read(settings.max_upload_bytes + 1)
+            try:
+                if len(data) > settings.max_upload_bytes:
+                    raise DataError(f"{file.filename}: larger than the upload limit of "
+                                    f"{settings.max_upload_bytes // 2**20} MiB")
+                image_id, suffix = upload_name(file.filename, IMAGE_SUFFIXES)
+                store.add_upload(image_id, suffix, data)
+            except DataError as error:
+                refused.append({"file": file.filename, "reason": str(error)})
+                continue
+            added.append(predict(image_id))
+        if refused and not added:
+            detail = "; ".join(r["reason"] for r in refused)
+            return JSONResponse({"detail": detail, "added": added, "refused": refused}, status_code=415)
+        return {"added": added, "refused": refused}
+
+    @app.get("/api/images/{image_id}")
+    def image_detail(image_id: str):
+        size = store.size(image_id)
+        return {"id": image_id, "width": size[0], "height": size[1], "display": store.display_size(image_id),
+                "state": store.state(image_id), "model": versions.active,
+                "prediction": predictions.record(store.folder, versions.active, image_id),
+                "corrected": store.corrected_attributes(image_id), "versions": store.versions(image_id),
+                "has_draft": store.draft(image_id) is not None}
+
+    @app.get("/api/images/{image_id}/image")
+    def image_file(image_id: str, size: str = "display"):
+        path = {"original": store.image_path, "display": store.display,
+                "thumbnail": store.thumbnail}.get(size, store.display)(image_id)
+        return FileResponse(str(path), headers={"Cache-Control": "max-age=60"})
+
+    @app.post("/api/images/{image_id}/predict")
+    def predict(image_id: str):
+        name, predictor = versions.predictor()
+        return predictions.predict_and_store(predictor, store.folder, name, image_id, store.image_path(image_id))
+
+    @app.get("/api/images/{image_id}/predictions.json")
+    def prediction_record(image_id: str, model: str | None = None):
+        found = predictions.record(store.folder, model or versions.active, image_id)
+        if found is None:
+            raise NotFound(f"{image_id}: not predicted by model {model or versions.active} yet (POST .../predict)")
+        return found
+
+    @app.get("/api/images/{image_id}/predictions/{layer}.png")
+    def prediction_png(image_id: str, layer: str, display: bool = False, probabilities: bool = False,
+                       model: str | None = None):
+        path = predictions.layer_path(store.folder, model or versions.active, image_id, layer, probabilities)
+        return png_response(path, store.display_size(image_id) if display else None)
+
+    @app.get("/api/images/{image_id}/masks")
+    def masks(image_id: str):
+        return {"version": store.state(image_id)["version"], "attributes": store.corrected_attributes(image_id),
+                "versions": store.versions(image_id)}
+
+    @app.get("/api/images/{image_id}/masks/{attribute}.png")
+    def mask_png(image_id: str, attribute: str, display: bool = False):
+        path = store.correction_path(image_id, attribute)
+        if not path.is_file():
+            raise NotFound(f"{image_id}: no correction of {attribute}")
+        return png_response(path, store.display_size(image_id) if display else None)
+
+    @app.put("/api/images/{image_id}/masks")
+    def save_masks(image_id: str, body: MasksIn):
+        size, known = store.size(image_id), set(attributes())
+        decoded = {}
+        for attribute, data in body.masks.items():
+            if check_name(attribute, "attribute") not in known:
+                raise DataError(f"attribute {attribute!r}: not one of the model's ({', '.join(sorted(known))})")
+            decoded[attribute] = decode_mask(data, size, store.display_size(image_id), attribute)
+        if not decoded:
+            raise DataError("no masks in the request: send {\"version\": n, \"masks\": {attribute: PNG}}")
+        saved = store.save_correction(image_id, decoded, body.version, versions.active)
+        return {"version": saved.version, "time": saved.time, "model": saved.model, "folder": saved.folder}
+
+    @app.get("/api/images/{image_id}/draft")
+    def get_draft(image_id: str):
+        draft = store.draft(image_id)
+        if draft is None:
+            raise NotFound(f"{image_id}: no draft")
+        return draft
+
+    @app.put("/api/images/{image_id}/draft")
+    def put_draft(image_id: str, body: Annotated[dict, Body()]):
+        store.image_path(image_id)
+        store.save_draft(image_id, body)
+        return {"saved": True}
+
+    @app.delete("/api/images/{image_id}/draft")
+    def delete_draft(image_id: str):
+        store.drop_draft(image_id)
+        return {"deleted": True}
+
+    @app.post("/api/images/{image_id}/approve")
+    def approve(image_id: str, body: Approval):
+        store.image_path(image_id)
+        return store.set_approved(image_id, body.approved)
+
+    @app.get("/api/next")
+    def next_to_review(after: str | None = None):
+        return {"id": next_image(store, versions.active, after)}
+
+    @app.post("/api/training")
+    def start_training():
+        if not any(store.corrected_attributes(i) for i in store.image_ids()):
+            raise DataError("no corrected image yet: save at least one correction before fine-tuning")
+        return teacher.start()
+
+    @app.get("/api/training")
+    def training_status():
+        return teacher.status()
+
+    @app.post("/api/training/stop")
+    def stop_training():
+        return teacher.stop()
+
+    @app.get("/api/models")
+    def list_models():
+        return versions.listing()
+
+    @app.post("/api/models/{name}/activate")
+    def activate(name: str):
+        version = versions.activate(name)
+        versions.predictor()
+        return version
+
+    return app
+
+
+def png_response(path: Path, size: tuple[int, int] | None) -> Response:
+    if size is None:
+        return FileResponse(str(path), media_type="image/png")
+    with Image.open(path) as image:
+        small = image.resize(size, Image.Resampling.NEAREST) if image.size != size else image.copy()
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", compress_level=1)
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+def decode_mask(data: str, size: tuple[int, int], display: tuple[int, int], attribute: str) -> np.ndarray:
+    """A PNG (base64 or a data URL) at the original or the display size -> (H, W) bool at the original size."""
+    try:
+        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            grey = image.convert("L")
+    except (ValueError, OSError) as error:
+        raise DataError(f"mask of {attribute}: not a PNG ({error})") from error
+    if grey.size not in (size, display):
+        raise DataError(f"mask of {attribute}: {grey.size[0]}x{grey.size[1]}, not the image's {size[0]}x{size[1]} "
+                        f"nor its display size {display[0]}x{display[1]}")
+    if grey.size != size:
+        grey = grey.resize(size, Image.Resampling.NEAREST)
+    return np.asarray(grey) > 127

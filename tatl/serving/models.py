@@ -1,0 +1,107 @@
+"""The model versions a server can predict with: the run it was started with ("base") and the runs fine-tuned by
+the Teach button (FOLDER/.tatl-serve/models/run_<n>), listed in FOLDER/.tatl-serve/models.json:
+
+    {"active": "run-2", "versions": [{"name": "base", "path": "...", "status": "ready", "created": "...",
+      "scores": {...}, "reason": "..."}, ...]}
+
+status: "ready" (can serve), "kept aside" (finished but scored lower than the model it was fine-tuned from; reason
+says by how much), "failed" (the fine-tuning failed; reason holds its message). Only a ready version can be
+activated; the active one's networks are loaded once and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tatl.errors import DataError
+from tatl.io import write_json
+from tatl.serving.security import check_name
+from tatl.serving.store import SERVER_FOLDER
+
+BASE = "base"
+READY, KEPT_ASIDE, FAILED = "ready", "kept aside", "failed"
+
+
+class ModelVersions:
+    def __init__(self, folder: Path, base_run: Path, load=None):
+        """load(path) -> a predictor (tatl.inference.predictor.load_predictor by default; tests may pass another)."""
+        self.file = Path(folder) / SERVER_FOLDER / "models.json"
+        self.models_folder = Path(folder) / SERVER_FOLDER / "models"
+        self._load = load or _load_predictor
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, object] | None = None
+        data = self._read()
+        base = {"name": BASE, "path": str(Path(base_run).resolve()), "status": READY, "created": _now(),
+                "scores": None, "reason": "the run `tatl serve` was started with"}
+        versions = [base] + [v for v in data.get("versions", []) if v["name"] != BASE]
+        active = data.get("active", BASE)
+        if not any(v["name"] == active and v["status"] == READY for v in versions):
+            active = BASE
+        self._write({"active": active, "versions": versions})
+
+    def _read(self) -> dict:
+        return json.loads(self.file.read_text()) if self.file.is_file() else {}
+
+    def _write(self, data: dict) -> None:
+        write_json(self.file, data)
+
+    def listing(self) -> dict:
+        return self._read()
+
+    @property
+    def active(self) -> str:
+        return self._read()["active"]
+
+    def version(self, name: str) -> dict:
+        for version in self._read()["versions"]:
+            if version["name"] == name:
+                return version
+        raise DataError(f"model version {name!r}: no such version")
+
+    def path(self, name: str) -> Path:
+        return Path(self.version(name)["path"])
+
+    def next_name(self) -> str:
+        numbers = [int(v["name"].split("_")[-1]) for v in self._read()["versions"] if v["name"].startswith("run_")]
+        return f"run_{max(numbers, default=0) + 1}"
+
+    def add(self, name: str, path: Path, status: str, scores: dict | None, reason: str) -> dict:
+        check_name(name, "model version")
+        version = {"name": name, "path": str(Path(path).resolve()), "status": status, "created": _now(),
+                   "scores": scores, "reason": reason}
+        with self._lock:
+            data = self._read()
+            data["versions"] = [v for v in data["versions"] if v["name"] != name] + [version]
+            self._write(data)
+        return version
+
+    def activate(self, name: str) -> dict:
+        version = self.version(name)
+        if version["status"] != READY:
+            raise DataError(f"model version {name!r} is {version['status']}: {version['reason']}")
+        with self._lock:
+            data = self._read()
+            data["active"] = name
+            self._write(data)
+        return version
+
+    def predictor(self):
+        """The active version's networks, loaded when first needed after a switch."""
+        with self._lock:
+            name = self._read()["active"]
+            if self._loaded is None or self._loaded[0] != name:
+                self._loaded = (name, self._load(self.path(name)))
+            return name, self._loaded[1]
+
+
+def _load_predictor(path: Path):
+    from tatl.inference.predictor import load_predictor
+
+    return load_predictor(path, None)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,54 @@
+// The page's router: #/ is the gallery, #/image/<id> the viewer and editor.
+import { get, say } from "./api.js";
+import { discardDraft, isDirty, resetEditor, wireEditor } from "./editor.js";
+import { nextToReview, setColours, showGallery, wireGallery } from "./gallery.js";
+import { wireTeach } from "./teach.js";
+import { openImage, view } from "./viewer.js";
+
+let info = null;
+let shown = location.hash;
+
+async function loadInfo() {
+  info = await get("/api/info");
+  setColours(info.colours);
+  document.getElementById("model-label").textContent = `model ${info.model} · ${info.folder}`;
+}
+
+async function route() {
+  if (isDirty() && shown !== location.hash && shown.startsWith("#/image/")) {
+    if (!confirm("This image has unsaved changes (kept as a draft). Leave it?")) { history.replaceState(null, "", shown); return; }
+  }
+  shown = location.hash;
+  document.body.dataset.ready = "";
+  const match = location.hash.match(/^#\/image\/(.+)$/);
+  document.getElementById("gallery-view").hidden = Boolean(match);
+  document.getElementById("viewer-view").hidden = !match;
+  try {
+    if (match) {
+      const draft = await openImage(decodeURIComponent(match[1]), info);
+      resetEditor(draft);
+    } else {
+      await showGallery();
+    }
+    document.body.dataset.ready = match ? "viewer" : "gallery";
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+async function modelChanged() {
+  await loadInfo();
+  if (document.getElementById("viewer-view").hidden) await showGallery();
+}
+
+async function start() {
+  await loadInfo();
+  wireGallery();
+  wireEditor(() => nextToReview(view.id));
+  wireTeach(modelChanged);
+  window.addEventListener("hashchange", route);
+  await route();
+}
+
+export { discardDraft };
+start().catch((error) => say(error.message));

@@ -1,0 +1,215 @@
+"""The images of FOLDER and what people did with them: display copies, thumbnails, states, corrections with every
+saved version, and drafts (the folder layout is in tatl.serving's docstring).
+
+A save carries the version the editor started from; when another save came first the save is refused
+(VersionConflict, HTTP 409) and nothing is written. Saves of one store are serialised by a lock (one server process
+owns FOLDER). A save writes the version folder first (masks, then version.json last), then the official masks,
+then the state: a server killed half-way leaves whole files, and a version without version.json is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tatl.data.images import image_size, inspect_image, read_image
+from tatl.errors import DataError
+from tatl.inference.outputs import IMAGE_SUFFIXES, find_images
+from tatl.io import remove_stale_temporaries, write_bytes, write_json, write_png
+from tatl.serving.security import check_id, check_name, inside
+
+SERVER_FOLDER = ".tatl-serve"
+CORRECTIONS = "corrections"
+DISPLAY_SIDE = 2048  # longest side of the copy the browser shows: smooth zoom and pan on a 6000x4000 photo
+THUMBNAIL_SIDE = 256
+
+
+class VersionConflict(Exception):
+    """Another save of the same image came first."""
+
+    def __init__(self, current: int, given: int):
+        super().__init__(f"this image was saved elsewhere meanwhile (version {current}; this page had version "
+                         f"{given}): reload it to see that version, then redo the change")
+        self.current = current
+
+
+class NotFound(DataError):
+    """An image, mask or file the request names does not exist."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    version: int
+    time: str
+    model: str
+    folder: str
+
+
+class Store:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            raise DataError(f"--data {folder}: no such folder")
+        self.root = self.folder / SERVER_FOLDER
+        self.corrections = self.folder / CORRECTIONS
+        self._lock = threading.Lock()
+        for sub in ("display", "thumbnails", "states", "drafts", "uploads"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.root / sub)
+        self.corrections.mkdir(exist_ok=True)
+        remove_stale_temporaries(self.corrections)
+
+    # ------------------------------------------------------------------------------------------------- images
+    def image_ids(self) -> list[str]:
+        try:
+            paths = find_images(self.folder)
+        except DataError:  # an empty folder is a gallery with nothing in it yet
+            return []
+        return sorted(p.stem for p in paths if _valid_id(p.stem))
+
+    def image_path(self, image_id: str) -> Path:
+        check_id(image_id)
+        for candidate in sorted(self.folder.glob(f"{image_id}.*")):  # the id pattern holds no glob characters
+            if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+                return inside(self.folder, candidate)
+        raise NotFound(f"image {image_id!r}: not in {self.folder}")
+
+    def size(self, image_id: str) -> tuple[int, int]:
+        return image_size(self.image_path(image_id))
+
+    def add_upload(self, image_id: str, suffix: str, data: bytes) -> Path:
+        """Write an uploaded image into FOLDER once it decodes as an image tatl accepts (DataError otherwise)."""
+        check_id(image_id)
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.folder.glob(f"{image_id}.*")):
+            raise DataError(f"{image_id}{suffix}: an image with id {image_id!r} is already in the folder")
+        staged = self.root / "uploads" / f"{image_id}{suffix}"
+        write_bytes(staged, data)
+        try:
+            inspect_image(staged)  # decodes it all: non-images, truncated files and decompression bombs are refused
+        except DataError as error:
+            staged.unlink(missing_ok=True)
+            raise DataError(str(error).replace(str(staged), f"{image_id}{suffix}")) from None
+        final = self.folder / f"{image_id}{suffix}"
+        os.replace(staged, final)
+        return final
+
+    def display(self, image_id: str) -> Path:
+        return self._scaled(image_id, "display", DISPLAY_SIDE)
+
+    def thumbnail(self, image_id: str) -> Path:
+        return self._scaled(image_id, "thumbnails", THUMBNAIL_SIDE)
+
+    def display_size(self, image_id: str) -> tuple[int, int]:
+        return scaled_size(self.size(image_id), DISPLAY_SIDE)
+
+    def _scaled(self, image_id: str, kind: str, side: int) -> Path:
+        """A JPEG copy no larger than `side`, made once and kept until the image changes."""
+        source = self.image_path(image_id)
+        cached = self.root / kind / f"{image_id}.jpg"
+        if not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime:
+            pixels = read_image(source, scaled_size(image_size(source), side))
+            write_bytes(cached, _jpeg(pixels))
+        return cached
+
+    # ------------------------------------------------------------------------------------------------- states
+    def state(self, image_id: str) -> dict:
+        path = self.root / "states" / f"{check_id(image_id)}.json"
+        return json.loads(path.read_text()) if path.is_file() else {"version": 0, "approved": False}
+
+    def set_approved(self, image_id: str, approved: bool) -> dict:
+        with self._lock:
+            state = self.state(image_id) | {"approved": bool(approved)}
+            write_json(self.root / "states" / f"{image_id}.json", state)
+            return state
+
+    # ----------------------------------------------------------------------------------- corrections, versions
+    def correction_path(self, image_id: str, attribute: str) -> Path:
+        return self.corrections / f"{check_id(image_id)}_attribute_{check_name(attribute, 'attribute')}.png"
+
+    def corrected_attributes(self, image_id: str) -> list[str]:
+        prefix = f"{check_id(image_id)}_attribute_"
+        return sorted(p.stem[len(prefix):] for p in self.corrections.glob(f"{prefix}*.png"))
+
+    def save_correction(self, image_id: str, masks: dict[str, np.ndarray], expected_version: int,
+                        model: str) -> Saved:
+        """Write the masks ((H, W) bool at the original size) as the next version; VersionConflict when
+        expected_version is not the current one."""
+        size = self.size(image_id)
+        for attribute, mask in masks.items():
+            check_name(attribute, "attribute")
+            if mask.shape != (size[1], size[0]):
+                raise DataError(f"{image_id} {attribute}: mask is {mask.shape[1]}x{mask.shape[0]}, the image "
+                                f"{size[0]}x{size[1]}")
+        with self._lock:
+            state = self.state(image_id)
+            if int(expected_version) != state["version"]:
+                raise VersionConflict(state["version"], int(expected_version))
+            version = state["version"] + 1
+            time = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            folder = self.corrections / "versions" / image_id / f"{time}-{check_name(model, 'model')}"
+            for attribute, mask in masks.items():
+                write_png(folder / f"{image_id}_attribute_{attribute}.png", mask.view(np.uint8) * 255)
+            record = {"version": version, "time": time, "model": model, "attributes": sorted(masks)}
+            write_json(folder / "version.json", record)
+            for attribute in masks:
+                shutil.copyfile(folder / f"{image_id}_attribute_{attribute}.png", self._staged(image_id, attribute))
+                os.replace(self._staged(image_id, attribute), self.correction_path(image_id, attribute))
+            write_json(self.root / "states" / f"{image_id}.json", state | {"version": version})
+            self.drop_draft(image_id)
+        return Saved(version, time, model, str(folder.relative_to(self.folder)))
+
+    def _staged(self, image_id: str, attribute: str) -> Path:
+        # A temporary name in the same folder: the rename over the official mask is atomic.
+        return self.corrections / f".{image_id}_attribute_{attribute}.png.{os.getpid()}.tmp"
+
+    def versions(self, image_id: str) -> list[dict]:
+        folder = self.corrections / "versions" / check_id(image_id)
+        records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/version.json"))]
+        return sorted(records, key=lambda r: r["version"])
+
+    def read_correction(self, image_id: str, attribute: str) -> np.ndarray:
+        path = self.correction_path(image_id, attribute)
+        if not path.is_file():
+            raise NotFound(f"{image_id}: no correction of {attribute}")
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > 127
+
+    # ---------------------------------------------------------------------------------------------- drafts
+    def save_draft(self, image_id: str, draft: dict) -> None:
+        write_json(self.root / "drafts" / f"{check_id(image_id)}.json", draft, durable=False, indent=None)
+
+    def draft(self, image_id: str) -> dict | None:
+        path = self.root / "drafts" / f"{check_id(image_id)}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def drop_draft(self, image_id: str) -> None:
+        (self.root / "drafts" / f"{check_id(image_id)}.json").unlink(missing_ok=True)
+
+
+def scaled_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    scale = min(1.0, side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _valid_id(stem: str) -> bool:
+    try:
+        check_id(stem)
+    except DataError:
+        return False
+    return True
