@@ -27,7 +27,7 @@ LAYERS = [
     ("inference", ["tatl.inference"]),
     ("evaluation", ["tatl.evaluation"]),
     ("experiments", ["tatl.experiments"]),
-    ("reporting", ["tatl.reporting"]),
+    ("reporting, serving", ["tatl.reporting", "tatl.serving"]),  # siblings: neither imports the other
     ("api", ["tatl.api"]),
     ("commands", ["tatl.commands", "tatl.cli", "tatl.__main__"]),
 ]

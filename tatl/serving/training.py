@@ -89,6 +89,9 @@ class BackgroundJob:
                     return text[-LOG_LINES:]
         return []
 
+    def output_lines(self) -> list[str]:
+        return self.output.read_text(errors="replace").splitlines()[-LOG_LINES:] if self.output.is_file() else []
+
     def status(self) -> dict:
         return {"state": self.state, "command": self.command, "started": self.started,
                 "returncode": self.process.poll(), "log": self.lines(), "result": self.result}
@@ -136,8 +139,8 @@ class Teacher:
             job.result = {"status": "stopped", "reason": "stopped from the page"}
             return
         if job.process.returncode != 0:
-            message = next((line for line in reversed(job.lines()) if "error" in line.lower()),
-                           (job.lines() or ["no output"])[-1])
+            said = job.output_lines() + job.lines()  # the command's own error line first
+            message = next((line for line in said if "error" in line.lower()), (said or ["no output"])[-1])
             job.result = self.versions.add(self.name, out, FAILED, None, message)
             return
         before, after, record = read_scores(out)

@@ -1,0 +1,346 @@
+"""`tatl serve`'s REST API in-process (FastAPI's TestClient): predictions in `tatl predict`'s format, corrections
+saved as official masks with every version kept, version conflicts, drafts, uploads refused with a reason, ids that
+cannot leave FOLDER, tokens and hosts, and the fine-tuning job with a stand-in command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import tatl  # noqa: E402
+from tatl.data.isic import INPUT_DIR  # noqa: E402
+from tatl.serving import store as store_module  # noqa: E402
+from tatl.serving.app import create_app  # noqa: E402
+from tatl.serving.models import ModelVersions  # noqa: E402
+from tatl.serving.security import ServerSettings  # noqa: E402
+from tatl.serving.server import prepare  # noqa: E402
+from tatl.serving.training import FINETUNE_RECORD, Teacher  # noqa: E402
+
+ATTRIBUTES = ["pigment_network", "globules"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    """The tiny run's networks, loaded once for every app of this module."""
+    return tatl.load(tiny_run).predictor
+
+
+@pytest.fixture
+def folder(tiny_run, tmp_path) -> Path:
+    images = sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[:3]
+    data = tmp_path / "photos"
+    data.mkdir()
+    for image in images:
+        shutil.copy(image, data / image.name)
+    return data
+
+
+def client_for(tiny_run, folder, loaded, token=None, teacher_command=None) -> TestClient:
+    settings = ServerSettings(tiny_run, folder, token=token, max_upload_bytes=200_000)
+    versions = ModelVersions(folder, tiny_run, load=lambda path: loaded)
+    teacher = Teacher(folder, versions, teacher_command) if teacher_command else None
+    return TestClient(create_app(settings, versions, teacher), base_url="http://127.0.0.1")
+
+
+@pytest.fixture
+def client(tiny_run, folder, loaded) -> TestClient:
+    return client_for(tiny_run, folder, loaded)
+
+
+def png_base64(mask: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def save(client, image_id: str, version: int, masks: dict[str, np.ndarray]):
+    body = {"version": version, "masks": {name: png_base64(mask) for name, mask in masks.items()}}
+    return client.put(f"/api/images/{image_id}/masks", json=body)
+
+
+def read_png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def first_id(client) -> str:
+    return client.get("/api/images").json()[0]["id"]
+
+
+def test_the_gallery_lists_the_images_and_a_prediction_is_what_tatl_load_predicts(client, folder, loaded):
+    rows = client.get("/api/images").json()
+    assert [r["id"] for r in rows] == sorted(p.stem for p in folder.glob("*.jpg"))
+    assert {r["state"] for r in rows} == {"not predicted"}
+    image_id = rows[0]["id"]
+    record = client.post(f"/api/images/{image_id}/predict").json()
+    assert set(record["attributes"]) == set(ATTRIBUTES) and 0.0 <= record["uncertainty"] <= 1.0
+    assert set(record["attributes"]["globules"]) == {"present", "area_fraction", "max_probability"}
+    expected = tatl.api.Model(loaded).predict(folder / f"{image_id}.jpg")
+    for name in ATTRIBUTES:
+        response = client.get(f"/api/images/{image_id}/predictions/{name}.png")
+        assert response.status_code == 200
+        mask = np.asarray(Image.open(io.BytesIO(response.content)))
+        np.testing.assert_array_equal(mask > 127, expected.masks[name])
+    assert client.get(f"/api/images/{image_id}/predictions.json").json() == record
+    states = {r["id"]: r["state"] for r in client.get("/api/images?sort=state").json()}
+    assert states[image_id] == "predicted"
+    assert client.get("/api/images?sort=uncertainty").json()[0]["id"] == image_id  # predicted first
+
+
+def test_a_saved_correction_is_official_versioned_and_leaves_the_prediction_alone(client, folder):
+    image_id = first_id(client)
+    client.post(f"/api/images/{image_id}/predict")
+    prediction_file = folder / ".tatl-serve" / "predictions" / "base" / f"{image_id}_attribute_globules.png"
+    predicted = read_png(prediction_file).copy()
+    width, height = Image.open(folder / f"{image_id}.jpg").size
+    mask = np.zeros((height, width), bool)
+    mask[5:15, 10:30] = True
+    client.put(f"/api/images/{image_id}/draft", json={"masks": {}})
+    saved = client.put(f"/api/images/{image_id}/masks", json={"version": 0, "masks": {"globules": png_base64(mask)}})
+    assert saved.status_code == 200 and saved.json()["version"] == 1
+    official = read_png(folder / "corrections" / f"{image_id}_attribute_globules.png")
+    assert official.dtype == np.uint8 and official.shape == (height, width)
+    assert set(np.unique(official)) == {0, 255}
+    np.testing.assert_array_equal(official > 127, mask)
+    np.testing.assert_array_equal(read_png(prediction_file), predicted)
+    assert client.get(f"/api/images/{image_id}/draft").status_code == 404  # saving drops the draft
+    second = client.put(f"/api/images/{image_id}/masks", json={"version": 1, "masks": {"globules": png_base64(~mask)}})
+    assert second.json()["version"] == 2
+    versions = client.get(f"/api/images/{image_id}/masks").json()["versions"]
+    assert [(v["version"], v["model"]) for v in versions] == [(1, "base"), (2, "base")]
+    first_folder = folder / "corrections" / "versions" / image_id
+    kept = sorted(first_folder.glob(f"*-base/{image_id}_attribute_globules.png"))
+    np.testing.assert_array_equal(read_png(kept[0]) > 127, mask)
+    np.testing.assert_array_equal(read_png(kept[1]) > 127, ~mask)
+    row = next(r for r in client.get("/api/images").json() if r["id"] == image_id)
+    assert row["state"] == "corrected" and row["corrected"] == ["globules"]
+
+
+def test_the_second_of_two_saves_from_the_same_version_is_a_409_and_loses_nothing(client, folder):
+    image_id = first_id(client)
+    width, height = Image.open(folder / f"{image_id}.jpg").size
+    first, second = np.zeros((height, width), bool), np.ones((height, width), bool)
+    assert client.put(f"/api/images/{image_id}/masks",
+                      json={"version": 0, "masks": {"globules": png_base64(first)}}).status_code == 200
+    conflict = save(client, image_id, 0, {"globules": second})
+    assert conflict.status_code == 409 and "saved elsewhere" in conflict.json()["detail"]
+    assert conflict.json()["version"] == 1
+    official = read_png(folder / "corrections" / f"{image_id}_attribute_globules.png")
+    assert not official.any()
+
+
+def test_a_mask_at_the_display_size_is_saved_at_the_original_size(client, folder, monkeypatch):
+    monkeypatch.setattr(store_module, "DISPLAY_SIDE", 32)  # the 64x48 images show at 32x24
+    image_id = first_id(client)
+    detail = client.get(f"/api/images/{image_id}").json()
+    assert detail["display"] == [32, 24] and (detail["width"], detail["height"]) == (64, 48)
+    small = np.zeros((24, 32), bool)
+    small[2:4, 5:6] = True
+    assert client.put(f"/api/images/{image_id}/masks",
+                      json={"version": 0, "masks": {"pigment_network": png_base64(small)}}).status_code == 200
+    official = read_png(folder / "corrections" / f"{image_id}_attribute_pigment_network.png") > 127
+    expected = np.zeros((48, 64), bool)
+    expected[4:8, 10:12] = True
+    np.testing.assert_array_equal(official, expected)
+    wrong = save(client, image_id, 1, {"globules": small[:5]})
+    assert wrong.status_code == 400 and "display size" in wrong.json()["detail"]
+
+
+def test_a_save_that_fails_half_way_changes_no_official_mask(client, folder, monkeypatch):
+    image_id = first_id(client)
+    width, height = Image.open(folder / f"{image_id}.jpg").size
+    before = np.zeros((height, width), bool)
+    save(client, image_id, 0, {n: before for n in ATTRIBUTES})
+    calls = []
+
+    def write_then_fail(path, image, compress_level=1):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        original_write_png(path, image, compress_level)
+
+    original_write_png = store_module.write_png
+    monkeypatch.setattr(store_module, "write_png", write_then_fail)
+    with pytest.raises(OSError):
+        client.put(f"/api/images/{image_id}/masks",
+                   json={"version": 1, "masks": {n: png_base64(~before) for n in ATTRIBUTES}})
+    for name in ATTRIBUTES:
+        assert not read_png(folder / "corrections" / f"{image_id}_attribute_{name}.png").any()
+    assert client.get(f"/api/images/{image_id}/masks").json()["version"] == 1
+
+
+def test_drafts_approval_and_the_next_image(client):
+    ids = [r["id"] for r in client.get("/api/images").json()]
+    draft = {"version": 0, "masks": {"globules": "data:image/png;base64,AAAA"}}
+    assert client.put(f"/api/images/{ids[0]}/draft", json=draft).status_code == 200
+    assert client.get(f"/api/images/{ids[0]}/draft").json() == draft
+    assert client.get(f"/api/images/{ids[0]}").json()["has_draft"] is True
+    client.delete(f"/api/images/{ids[0]}/draft")
+    assert client.get(f"/api/images/{ids[0]}").json()["has_draft"] is False
+    for image_id in ids[1:]:
+        client.post(f"/api/images/{image_id}/predict")
+    most_uncertain = client.get("/api/images?sort=uncertainty").json()[0]["id"]
+    assert client.get("/api/next").json()["id"] == most_uncertain  # predicted and unreviewed, most uncertain first
+    for image_id in ids:
+        assert client.post(f"/api/images/{image_id}/approve", json={"approved": True}).json()["approved"]
+    assert {r["state"] for r in client.get("/api/images").json()} == {"approved"}
+    assert client.get("/api/next").json()["id"] is None
+
+
+def jpeg_bytes(size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_an_upload_is_added_and_predicted_at_once(client, folder):
+    response = client.post("/api/images", files=[("files", ("new photo.jpg", jpeg_bytes(), "image/jpeg"))])
+    assert response.status_code == 415 and "letters, digits" in response.json()["detail"]  # a space in the id
+    response = client.post("/api/images", files=[("files", ("../../new_photo.jpg", jpeg_bytes(), "image/jpeg"))])
+    assert response.status_code == 200, response.text
+    added = response.json()["added"][0]
+    assert added["width"] == 40 and set(added["attributes"]) == set(ATTRIBUTES)
+    assert (folder / "new_photo.jpg").is_file() and not (folder.parent.parent / "new_photo.jpg").exists()
+    again = client.post("/api/images", files=[("files", ("new_photo.jpg", jpeg_bytes(), "image/jpeg"))])
+    assert again.status_code == 415 and "already in the folder" in again.json()["detail"]
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("notes.jpg", b"this is text, not a photo", "not an image Pillow can read"),
+    ("notes.txt", jpeg_bytes(), "not an image file name"),
+    ("big.jpg", jpeg_bytes() + b"\0" * 300_000, "larger than the upload limit"),
+    ("empty.png", b"", "empty file"),
+])
+def test_uploads_that_are_not_images_are_refused_with_a_message(client, folder, name, data, reason):
+    response = client.post("/api/images", files=[("files", (name, data, "application/octet-stream"))])
+    assert response.status_code == 415 and reason in response.json()["refused"][0]["reason"]
+    assert not (folder / name).exists() and not list((folder / ".tatl-serve" / "uploads").iterdir())
+
+
+def test_a_decompression_bomb_is_refused(client, folder, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    response = client.post("/api/images", files=[("files", ("bomb.jpg", jpeg_bytes((40, 30)), "image/jpeg"))])
+    assert response.status_code == 415 and "decompression-bomb" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", [
+    "/api/images/%2e%2e/image", "/api/images/.hidden/image", "/api/images/a%5Cb/masks",
+    "/api/images/ISIC_0000000/masks/..%2F..%2Fx.png", "/api/images/ISIC_0000000/predictions/LESION.png",
+])
+def test_ids_and_names_that_could_leave_the_folder_are_refused(client, path):
+    assert client.get(path).status_code in (400, 404)
+
+
+def test_a_symlink_to_a_file_outside_the_folder_is_not_served(client, folder, tmp_path):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    (folder / "link.png").symlink_to(secret)
+    response = client.get("/api/images/link/image?size=original")
+    assert response.status_code == 400 and "outside the served folder" in response.json()["detail"]
+
+
+def test_a_token_is_needed_on_every_request_when_set(tiny_run, folder, loaded):
+    client = client_for(tiny_run, folder, loaded, token="s3cret")
+    assert client.get("/api/images").status_code == 401
+    assert client.get("/static/app.css").status_code == 401
+    assert client.get("/api/images", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/images", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    page = client.get("/?token=s3cret")
+    assert page.status_code == 200 and "tatl_token" in page.headers["set-cookie"]
+    assert client.get("/api/images").status_code == 200  # the cookie the page got
+
+
+def test_without_a_token_only_loopback_host_names_are_answered(client):
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200
+    refused = client.get("/api/info", headers={"Host": "attacker.example:8000"})
+    assert refused.status_code == 403 and "loopback" in refused.json()["detail"]
+
+
+def test_another_host_than_loopback_gets_a_generated_token(tiny_run, folder):
+    settings, address = prepare(ServerSettings(tiny_run, folder, host="0.0.0.0", port=8123))
+    assert settings.token and len(settings.token) >= 24 and address.endswith(f"?token={settings.token}")
+    settings, address = prepare(ServerSettings(tiny_run, folder))
+    assert settings.token is None and address == "http://127.0.0.1:8000/"
+
+
+FAKE_FINETUNE = """
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1]); out.mkdir(parents=True)
+(out / "log.txt").write_text("epoch 1/1 loss 0.5\\n")
+if sys.argv[2] == "fail":
+    print("tatl finetune: error: no corrected image has masks of every attribute")
+    sys.exit(2)
+json.dump({"before": {"score": 0.5}, "after": {"score": float(sys.argv[2])}}, open(out / "finetune.json", "w"))
+"""
+
+
+def fake_command(outcome: str):
+    return lambda run, data, out: [sys.executable, "-c", FAKE_FINETUNE, str(out), outcome]
+
+
+@pytest.mark.parametrize("outcome, state, status, active", [
+    ("0.6", "done", "ready", "run_1"),
+    ("0.4", "done", "kept aside", "base"),
+    ("fail", "failed", "failed", "base"),
+])
+def test_fine_tuning_activates_a_new_model_only_when_it_does_not_score_lower(tiny_run, folder, loaded, outcome,
+                                                                            state, status, active):
+    client = client_for(tiny_run, folder, loaded, teacher_command=fake_command(outcome))
+    refused = client.post("/api/training")
+    assert refused.status_code == 400 and "no corrected image" in refused.json()["detail"]
+    image_id = first_id(client)
+    client.put(f"/api/images/{image_id}/masks", json={"version": 0, "masks": {"globules": png_base64(
+        np.ones((48, 64), bool))}})
+    assert client.post("/api/training").json()["state"] == "running"
+    client.app.state.teacher.job.wait(60)
+    status_now = client.get("/api/training").json()
+    assert status_now["state"] == state and status_now["result"]["status"] == status
+    models = client.get("/api/models").json()
+    assert models["active"] == active and [v["name"] for v in models["versions"]] == ["base", "run_1"]
+    if outcome == "fail":
+        assert "no corrected image has masks" in status_now["result"]["reason"]
+    if outcome == "0.4":
+        assert "lower than 0.5000" in status_now["result"]["reason"]
+        assert client.post("/api/models/run_1/activate").status_code == 400
+    if outcome == "0.6":
+        assert "epoch 1/1" in status_now["log"][-1]
+        record = json.loads((folder / ".tatl-serve" / "models" / "run_1" / FINETUNE_RECORD).read_text())
+        assert record["after"]["score"] == 0.6
+        assert client.post("/api/models/base/activate").json()["name"] == "base"
+        assert client.get("/api/info").json()["model"] == "base"
+
+
+def test_a_running_fine_tuning_can_be_stopped(tiny_run, folder, loaded):
+    sleeper = lambda run, data, out: [sys.executable, "-c", "import time; time.sleep(60)"]  # noqa: E731
+    client = client_for(tiny_run, folder, loaded, teacher_command=sleeper)
+    image_id = first_id(client)
+    client.put(f"/api/images/{image_id}/masks", json={"version": 0, "masks": {"globules": png_base64(
+        np.ones((48, 64), bool))}})
+    client.post("/api/training")
+    assert client.post("/api/training").status_code == 400  # one at a time
+    assert client.post("/api/training/stop").json()["state"] in ("running", "stopped")
+    client.app.state.teacher.job.wait(30)
+    assert client.get("/api/training").json()["state"] == "stopped"
+    assert client.get("/api/models").json()["active"] == "base"
+
+
+def test_the_openapi_docs_list_the_endpoints(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/images", "/api/images/{image_id}/masks", "/api/next", "/api/training", "/api/models"):
+        assert path in paths
