@@ -68,6 +68,7 @@ function paint(from, to) {
 
 function drawSketch() {
   const sketch = document.getElementById("sketch");
+  if (!sketch) return;
   const context = sketch.getContext("2d");
   context.clearRect(0, 0, sketch.width, sketch.height);
   if (!editor.polygon.length) return;

@@ -1,0 +1,307 @@
+"""`tatl serve` in a real headless Chromium (Debian's `chromium`, driven by Playwright through executable_path; no
+browser is ever downloaded): the gallery, layers, a brush stroke saved exactly where it was drawn, an upload
+predicted at once, a version conflict shown in the page, the Teach panel. Every request to an address other than
+the server's is aborted and fails the test; screenshots are kept in tests/artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+import tatl  # noqa: E402
+from tatl.data.isic import INPUT_DIR  # noqa: E402
+from tatl.serving.app import create_app  # noqa: E402
+from tatl.serving.models import ModelVersions  # noqa: E402
+from tatl.serving.security import ServerSettings  # noqa: E402
+from tatl.serving.training import Teacher, finetune_command  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    return tatl.load(tiny_run).predictor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """A uvicorn server on a free localhost port, in a thread, over a fresh copy of three images."""
+
+    def __init__(self, run: Path, folder: Path, loaded, command=None):
+        self.folder = folder
+        settings = ServerSettings(run, folder, port=free_port(), max_upload_bytes=2_000_000)
+        versions = ModelVersions(folder, run, load=lambda path: loaded if path == Path(run).resolve()
+                                 else tatl.load(path).predictor)
+        self.app = create_app(settings, versions, Teacher(folder, versions, command or finetune_command))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{settings.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start_server(tiny_run, tmp_path, loaded, command=None) -> Served:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[:3]:
+        shutil.copy(image, folder / image.name)
+    return Served(tiny_run, folder, loaded, command)
+
+
+@pytest.fixture
+def served(tiny_run, tmp_path, loaded):
+    server = start_server(tiny_run, tmp_path, loaded)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def context(browser):
+    """A browser context that aborts and records any request to a non-local address, and records page errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    outside: list[str] = []
+    errors: list[str] = []
+
+    def only_local(route):
+        if urlparse(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    context.on("page", lambda page: page.on("pageerror", lambda error: errors.append(str(error))))
+    yield context
+    context.close()
+    assert outside == [], f"requests to non-local addresses: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def open_page(context, url: str):
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=gallery]")
+    return page
+
+
+def open_image(page, image_id: str) -> None:
+    page.click(f".card[data-id='{image_id}']")
+    page.wait_for_selector("body[data-ready=viewer]")
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+def pixel_to_screen(page, attribute: str, x: float, y: float, size: tuple[int, int]) -> tuple[float, float]:
+    """The screen point over the centre of display pixel (x, y) of the correction stage."""
+    box = page.locator(f"#stage-correction canvas[data-layer={attribute}]").bounding_box()
+    return box["x"] + (x + 0.5) * box["width"] / size[0], box["y"] + (y + 0.5) * box["height"] / size[1]
+
+
+def distance_to_segment(shape, start, end) -> np.ndarray:
+    """Distance of every pixel centre (canvas coordinates x + 0.5, y + 0.5) to the segment start-end."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    (ax, ay), (bx, by) = start, end
+    t = np.clip(((xs - ax) * (bx - ax) + (ys - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2), 0, 1)
+    return np.hypot(xs - (ax + t * (bx - ax)), ys - (ay + t * (by - ay)))
+
+
+def official(folder: Path, image_id: str, attribute: str) -> np.ndarray:
+    return np.asarray(Image.open(folder / "corrections" / f"{image_id}_attribute_{attribute}.png"))
+
+
+def test_gallery_layers_and_a_brush_stroke_saved_exactly_where_drawn(served, context):
+    page = open_page(context, served.url)
+    assert page.locator(".card").count() == 3
+    screenshot(page, "gallery.png")
+    image_id = page.locator(".card").first.get_attribute("data-id")
+    open_image(page, image_id)
+    assert page.locator("#stage-correction canvas.layer-canvas").count() == 4  # abnormal, 2 attributes, lesion
+    globules = page.locator("#stage-prediction canvas[data-layer=globules]")
+    page.check("input[name=mode][value=both]")
+    page.uncheck("#layers .layer[data-layer=globules] input")
+    assert globules.is_hidden()
+    page.check("#layers .layer[data-layer=globules] input")
+    assert globules.is_visible()
+    page.click("#layers .layer[data-layer=pigment_network] button")
+    page.click("#absent")
+    page.click("#save")
+    page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+    before = official(served.folder, image_id, "pigment_network")
+    assert before.shape == (48, 64) and not before.any()
+    page.eval_on_selector("#brush-size", "e => { e.value = 6; e.dispatchEvent(new Event('input')); }")
+    size, start, end = (64, 48), (10, 24), (40, 20)
+    page.mouse.move(*pixel_to_screen(page, "pigment_network", *start, size))
+    page.mouse.down()
+    for step in range(1, 11):
+        x, y = start[0] + (end[0] - start[0]) * step / 10, start[1] + (end[1] - start[1]) * step / 10
+        page.mouse.move(*pixel_to_screen(page, "pigment_network", x, y, size))
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('edit-status').textContent.includes('draft autosaved')")
+    assert (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").is_file()
+    screenshot(page, "viewer.png")
+    page.keyboard.press("Control+s")
+    page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 2')")
+    after = official(served.folder, image_id, "pigment_network")
+    assert after.shape == (48, 64) and set(np.unique(after)) <= {0, 255}
+    changed = after != before
+    distance = distance_to_segment(after.shape, (start[0] + 0.5, start[1] + 0.5), (end[0] + 0.5, end[1] + 0.5))
+    radius = 3
+    assert not (changed & (distance > radius + 1)).any(), "pixels changed away from the stroke"
+    assert changed[distance < radius - 1].all(), "pixels under the stroke did not change"
+    assert official(served.folder, image_id, "globules").shape == (48, 64)  # every attribute its own mask
+    assert not (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").exists()
+
+
+def test_undo_redo_and_the_shortcuts_are_shown(served, context):
+    page = open_page(context, served.url)
+    open_image(page, page.locator(".card").first.get_attribute("data-id"))
+    assert "Ctrl+Z" in page.inner_text("details .keys")
+    count = "() => { const c = document.querySelector('#stage-correction canvas[data-layer=pigment_network]');" \
+            " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)" \
+            ".length; }"
+    original = page.evaluate(count)
+    page.keyboard.press("x")
+    assert page.evaluate(count) == 0
+    page.keyboard.press("Control+z")
+    assert page.evaluate(count) == original
+    page.keyboard.press("Control+y")
+    assert page.evaluate(count) == 0
+
+
+def test_an_uploaded_image_is_predicted_and_shown(served, context, tmp_path):
+    page = open_page(context, served.url)
+    photo = tmp_path / "upload_me.png"
+    Image.open(sorted(served.folder.glob("*.jpg"))[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)
+    page.set_input_files("#upload", str(photo))
+    card = page.locator(".card[data-id=upload_me]")
+    card.wait_for()
+    assert card.get_attribute("data-state") == "predicted"
+    open_image(page, "upload_me")
+    assert page.locator("#scores tbody tr").count() == 2
+    assert page.locator("#scores tbody td").nth(2).inner_text() != "-"  # the maximum probability, predicted
+    lit = page.evaluate("() => { const c = document.querySelector('#stage-prediction canvas[data-layer=lesion]');"
+                        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some("
+                        "(v, i) => i % 4 == 3 && v); }")
+    assert lit, "the predicted lesion outline is drawn"
+    page.click("#home")
+    page.wait_for_selector("body[data-ready=gallery]")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    page.set_input_files("#upload", str(text))
+    page.wait_for_selector("#banner:not([hidden])")
+    page.wait_for_function("document.getElementById('banner').textContent.includes('not an image')")
+
+
+def test_two_tabs_saving_the_same_image_show_a_conflict(served, context):
+    first, second = open_page(context, served.url), open_page(context, served.url)
+    image_id = first.locator(".card").first.get_attribute("data-id")
+    open_image(first, image_id)
+    open_image(second, image_id)
+    first.keyboard.press("x")
+    first.click("#save")
+    first.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+    second.click("#save")
+    second.wait_for_function("document.getElementById('banner').textContent.includes('saved elsewhere')")
+    assert not official(served.folder, image_id, "pigment_network").any()
+    screenshot(second, "conflict.png")
+
+
+FAKE_FINETUNE = """
+import json, shutil, sys, time
+from pathlib import Path
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(run, out, ignore=shutil.ignore_patterns("cache", "synthetic-data", "report*"))
+for epoch in (1, 2):
+    with open(out / "log.txt", "a") as log:
+        log.write(f"fine-tuning epoch {epoch}/2\\n")
+    time.sleep(0.5)
+json.dump({"before": {"score": 0.5}, "after": {"score": 0.55}}, open(out / "finetune.json", "w"))
+"""
+
+
+def test_the_teach_panel_follows_a_fine_tuning_to_a_new_active_model(tiny_run, tmp_path, loaded, context):
+    """The page's side of Teach, with a stand-in for `tatl finetune` (copies the run, logs, writes its scores)."""
+    command = lambda run, data, out: [sys.executable, "-c", FAKE_FINETUNE, str(run), str(out)]  # noqa: E731
+    server = start_server(tiny_run, tmp_path, loaded, command)
+    try:
+        page = open_page(context, server.url)
+        page.click("#teach-toggle")
+        page.click("#teach-start")
+        page.wait_for_function("document.getElementById('banner').textContent.includes('no corrected image')")
+        open_image(page, page.locator(".card").first.get_attribute("data-id"))
+        page.click("#save")
+        page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+        page.click("#teach-start")
+        page.wait_for_selector("#teach-state[data-state=done]", timeout=60_000)
+        assert "fine-tuning epoch 2/2" in page.inner_text("#teach-log")
+        assert "0.5500" in page.inner_text("#teach-result")
+        page.wait_for_selector("#models tr[data-name=run_1]")
+        assert "(active)" in page.inner_text("#models tr[data-name=run_1]")
+        page.click("#models tr[data-name=base] button")
+        page.wait_for_function("document.getElementById('model-label').textContent.includes('model base')")
+        screenshot(page, "teach.png")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded, context):
+    """The real `tatl finetune` on the tiny run, started from the page."""
+    import importlib.util
+
+    if importlib.util.find_spec("tatl.commands.finetune") is None:
+        pytest.skip("pending: `tatl finetune` (the fine-tuning issue) is not on this branch yet")
+    server = start_server(tiny_run, tmp_path, loaded)
+    try:
+        page = open_page(context, server.url)
+        open_image(page, page.locator(".card").first.get_attribute("data-id"))
+        page.click("#save")
+        page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+        page.click("#teach-toggle")
+        page.click("#teach-start")
+        page.wait_for_selector("#teach-state[data-state=done]", timeout=300_000)
+        assert page.inner_text("#teach-result")
+    finally:
+        server.stop()
