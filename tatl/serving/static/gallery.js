@@ -71,7 +71,19 @@ function report(result) {
   else say(`added and predicted ${result.added.length} image(s)`, "info");
 }
 
+async function predictAll() {
+  const rows = await get("/api/images");
+  const waiting = rows.filter((r) => r.state === "not predicted");
+  for (const [i, row] of waiting.entries()) {
+    say(`predicting ${row.id} (${i + 1} of ${waiting.length})...`, "info");
+    try { await post(`/api/images/${encodeURIComponent(row.id)}/predict`); } catch (error) { say(error.message); return; }
+  }
+  say(waiting.length ? `predicted ${waiting.length} image(s)` : "every image is predicted", "info");
+  await showGallery();
+}
+
 export function wireGallery() {
+  document.getElementById("predict-all").addEventListener("click", predictAll);
   document.getElementById("sort").addEventListener("change", showGallery);
   document.getElementById("next-review").addEventListener("click", () => nextToReview());
   const input = document.getElementById("upload");
