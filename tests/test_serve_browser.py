@@ -311,13 +311,12 @@ def test_predict_all_sort_by_uncertainty_and_next_to_review(served, context):
     page = open_page(context, served.url)
     page.click("#predict-all")
     page.wait_for_function("[...document.querySelectorAll('.card')].every(c => c.dataset.state === 'predicted')")
-    page.select_option("#sort", "uncertainty")
-    page.wait_for_function("document.querySelector('.card .state').textContent.includes('u ')")
-    rows = served.app.state.store, served.app.state.versions.active
     from tatl.serving.gallery import gallery
 
-    expected = [r["id"] for r in gallery(*rows, "uncertainty")]
-    assert [c.get_attribute("data-id") for c in page.locator(".card").all()] == expected
+    expected = [r["id"] for r in gallery(served.app.state.store, served.app.state.versions.active, "uncertainty")]
+    page.select_option("#sort", "uncertainty")
+    page.wait_for_function("ids => [...document.querySelectorAll('.card')].map(c => c.dataset.id).join() == ids",
+                           arg=",".join(expected))
     page.click("#next-review")
     page.wait_for_selector("body[data-ready=viewer]")
     assert page.inner_text("#image-title") == expected[0]
