@@ -35,7 +35,7 @@ function card(row) {
     const chip = document.createElement("span");
     chip.className = "chip";
     chip.style.background = colours[name] || "#666";
-    chip.textContent = name.replace("_", " ");
+    chip.textContent = name.replaceAll("_", " ");
     chips.append(chip);
   }
   meta.append(id, state, chips);

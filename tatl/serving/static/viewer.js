@@ -106,14 +106,14 @@ function renderSidebar(detail) {
     `${detail.width}x${detail.height} · ${state} · correction version ${detail.state.version} · model ${detail.model}`;
   const layers = document.getElementById("layers");
   const rows = [["lesion", "lesion outline", LESION_COLOUR], ["abnormal", "abnormal region", ABNORMAL_COLOUR],
-    ...view.attributes.map((a) => [a, a.replace("_", " "), view.colours[a]])];
+    ...view.attributes.map((a) => [a, a.replaceAll("_", " "), view.colours[a]])];
   layers.replaceChildren(...rows.map(([layer, label, colour]) => layerRow(layer, label, colour)));
   const record = detail.prediction || {};
   const body = document.querySelector("#scores tbody");
   body.replaceChildren(...view.attributes.map((name) => {
     const a = (record.attributes || {})[name] || {};
     const tr = document.createElement("tr");
-    const cells = [name.replace("_", " "), a.area_fraction != null ? `${(100 * a.area_fraction).toFixed(1)} %` : "-",
+    const cells = [name.replaceAll("_", " "), a.area_fraction != null ? `${(100 * a.area_fraction).toFixed(1)} %` : "-",
       a.max_probability != null ? a.max_probability.toFixed(3) : "-"];
     for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
     return tr;
@@ -159,7 +159,7 @@ export function applyLayers() {
   for (const row of document.querySelectorAll("#layers .layer")) {
     row.classList.toggle("editing", row.dataset.layer === view.editing);
   }
-  document.getElementById("edit-attribute").textContent = view.editing ? view.editing.replace("_", " ") : "";
+  document.getElementById("edit-attribute").textContent = view.editing ? view.editing.replaceAll("_", " ") : "";
   document.getElementById("stage-correction").hidden = view.mode === "prediction";
   document.getElementById("stage-prediction").hidden = view.mode === "correction";
   applyTransform();
