@@ -344,3 +344,41 @@ def test_the_openapi_docs_list_the_endpoints(client):
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/images", "/api/images/{image_id}/masks", "/api/next", "/api/training", "/api/models"):
         assert path in paths
+
+
+def test_tatl_serve_starts_prints_its_address_and_answers(tiny_run, folder, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(tatl.__file__).parents[1])}
+    server = subprocess.Popen([sys.executable, "-m", "tatl", "serve", str(tiny_run), "--data", str(folder),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith(f"tatl serve: http://127.0.0.1:{port}/"), line
+        info = None
+        for _ in range(300):  # the address is printed just before uvicorn binds it
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=30) as response:
+                    info = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert info is not None and info["attributes"] == ATTRIBUTES
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_tatl_serve_refuses_a_missing_run_on_one_line(folder, tmp_path, capsys):
+    from tatl.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere"), "--data", str(folder)]) == 2
+    assert "no such run folder" in capsys.readouterr().err

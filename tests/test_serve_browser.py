@@ -320,3 +320,27 @@ def test_predict_all_sort_by_uncertainty_and_next_to_review(served, context):
     page.click("#next-review")
     page.wait_for_selector("body[data-ready=viewer]")
     assert page.inner_text("#image-title") == expected[0]
+
+
+def test_leaving_with_unsaved_changes_asks_and_the_draft_comes_back(served, context):
+    page = open_page(context, served.url)
+    open_image(page, page.locator(".card").first.get_attribute("data-id"))
+    count = "layer => { const c = document.querySelector(`#${layer} canvas[data-layer=pigment_network]`);" \
+            " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)" \
+            ".length; }"
+    assert page.evaluate(count, "stage-correction") > 0  # the correction starts from the prediction
+    page.keyboard.press("x")  # absent: clear pigment network
+    page.wait_for_function("document.getElementById('edit-status').textContent.includes('draft autosaved')")
+    dialogs = []
+
+    def accept(dialog):
+        dialogs.append(dialog.type)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    page.reload()
+    page.wait_for_selector("body[data-ready=viewer]")
+    assert dialogs == ["beforeunload"]
+    assert "draft restored" in page.inner_text("#edit-status")
+    assert page.evaluate(count, "stage-correction") == 0
+    assert page.evaluate(count, "stage-prediction") > 0
