@@ -21,7 +21,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import tatl  # noqa: E402
-from tatl.data.isic import INPUT_DIR  # noqa: E402
+from tatl.data.isic import INPUT_DIR, scan_dataset  # noqa: E402
 from tatl.serving import store as store_module  # noqa: E402
 from tatl.serving.app import create_app  # noqa: E402
 from tatl.serving.models import ModelVersions  # noqa: E402
@@ -120,12 +120,16 @@ def test_a_saved_correction_is_official_versioned_and_leaves_the_prediction_alon
     assert second.json()["version"] == 2
     versions = client.get(f"/api/images/{image_id}/masks").json()["versions"]
     assert [(v["version"], v["model"]) for v in versions] == [(1, "base"), (2, "base")]
-    first_folder = folder / "corrections" / "versions" / image_id
+    first_folder = folder / "corrections" / ".versions" / image_id
     kept = sorted(first_folder.glob(f"*-base/{image_id}_attribute_globules.png"))
     np.testing.assert_array_equal(read_png(kept[0]) > 127, mask)
     np.testing.assert_array_equal(read_png(kept[1]) > 127, ~mask)
     row = next(r for r in client.get("/api/images").json() if r["id"] == image_id)
     assert row["state"] == "corrected" and row["corrected"] == ["globules"]
+    scan = scan_dataset(folder, ATTRIBUTES)  # FOLDER stays a flat dataset: versions and the server's files hidden
+    assert not scan.duplicates and not scan.orphan_masks and len(scan.samples) == 3
+    sample = next(s for s in scan.samples if s.image_id == image_id)
+    assert sample.attribute_mask_paths == {"globules": folder / "corrections" / f"{image_id}_attribute_globules.png"}
 
 
 def test_the_second_of_two_saves_from_the_same_version_is_a_409_and_loses_nothing(client, folder):

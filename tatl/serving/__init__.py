@@ -5,8 +5,10 @@ Everything the server reads or writes lives in the image folder FOLDER (given by
     FOLDER/<id>.jpg|.jpeg|.png|.bmp                   the images (uploads are added here); <id> is the file stem
     FOLDER/corrections/<id>_attribute_<name>.png      the official corrections: one per attribute, 8-bit {0, 255},
                                                       the image's original size (ISIC 2018 Task 2 format)
-    FOLDER/corrections/versions/<id>/<time>-<model>/  every saved version: its masks and version.json (version
-                                                      number, UTC time, the model version it corrected)
+    FOLDER/corrections/.versions/<id>/<time>-<model>/ every saved version: its masks and version.json (version
+                                                      number, UTC time, the model version it corrected); hidden,
+                                                      so FOLDER stays a flat dataset (images + one mask per
+                                                      attribute) that `tatl check-data` and `tatl finetune` read
     FOLDER/.tatl-serve/predictions/<model>/           what `tatl predict` writes, per model version and image:
                                                       <id>_attribute_<name>.png, <id>_segmentation.png,
                                                       <id>_abnormal.png, probabilities/<id>_attribute_<name>.png,

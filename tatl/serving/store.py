@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from tatl.serving.security import check_id, check_name, inside
 
 SERVER_FOLDER = ".tatl-serve"
 CORRECTIONS = "corrections"
+VERSIONS = ".versions"  # inside CORRECTIONS; hidden: dataset readers skip it, so no mask is found twice
 DISPLAY_SIDE = 2048  # longest side of the copy the browser shows: smooth zoom and pan on a 6000x4000 photo
 THUMBNAIL_SIDE = 256
 
@@ -154,24 +154,19 @@ class Store:
                 raise VersionConflict(state["version"], int(expected_version))
             version = state["version"] + 1
             time = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-            folder = self.corrections / "versions" / image_id / f"{time}-{check_name(model, 'model')}"
+            folder = self.corrections / VERSIONS / image_id / f"{time}-{check_name(model, 'model')}"
             for attribute, mask in masks.items():
                 write_png(folder / f"{image_id}_attribute_{attribute}.png", mask.view(np.uint8) * 255)
             record = {"version": version, "time": time, "model": model, "attributes": sorted(masks)}
             write_json(folder / "version.json", record)
-            for attribute in masks:
-                shutil.copyfile(folder / f"{image_id}_attribute_{attribute}.png", self._staged(image_id, attribute))
-                os.replace(self._staged(image_id, attribute), self.correction_path(image_id, attribute))
+            for attribute, mask in masks.items():
+                write_png(self.correction_path(image_id, attribute), mask.view(np.uint8) * 255)
             write_json(self.root / "states" / f"{image_id}.json", state | {"version": version})
             self.drop_draft(image_id)
         return Saved(version, time, model, str(folder.relative_to(self.folder)))
 
-    def _staged(self, image_id: str, attribute: str) -> Path:
-        # A temporary name in the same folder: the rename over the official mask is atomic.
-        return self.corrections / f".{image_id}_attribute_{attribute}.png.{os.getpid()}.tmp"
-
     def versions(self, image_id: str) -> list[dict]:
-        folder = self.corrections / "versions" / check_id(image_id)
+        folder = self.corrections / VERSIONS / check_id(image_id)
         records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/version.json"))]
         return sorted(records, key=lambda r: r["version"])
 
