@@ -11,6 +11,7 @@ test_config.py and test_models.py; these go through the command line.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -425,14 +426,20 @@ def test_output_path_that_is_a_file_or_below_one(data, tmp_path, capsys):
     assert target.read_text() == "not a folder"
 
 
-def test_resume_needs_a_run_and_takes_no_other_config(finished_run, tmp_path, capsys):
+def test_resume_starts_a_new_run_and_takes_only_its_own_config(finished_run, tmp_path, capsys):
+    """One command line starts a long run and continues it after a stop (nnU-Net's --c): --resume on a folder
+    that does not exist yet starts the run; --config then must say what the run was started with."""
     data, run = finished_run
-    code, _, err = cli(capsys, "run", data, "--out", tmp_path / "new", "--resume")
-    assert code == 2
-    one_line_error(err, "run", str(tmp_path / "new"), "nothing to resume (no config.yaml)")
+    new = tmp_path / "new"
+    assert cli(capsys, "run", data, "--out", new, "--resume", *ONE_NETWORK)[0] == 0
+    assert (new / "metrics.json").is_file()
+    scores = json.loads((new / "metrics.json").read_text())
+    assert scores == json.loads((run / "metrics.json").read_text())  # the same run as without --resume
+    assert cli(capsys, "run", data, "--out", new, "--resume", *ONE_NETWORK)[0] == 0  # the same command continues it
+    assert json.loads((new / "metrics.json").read_text()) == scores
     code, _, err = cli(capsys, "run", data, "--out", run, "--resume", "--config", "demo")
     assert code == 2
-    one_line_error(err, "run", str(run / "config.yaml"), "drop --config")
+    one_line_error(err, "run", str(run / "config.yaml"), "as --config says", "drop --config")
 
 
 @pytest.mark.parametrize(

@@ -386,3 +386,16 @@ def test_tatl_serve_refuses_a_missing_run_on_one_line(folder, tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "nowhere"), "--data", str(folder)]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_the_uncertainty_is_tatl_selects_score_of_the_prediction(client, folder, loaded):
+    from tatl.inference.ranking import attribute_weights
+    from tatl.inference.selection import score_image
+
+    image_id = first_id(client)
+    record = client.post(f"/api/images/{image_id}/predict").json()
+    result = tatl.api.Model(loaded).predict(folder / f"{image_id}.jpg")
+    lesion = None if result.lesion_fallback else result.masks["lesion"]
+    expected = score_image({"mean": result.attributes}, lesion, attribute_weights(loaded), "uncertainty")
+    assert record["uncertainty"] == pytest.approx(expected.score, abs=0.01)  # from 8-bit maps
+    assert record["uncertainty_per_attribute"] == pytest.approx(expected.per_attribute, abs=0.01)

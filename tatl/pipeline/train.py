@@ -41,7 +41,7 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     pipeline.segment_net (a finished run whose Segment-Net crops this run's images), after the overrides."""
     from tatl import distributed
     from tatl.errors import ConfigError
-    from tatl.layout import STAGES
+    from tatl.layout import STAGES, RunLayout
     from tatl.pipeline.context import data_list
 
     if stages is not None and stages not in STAGES:
@@ -49,6 +49,11 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     given, out = data_list(data), Path(out)
     data = given[0] if len(given) == 1 else given
     settings = _override_list(overrides, variants, device, compile, stages=stages, segment_net=segment_net)
+    if resume and not RunLayout(out).config.is_file() and _nothing_written(out):
+        # nnU-Net's --c: the same command line starts a run and continues it after a stop, so a long run can be
+        # launched with --resume from the first time on
+        log.info("%s: nothing to resume yet; starting a new run", out)
+        resume = False
     resolved = resolved_config(data, out, config, resume, settings, stages)  # before the heavy work: a typo fails
     distributed.setup(resolved.train.device)  # under torchrun: join the other processes (a no-op otherwise)
     distributed.check_batch_size(resolved.train.batch_size)  # before anything is written
@@ -91,7 +96,7 @@ def resolved_config(data: Any, out: Path, config: str | Path | None, resume: boo
     import copy
 
     from tatl.config import apply_override, load_config, validate
-    from tatl.errors import ConfigError, DataError
+    from tatl.errors import DataError
     from tatl.folders import check_output_folder
     from tatl.layout import RunLayout
 
@@ -99,8 +104,6 @@ def resolved_config(data: Any, out: Path, config: str | Path | None, resume: boo
         return load_config(config, overrides)
     layout = RunLayout(out)
     check_output_folder(out, "run folder")
-    if config:
-        raise ConfigError(f"--resume uses {layout.config}; drop --config (use --set to change a value)")
     if not layout.config.is_file():
         raise DataError(f"{out}: nothing to resume (no config.yaml); start a new run without --resume")
     from tatl.pipeline.context import stated_stages
@@ -112,8 +115,31 @@ def resolved_config(data: Any, out: Path, config: str | Path | None, resume: boo
     for override in overrides:
         apply_override(resolved, override)
     validate(resolved)
+    if config:  # the command that started the run, given again: fine while it says what the run was started with
+        _check_same_config(load_config(config, overrides), resolved, layout.config)
     check_resume_settings(saved, resolved, out, data)
     return resolved
+
+
+def _nothing_written(out: Path) -> bool:
+    """No folder, an empty one, or one with only the lock and log of a run stopped before its config was saved."""
+    if not out.is_dir():
+        return not out.exists()  # a file there: prepare_run_dir names the problem
+    return {path.name for path in out.iterdir()} <= {".lock", "log.txt"}
+
+
+def _check_same_config(given: Config, saved: Config, saved_path: Path) -> None:
+    """--resume --config C: C (with the overrides) must give the run's own config, key for key."""
+    from tatl.config import to_dict
+    from tatl.errors import ConfigError
+
+    before, after = to_dict(saved), to_dict(given)
+    for section, values in before.items():
+        for key, value in values.items():
+            if after.get(section, {}).get(key) != value and key != "stages":  # a resume keeps its stages
+                raise ConfigError(f"--resume: {section}.{key} is {value!r} in {saved_path}, not "
+                                  f"{after[section][key]!r} as --config says; drop --config to continue the run "
+                                  "(use --set to change a value)")
 
 
 def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, finish: Finish | None,

@@ -144,7 +144,8 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
     @app.post("/api/images/{image_id}/predict")
     def predict(image_id: str):
         name, predictor = versions.predictor()
-        return predictions.predict_and_store(predictor, store.folder, name, image_id, store.image_path(image_id))
+        return predictions.predict_and_store(predictor, versions.weights(name, predictor), store.folder, name,
+                                             image_id, store.image_path(image_id))
 
     @app.get("/api/images/{image_id}/predictions.json")
     def prediction_record(image_id: str, model: str | None = None):

@@ -1,9 +1,10 @@
 """The gallery's rows and the next image to review.
 
 state: "not predicted" (the active model has not predicted it), "predicted", "corrected" (a correction is saved),
-"approved". Sorts: "name"; "uncertainty" (most uncertain first: tatl.serving.predictions' mean binary entropy,
-unpredicted last); "state" (in the order above, then by name). The next image to review is the most uncertain
-predicted image nobody corrected or approved, else an unpredicted one, else a corrected one not approved.
+"approved". Sorts: "name"; "uncertainty" (most uncertain first: `tatl select`'s uncertainty score, as
+tatl.serving.predictions computes it; unpredicted last); "state" (in the order above, then by name). The next
+image to review is the most uncertain predicted image nobody corrected or approved, else an unpredicted one, else
+a corrected one not approved.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class ModelVersions:
         self._load = load or _load_predictor
         self._lock = threading.Lock()
         self._loaded: tuple[str, object] | None = None
+        self._weights: dict[str, dict[str, float]] = {}
         data = self._read()
         base = {"name": BASE, "path": str(Path(base_run).resolve()), "status": READY, "created": _now(),
                 "scores": None, "reason": "the run `tatl serve` was started with"}
@@ -95,6 +96,15 @@ class ModelVersions:
             if self._loaded is None or self._loaded[0] != name:
                 self._loaded = (name, self._load(self.path(name)))
             return name, self._loaded[1]
+
+
+    def weights(self, name: str, predictor) -> dict[str, float]:
+        """The attribute weights of `tatl select`'s score for a version (its training masks read once)."""
+        if name not in self._weights:
+            from tatl.inference.ranking import attribute_weights
+
+            self._weights[name] = attribute_weights(predictor) if predictor.settings.attributes else {}
+        return self._weights[name]
 
 
 def _load_predictor(path: Path):

@@ -18,10 +18,12 @@ from PIL import Image
 
 from tatl.errors import DataError
 from tatl.inference.outputs import OutputOptions, predict_image
+from tatl.inference.selection import UNCERTAINTY, ImageScore, score_image
 from tatl.io import write_json
 from tatl.serving.security import check_id, check_name
 from tatl.serving.store import SERVER_FOLDER, NotFound
 
+SCORE_SIDE = 512  # longest side of the maps the uncertainty is computed on
 OVERLAY_SIZE = 768  # unused (no overlays are written), but OutputOptions checks it
 
 _PREDICTING = threading.Lock()  # one prediction at a time: the networks are not shared between threads
@@ -37,8 +39,10 @@ def record(folder: Path, model: str, image_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def predict_and_store(predictor, folder: Path, model: str, image_id: str, image_path: Path) -> dict:
-    """Predict one image (kept once per model version: an existing prediction is returned as it is)."""
+def predict_and_store(predictor, weights: dict[str, float], folder: Path, model: str, image_id: str,
+                      image_path: Path) -> dict:
+    """Predict one image (kept once per model version: an existing prediction is returned as it is); weights:
+    attribute -> weight of the uncertainty score."""
     known = record(folder, model, image_id)
     if known is not None:
         return known
@@ -49,22 +53,27 @@ def predict_and_store(predictor, folder: Path, model: str, image_id: str, image_
         result = predict_image(predictor, image_path, image_id, options)
     result["file"] = image_path.name  # relative: the folder may move
     result["model"] = model
-    result["uncertainty"] = round(uncertainty(out, image_id, list(result.get("attributes", {}))), 6)
+    if result.get("attributes"):
+        score = uncertainty(out, image_id, result, weights)
+        result["uncertainty"] = round(score.score, 6)
+        result["uncertainty_per_attribute"] = {a: round(v, 6) for a, v in score.per_attribute.items()}
     write_json(out / f"{image_id}.json", result)
     return result
 
 
-def uncertainty(out: Path, image_id: str, attributes: list[str]) -> float:
-    """Mean binary entropy of the attribute probability maps (see the module docstring)."""
-    if not attributes:
-        return 0.0
-    entropies = []
-    for attribute in attributes:
+def uncertainty(out: Path, image_id: str, record: dict, weights: dict[str, float]) -> ImageScore:
+    """`tatl select`'s uncertainty score of the maps just written (module docstring)."""
+    maps = {}
+    for attribute in record["attributes"]:
         with Image.open(out / "probabilities" / f"{image_id}_attribute_{attribute}.png") as image:
-            image.thumbnail((512, 512))  # the mean over a 6000x4000 map needs no more pixels than this
-            p = np.clip(np.asarray(image, dtype=np.float32) / 255.0, 1e-6, 1 - 1e-6)
-        entropies.append(float(np.mean(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))))
-    return float(np.mean(entropies))
+            image.thumbnail((SCORE_SIDE, SCORE_SIDE))  # a mean over a 6000x4000 map needs no more pixels
+            maps[attribute] = np.asarray(image, dtype=np.float32) / 255.0
+    grid = next(iter(maps.values())).shape
+    lesion = None
+    if "lesion" in record and not record["lesion"]["whole_image_fallback"]:
+        with Image.open(out / f"{image_id}_segmentation.png") as image:
+            lesion = np.asarray(image.resize((grid[1], grid[0]), Image.Resampling.NEAREST)) > 127
+    return score_image({"ensemble mean": maps}, lesion, weights, UNCERTAINTY)
 
 
 def layer_path(folder: Path, model: str, image_id: str, layer: str, probabilities: bool = False) -> Path:
