@@ -27,7 +27,7 @@ from tatl.serving.app import create_app  # noqa: E402
 from tatl.serving.models import ModelVersions  # noqa: E402
 from tatl.serving.security import ServerSettings  # noqa: E402
 from tatl.serving.server import prepare  # noqa: E402
-from tatl.serving.training import FINETUNE_RECORD, Teacher  # noqa: E402
+from tatl.serving.training import FINETUNE_RECORD  # noqa: E402
 
 ATTRIBUTES = ["pigment_network", "globules"]
 
@@ -51,8 +51,7 @@ def folder(tiny_run, tmp_path) -> Path:
 def client_for(tiny_run, folder, loaded, token=None, teacher_command=None) -> TestClient:
     settings = ServerSettings(tiny_run, folder, token=token, max_upload_bytes=200_000)
     versions = ModelVersions(folder, tiny_run, load=lambda path: loaded)
-    teacher = Teacher(folder, versions, teacher_command) if teacher_command else None
-    return TestClient(create_app(settings, versions, teacher), base_url="http://127.0.0.1")
+    return TestClient(create_app(settings, versions, teacher_command), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -284,17 +283,19 @@ def test_another_host_than_loopback_gets_a_generated_token(tiny_run, folder):
 FAKE_FINETUNE = """
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1]); out.mkdir(parents=True)
+out, data = Path(sys.argv[1]), Path(sys.argv[3]); out.mkdir(parents=True)
+print("trained on", sorted(p.name for p in data.rglob("*.*")))
 (out / "log.txt").write_text("epoch 1/1 loss 0.5\\n")
 if sys.argv[2] == "fail":
     print("tatl finetune: error: no corrected image has masks of every attribute")
     sys.exit(2)
-json.dump({"before": {"score": 0.5}, "after": {"score": float(sys.argv[2])}}, open(out / "finetune.json", "w"))
+json.dump({"before": {"macro_average": {"jaccard": 0.5}}, "after": {"macro_average": {"jaccard": float(sys.argv[2])}}},
+          open(out / "finetune.json", "w"))
 """
 
 
 def fake_command(outcome: str):
-    return lambda run, data, out: [sys.executable, "-c", FAKE_FINETUNE, str(out), outcome]
+    return lambda run, data, out: [sys.executable, "-c", FAKE_FINETUNE, str(out), outcome, str(data)]
 
 
 @pytest.mark.parametrize("outcome, state, status, active", [
@@ -324,7 +325,10 @@ def test_fine_tuning_activates_a_new_model_only_when_it_does_not_score_lower(tin
     if outcome == "0.6":
         assert "epoch 1/1" in status_now["log"][-1]
         record = json.loads((folder / ".tatl-serve" / "models" / "run_1" / FINETUNE_RECORD).read_text())
-        assert record["after"]["score"] == 0.6
+        assert record["after"]["macro_average"]["jaccard"] == 0.6
+        trained_on = (folder / ".tatl-serve" / "models" / "run_1.output.txt").read_text()
+        assert f"'{image_id}.jpg', '{image_id}_attribute_globules.png'" in trained_on  # the corrected image only
+        assert trained_on.count(".jpg") == 1
         assert client.post("/api/models/base/activate").json()["name"] == "base"
         assert client.get("/api/info").json()["model"] == "base"
 

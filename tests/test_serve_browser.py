@@ -26,7 +26,6 @@ from tatl.data.isic import INPUT_DIR  # noqa: E402
 from tatl.serving.app import create_app  # noqa: E402
 from tatl.serving.models import ModelVersions  # noqa: E402
 from tatl.serving.security import ServerSettings  # noqa: E402
-from tatl.serving.training import Teacher, finetune_command  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -63,7 +62,7 @@ class Served:
         settings = ServerSettings(run, folder, port=free_port(), max_upload_bytes=2_000_000)
         versions = ModelVersions(folder, run, load=lambda path: loaded if path == Path(run).resolve()
                                  else tatl.load(path).predictor)
-        self.app = create_app(settings, versions, Teacher(folder, versions, command or finetune_command))
+        self.app = create_app(settings, versions, command)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -257,7 +256,8 @@ for epoch in (1, 2):
     with open(out / "log.txt", "a") as log:
         log.write(f"fine-tuning epoch {epoch}/2\\n")
     time.sleep(0.5)
-json.dump({"before": {"score": 0.5}, "after": {"score": 0.55}}, open(out / "finetune.json", "w"))
+json.dump({"before": {"macro_average": {"jaccard": 0.5}}, "after": {"macro_average": {"jaccard": 0.55}}},
+          open(out / "finetune.json", "w"))
 """
 
 
@@ -288,21 +288,34 @@ def test_the_teach_panel_follows_a_fine_tuning_to_a_new_active_model(tiny_run, t
 
 @pytest.mark.slow
 def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded, context):
-    """The real `tatl finetune` on the tiny run, started from the page."""
+    """The real `tatl finetune` of the tiny run on four corrected images, started and followed in the page."""
     import importlib.util
 
     if importlib.util.find_spec("tatl.commands.finetune") is None:
         pytest.skip("pending: `tatl finetune` (the fine-tuning issue) is not on this branch yet")
-    server = start_server(tiny_run, tmp_path, loaded)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n, image in enumerate(sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[:4]):
+        shutil.copy(image, folder / f"clinic_{n}.jpg")  # new ids: not images of the run's own splits
+    server = Served(tiny_run, folder, loaded)
     try:
         page = open_page(context, server.url)
-        open_image(page, page.locator(".card").first.get_attribute("data-id"))
-        page.click("#save")
-        page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+        for n in range(4):
+            page.goto(f"{server.url}#/image/clinic_{n}")
+            page.wait_for_selector("body[data-ready=viewer]")
+            page.click("#save")
+            page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version')")
         page.click("#teach-toggle")
         page.click("#teach-start")
-        page.wait_for_selector("#teach-state[data-state=done]", timeout=300_000)
-        assert page.inner_text("#teach-result")
+        page.wait_for_selector("#teach-state[data-state=running]")
+        page.wait_for_selector("#teach-state[data-state=done]", timeout=600_000)
+        result = page.inner_text("#teach-result")
+        assert "run_1 ready" in result or "run_1 kept aside" in result, result
+        assert "scored" in result
+        version = server.app.state.versions.version("run_1")
+        assert version["status"] in ("ready", "kept aside")
+        assert (folder / ".tatl-serve" / "models" / "run_1" / "finetune.json").is_file()
+        screenshot(page, "teach-finetune.png")
     finally:
         server.stop()
 

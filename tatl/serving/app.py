@@ -57,10 +57,11 @@ class Approval(BaseModel):
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4"]
 
 
-def create_app(settings: ServerSettings, versions: ModelVersions | None = None, teacher: Teacher | None = None):
+def create_app(settings: ServerSettings, versions: ModelVersions | None = None, command=None):
+    """The app; versions and command (run, data, out) -> the fine-tuning command line: stand-ins for tests."""
     store = Store(settings.data)
     versions = versions or ModelVersions(settings.data, settings.run)
-    teacher = teacher or Teacher(settings.data, versions)
+    teacher = Teacher(store, versions, command) if command else Teacher(store, versions)
     app = FastAPI(title="tatl serve", description="See, correct and teach TATL's skin attribute masks.")
     app.state.store, app.state.versions, app.state.teacher = store, versions, teacher
 
@@ -214,8 +215,6 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
 
     @app.post("/api/training")
     def start_training():
-        if not any(store.corrected_attributes(i) for i in store.image_ids()):
-            raise DataError("no corrected image yet: save at least one correction before fine-tuning")
         return teacher.start()
 
     @app.get("/api/training")

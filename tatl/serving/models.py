@@ -30,6 +30,7 @@ class ModelVersions:
         """load(path) -> a predictor (tatl.inference.predictor.load_predictor by default; tests may pass another)."""
         self.file = Path(folder) / SERVER_FOLDER / "models.json"
         self.models_folder = Path(folder) / SERVER_FOLDER / "models"
+        self.teach_folder = Path(folder) / SERVER_FOLDER / "teach"  # the data of each fine-tuning
         self._load = load or _load_predictor
         self._lock = threading.Lock()
         self._loaded: tuple[str, object] | None = None
@@ -66,7 +67,10 @@ class ModelVersions:
         return Path(self.version(name)["path"])
 
     def next_name(self) -> str:
-        numbers = [int(v["name"].split("_")[-1]) for v in self._read()["versions"] if v["name"].startswith("run_")]
+        """run_<n>, n one more than any version's or folder's (a stopped fine-tuning leaves a folder, no version)."""
+        names = [v["name"] for v in self._read()["versions"]]
+        names += [p.name for p in self.models_folder.glob("run_*")] + [p.name for p in self.teach_folder.glob("run_*")]
+        numbers = [int(n.split("_")[1]) for n in names if n.startswith("run_") and n.split("_")[1].isdigit()]
         return f"run_{max(numbers, default=0) + 1}"
 
     def add(self, name: str, path: Path, status: str, scores: dict | None, reason: str) -> dict:

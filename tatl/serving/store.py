@@ -177,6 +177,21 @@ class Store:
         with Image.open(path) as image:
             return np.asarray(image.convert("L")) > 127
 
+    def teaching_snapshot(self, folder: Path) -> Path:
+        """The corrected images and their official masks, linked into `folder` as they are now (the data of
+        `tatl finetune`): <id>.<ext> and corrections/<id>_attribute_<name>.png. DataError when none is corrected."""
+        corrected = [(i, self.corrected_attributes(i)) for i in self.image_ids()]
+        corrected = [(i, names) for i, names in corrected if names]
+        if not corrected:
+            raise DataError("no corrected image yet: save at least one correction before fine-tuning")
+        for image_id, names in corrected:
+            image = self.image_path(image_id)
+            _link_or_copy(image, folder / image.name)
+            for name in names:
+                path = self.correction_path(image_id, name)
+                _link_or_copy(path, folder / CORRECTIONS / path.name)
+        return folder
+
     # ---------------------------------------------------------------------------------------------- drafts
     def save_draft(self, image_id: str, draft: dict) -> None:
         write_json(self.root / "drafts" / f"{check_id(image_id)}.json", draft, durable=False, indent=None)
@@ -187,6 +202,15 @@ class Store:
 
     def drop_draft(self, image_id: str) -> None:
         (self.root / "drafts" / f"{check_id(image_id)}.json").unlink(missing_ok=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link keeps the file as it is now (a later save renames a new file over the name, not into it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links there
+        write_bytes(target, source.read_bytes())
 
 
 def scaled_size(size: tuple[int, int], side: int) -> tuple[int, int]:

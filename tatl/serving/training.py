@@ -1,14 +1,18 @@
 """Fine-tuning in the background: `tatl finetune` as a subprocess, its status, its stop, and what its result means.
 
 `BackgroundJob` runs any command line, its output in a log file, and reports "running", "done" (exit code 0),
-"failed" (another code; the message is the log's last lines) or "stopped". `Teacher` starts the fine-tuning of the
-active model on the corrected images:
+"failed" (another code; the message is the command's error line) or "stopped". `Teacher` starts the fine-tuning of
+the active model on the corrected images:
 
-    python -m tatl finetune ACTIVE_RUN FOLDER --out FOLDER/.tatl-serve/models/run_<n>
+    python -m tatl finetune ACTIVE_RUN FOLDER/.tatl-serve/teach/run_<n> --out FOLDER/.tatl-serve/models/run_<n>
 
-and, when it has finished, reads the scores before and after on the run's validation split from the new run's
-FINETUNE_RECORD. The new version becomes active only when it did not score lower; otherwise it is kept aside with
-the reason. A failure registers a failed version with its message. Nothing is activated while it runs.
+where teach/run_<n>/ holds the corrected images and their official masks as they were when Teach was pressed
+(<id>.jpg and corrections/<id>_attribute_<name>.png, hard links, or copies where links are not possible): images
+nobody corrected are not in it, and a correction saved while it trains does not change what it trains on. When
+it has finished, the scores before and after (the macro-average Jaccard of the default variant on the run's
+validation split) are read from the new run's FINETUNE_RECORD. The new version becomes active only when it did
+not score lower; otherwise it is kept aside with the reason. A failure registers a failed version with its
+message. Nothing is activated while it runs.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from pathlib import Path
 from tatl.errors import DataError
 from tatl.layout import RunLayout
 from tatl.serving.models import FAILED, KEPT_ASIDE, READY, ModelVersions
+from tatl.serving.store import Store
 
 log = logging.getLogger(__name__)
 
-FINETUNE_RECORD = "finetune.json"  # written by `tatl finetune` into its --out folder: {"before": .., "after": ..}
-SCORE_KEY = "score"  # inside "before" and "after": the validation score compared (higher is better)
+FINETUNE_RECORD = "finetune.json"  # written by `tatl finetune` into RUN2 when it has finished
+SCORE_PATH = ("macro_average", "jaccard")  # inside its "before" and "after": the score compared (higher is better)
 LOG_LINES = 40
 
 
@@ -106,7 +111,10 @@ def read_scores(run: Path) -> tuple[float, float, dict]:
     path = Path(run) / FINETUNE_RECORD
     try:
         record = json.loads(path.read_text())
-        return float(record["before"][SCORE_KEY]), float(record["after"][SCORE_KEY]), record
+        before, after = record["before"], record["after"]
+        for key in SCORE_PATH:
+            before, after = before[key], after[key]
+        return float(before), float(after), record
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: no scores before and after ({type(error).__name__}: {error})") from error
 
@@ -114,9 +122,9 @@ def read_scores(run: Path) -> tuple[float, float, dict]:
 class Teacher:
     """At most one fine-tuning at a time, for one server."""
 
-    def __init__(self, folder: Path, versions: ModelVersions, command: Callable[[Path, Path, Path], list[str]]
+    def __init__(self, store: Store, versions: ModelVersions, command: Callable[[Path, Path, Path], list[str]]
                  = finetune_command):
-        self.folder, self.versions, self.command = Path(folder), versions, command
+        self.store, self.versions, self.command = store, versions, command
         self.job: BackgroundJob | None = None
         self.name: str | None = None
         self._lock = threading.Lock()
@@ -128,7 +136,8 @@ class Teacher:
             base = self.versions.active
             self.name = self.versions.next_name()
             out = self.versions.models_folder / self.name
-            self.job = BackgroundJob(self.command(self.versions.path(base), self.folder, out),
+            data = self.store.teaching_snapshot(self.versions.teach_folder / self.name)
+            self.job = BackgroundJob(self.command(self.versions.path(base), data, out),
                                      self.versions.models_folder / f"{self.name}.output.txt",
                                      RunLayout(out).log, on_exit=lambda job: self._finish(job, base, out))
             log.info("fine-tuning %s from %s: %s", self.name, base, " ".join(self.job.command))
