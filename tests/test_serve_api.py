@@ -349,6 +349,7 @@ def test_a_running_fine_tuning_can_be_stopped(tiny_run, folder, loaded):
 
 def test_the_openapi_docs_list_the_endpoints(client):
     assert client.get("/docs").status_code == 200
+    assert "default-src 'self'" in client.get("/").headers["content-security-policy"]
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/images", "/api/images/{image_id}/masks", "/api/next", "/api/training", "/api/models"):
         assert path in paths

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from tatl.errors import DataError
 from tatl.inference.outputs import IMAGE_SUFFIXES
 from tatl.serving import predictions
+from tatl.serving.docs import add_docs
 from tatl.serving.gallery import gallery, next_image
 from tatl.serving.models import ModelVersions
 from tatl.serving.security import TOKEN_COOKIE, ServerSettings, check_name, check_request, upload_name
@@ -54,6 +55,8 @@ class Approval(BaseModel):
     approved: bool = True
 
 
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+               "frame-ancestors 'none'")
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4"]
 
 
@@ -62,7 +65,9 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
     store = Store(settings.data)
     versions = versions or ModelVersions(settings.data, settings.run)
     teacher = Teacher(store, versions, command) if command else Teacher(store, versions)
-    app = FastAPI(title="tatl serve", description="See, correct and teach TATL's skin attribute masks.")
+    app = FastAPI(title="tatl serve", description="See, correct and teach TATL's skin attribute masks.",
+                  docs_url=None, redoc_url=None)
+    add_docs(app)
     app.state.store, app.state.versions, app.state.teacher = store, versions, teacher
 
     @app.middleware("http")
@@ -71,6 +76,9 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
         if refused is not None:
             return JSONResponse({"detail": refused[1]}, status_code=refused[0])
         response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.url.path == "/":  # the page loads nothing from anywhere else, and no other site frames it
+            response.headers["Content-Security-Policy"] = PAGE_POLICY
         token = request.query_params.get("token")
         if settings.token and token and request.url.path == "/":  # the page's later requests carry the cookie
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
