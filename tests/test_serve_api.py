@@ -188,6 +188,11 @@ def test_drafts_approval_and_the_next_image(client):
     ids = [r["id"] for r in client.get("/api/images").json()]
     draft = {"version": 0, "masks": {"globules": "data:image/png;base64,AAAA"}}
     assert client.put(f"/api/images/{ids[0]}/draft", json=draft).status_code == 200
+    elsewhere = {"masks": {"globules": "https://example.com/x.png"}}  # the page would load it
+    assert client.put(f"/api/images/{ids[0]}/draft", json=elsewhere).status_code == 400
+    huge = client.put(f"/api/images/{ids[0]}/draft", content=b"{}", headers={"Content-Length": str(10**9),
+                                                                            "Content-Type": "application/json"})
+    assert huge.status_code == 413
     assert client.get(f"/api/images/{ids[0]}/draft").json() == draft
     assert client.get(f"/api/images/{ids[0]}").json()["has_draft"] is True
     client.delete(f"/api/images/{ids[0]}/draft")

@@ -55,6 +55,8 @@ class Approval(BaseModel):
     approved: bool = True
 
 
+UPLOAD_FILES = 16  # an upload request may carry this many files of the size limit
+DRAFT_PREFIX = "data:image/png;base64,"
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
                "frame-ancestors 'none'")
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4"]
@@ -73,6 +75,10 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         refused = check_request(settings, request.headers, request.query_params, request.cookies)
+        length = request.headers.get("content-length", "0")
+        limit = settings.max_upload_bytes * (UPLOAD_FILES if request.url.path == "/api/images" else 1)
+        if refused is None and (not length.isdigit() or int(length) > limit):
+            refused = 413, f"request body over {limit // 2**20} MiB"
         if refused is not None:
             return JSONResponse({"detail": refused[1]}, status_code=refused[0])
         response = await call_next(request)
@@ -204,6 +210,10 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
     @app.put("/api/images/{image_id}/draft")
     def put_draft(image_id: str, body: Annotated[dict, Body()]):
         store.image_path(image_id)
+        masks = body.get("masks", {})
+        if not isinstance(masks, dict) or not all(isinstance(v, str) and v.startswith(DRAFT_PREFIX)
+                                                  for v in masks.values()):
+            raise DataError(f"a draft's masks are {DRAFT_PREFIX}... data URLs")
         store.save_draft(image_id, body)
         return {"saved": True}
 
