@@ -409,3 +409,23 @@ def test_the_uncertainty_is_tatl_selects_score_of_the_prediction(client, folder,
     expected = score_image({"mean": result.attributes}, lesion, attribute_weights(loaded), "uncertainty")
     assert record["uncertainty"] == pytest.approx(expected.score, abs=0.01)  # from 8-bit maps
     assert record["uncertainty_per_attribute"] == pytest.approx(expected.per_attribute, abs=0.01)
+
+
+def test_an_edit_at_the_display_size_keeps_the_full_size_detail_it_did_not_touch(client, folder, monkeypatch):
+    image_id = first_id(client)
+    fine = np.zeros((48, 64), bool)
+    fine[::2, ::3] = True  # detail no 32x24 display copy can show
+    assert save(client, image_id, 0, {"globules": fine}).status_code == 200
+    monkeypatch.setattr(store_module, "DISPLAY_SIDE", 32)
+    shown = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/masks/globules.png?display=1")
+                                             .content))) > 127
+    assert shown.shape == (24, 32)
+    edited = shown.copy()
+    edited[10:12, 20:24] = ~edited[10:12, 20:24]  # a stroke over a few display pixels
+    assert save(client, image_id, 1, {"globules": edited}).status_code == 200
+    official_mask = read_png(folder / "corrections" / f"{image_id}_attribute_globules.png") > 127
+    touched = np.zeros((48, 64), bool)
+    touched[20:24, 40:48] = True  # those display pixels at the original size
+    np.testing.assert_array_equal(official_mask[~touched], fine[~touched])
+    upscaled = np.repeat(np.repeat(edited[10:12, 20:24], 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(official_mask[touched], upscaled.ravel())

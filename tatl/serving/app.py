@@ -21,17 +21,13 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from importlib import resources
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 from fastapi import Body, FastAPI, File, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from tatl.errors import DataError
@@ -39,6 +35,7 @@ from tatl.inference.outputs import IMAGE_SUFFIXES
 from tatl.serving import predictions
 from tatl.serving.docs import add_docs
 from tatl.serving.gallery import gallery, next_image
+from tatl.serving.masks import at_original_size, decode_mask, png_response
 from tatl.serving.models import ModelVersions
 from tatl.serving.security import TOKEN_COOKIE, ServerSettings, check_name, check_request, upload_name
 from tatl.serving.store import NotFound, Store, VersionConflict
@@ -194,11 +191,21 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
         for attribute, data in body.masks.items():
             if check_name(attribute, "attribute") not in known:
                 raise DataError(f"attribute {attribute!r}: not one of the model's ({', '.join(sorted(known))})")
-            decoded[attribute] = decode_mask(data, size, store.display_size(image_id), attribute)
+            edited = decode_mask(data, size, store.display_size(image_id), attribute)
+            decoded[attribute] = at_original_size(edited, edit_base(image_id, attribute, size))
         if not decoded:
             raise DataError("no masks in the request: send {\"version\": n, \"masks\": {attribute: PNG}}")
         saved = store.save_correction(image_id, decoded, body.version, versions.active)
         return {"version": saved.version, "time": saved.time, "model": saved.model, "folder": saved.folder}
+
+    def edit_base(image_id: str, attribute: str, size: tuple[int, int]):
+        """What the page's edit of `attribute` started from: the correction, else the prediction, else nothing."""
+        if attribute in store.corrected_attributes(image_id):
+            return store.read_correction(image_id, attribute)
+        try:
+            return predictions.read_mask(predictions.layer_path(store.folder, versions.active, image_id, attribute))
+        except NotFound:
+            return np.zeros((size[1], size[0]), bool)
 
     @app.get("/api/images/{image_id}/draft")
     def get_draft(image_id: str):
@@ -254,30 +261,3 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
         return version
 
     return app
-
-
-def png_response(path: Path, size: tuple[int, int] | None) -> Response:
-    if size is None:
-        return FileResponse(str(path), media_type="image/png")
-    with Image.open(path) as image:
-        small = image.resize(size, Image.Resampling.NEAREST) if image.size != size else image.copy()
-    buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=1)
-    return Response(buffer.getvalue(), media_type="image/png")
-
-
-def decode_mask(data: str, size: tuple[int, int], display: tuple[int, int], attribute: str) -> np.ndarray:
-    """A PNG (base64 or a data URL) at the original or the display size -> (H, W) bool at the original size."""
-    try:
-        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            grey = image.convert("L")
-    except (ValueError, OSError) as error:
-        raise DataError(f"mask of {attribute}: not a PNG ({error})") from error
-    if grey.size not in (size, display):
-        raise DataError(f"mask of {attribute}: {grey.size[0]}x{grey.size[1]}, not the image's {size[0]}x{size[1]} "
-                        f"nor its display size {display[0]}x{display[1]}")
-    if grey.size != size:
-        grey = grey.resize(size, Image.Resampling.NEAREST)
-    return np.asarray(grey) > 127

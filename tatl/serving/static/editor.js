@@ -1,6 +1,6 @@
 // The editor: brush, eraser, polygon fill and "absent" on the chosen attribute's correction canvas (each attribute
 // its own binary mask), undo/redo, drafts saved automatically, save with a version check, approve.
-import { HttpError, del, post, put, say } from "./api.js";
+import { post, put, say } from "./api.js";
 import { applyLayers, chooseAttribute, fit, pan, rgb, view, zoomAt } from "./viewer.js";
 
 const editor = { tool: "brush", undo: [], redo: [], dirty: false, drawing: null, polygon: [], draftTimer: null,
@@ -142,8 +142,7 @@ export async function save() {
     say("");
     return true;
   } catch (error) {
-    if (error instanceof HttpError && error.status === 409) say(`Not saved: ${error.message}`);
-    else say(`Not saved: ${error.message}`);
+    say(`Not saved: ${error.message}`);  // a 409 says another save came first, and what to do
     return false;
   }
 }
@@ -153,10 +152,6 @@ async function approve() {
   const state = await post(`/api/images/${encodeURIComponent(view.id)}/approve`, { approved: true });
   view.detail.state = state;
   status(`approved (version ${state.version})`);
-}
-
-export async function discardDraft() {
-  if (view.id) await del(`/api/images/${encodeURIComponent(view.id)}/draft`);
 }
 
 function setTool(tool) {

@@ -1,6 +1,6 @@
 // The page's router: #/ is the gallery, #/image/<id> the viewer and editor.
 import { get, say } from "./api.js";
-import { discardDraft, isDirty, resetEditor, wireEditor } from "./editor.js";
+import { isDirty, resetEditor, wireEditor } from "./editor.js";
 import { nextToReview, setColours, showGallery, wireGallery } from "./gallery.js";
 import { wireTeach } from "./teach.js";
 import { openImage, view } from "./viewer.js";
@@ -39,6 +39,7 @@ async function route() {
 async function modelChanged() {
   await loadInfo();
   if (document.getElementById("viewer-view").hidden) await showGallery();
+  else if (!isDirty()) await route();  // the new model's prediction (unsaved edits are never thrown away)
 }
 
 async function start() {
@@ -50,5 +51,4 @@ async function start() {
   await route();
 }
 
-export { discardDraft };
 start().catch((error) => say(error.message));

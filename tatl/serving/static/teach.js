@@ -2,6 +2,7 @@
 import { get, post, say } from "./api.js";
 
 let polling = null;
+let lastResult = null;  // a model change is announced once per finished fine-tuning
 
 export async function showTeach(onModelChange) {
   const status = await get("/api/training");
@@ -16,7 +17,10 @@ export async function showTeach(onModelChange) {
   await showModels(onModelChange);
   clearTimeout(polling);
   if (status.state === "running") polling = setTimeout(() => showTeach(onModelChange), 1000);
-  else if (result) onModelChange();
+  else if (result && JSON.stringify(result) !== lastResult) {
+    lastResult = JSON.stringify(result);
+    onModelChange();
+  }
 }
 
 async function showModels(onModelChange) {

@@ -1,0 +1,66 @@
+"""Masks between the server and the page: PNGs sent at the display size, and edits made on the display copy
+brought back to the original size without losing the detail the person did not touch.
+
+The page shows and edits every mask at the display size (longest side 2048 at most), downscaled by nearest
+neighbour (`shown`). A mask saved at the display size keeps the original-size pixels of the mask the edit started
+from (the saved correction, else the active model's prediction) wherever its display pixel did not change, and
+takes the edited value, upscaled by nearest neighbour, only where it did: so a stroke on a 6000x4000 photo
+changes the pixels under the stroke, and the rest keeps its full resolution.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from fastapi.responses import FileResponse, Response
+from PIL import Image
+
+from tatl.errors import DataError
+
+Size = tuple[int, int]  # (width, height)
+
+
+def shown(mask: np.ndarray, size: Size) -> np.ndarray:
+    """A (H, W) bool mask at `size` as the page sees it (nearest neighbour)."""
+    image = Image.fromarray(mask.view(np.uint8) * 255)
+    return np.asarray(image.resize(size, Image.Resampling.NEAREST) if image.size != size else image) > 127
+
+
+def png_response(path: Path, size: Size | None) -> Response:
+    """A mask PNG as stored, or at `size` as the page sees it."""
+    if size is None:
+        return FileResponse(str(path), media_type="image/png")
+    with Image.open(path) as image:
+        mask = np.asarray(image.convert("L")) > 127
+    buffer = io.BytesIO()
+    Image.fromarray(shown(mask, size).view(np.uint8) * 255).save(buffer, format="PNG", compress_level=1)
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+def decode_mask(data: str, size: Size, display: Size, attribute: str) -> np.ndarray:
+    """A PNG (base64 or a data URL) at the original or the display size -> (H, W) bool at the size it came."""
+    try:
+        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            grey = image.convert("L")
+    except (ValueError, OSError) as error:
+        raise DataError(f"mask of {attribute}: not a PNG ({error})") from error
+    if grey.size not in (size, display):
+        raise DataError(f"mask of {attribute}: {grey.size[0]}x{grey.size[1]}, not the image's {size[0]}x{size[1]} "
+                        f"nor its display size {display[0]}x{display[1]}")
+    return np.asarray(grey) > 127
+
+
+def at_original_size(edited: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """`edited` (display size, or already the original size) at the original size of `before`, the mask the edit
+    started from: `before` where the display pixel is unchanged, the edited value where it changed."""
+    if edited.shape == before.shape:
+        return edited
+    size = (before.shape[1], before.shape[0])
+    display = (edited.shape[1], edited.shape[0])
+    changed = shown(edited != shown(before, display), size)
+    return np.where(changed, shown(edited, size), before)
