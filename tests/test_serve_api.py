@@ -266,8 +266,10 @@ def test_a_token_is_needed_on_every_request_when_set(tiny_run, folder, loaded):
     assert client.get("/static/app.css").status_code == 401
     assert client.get("/api/images", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/images", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    page = client.get("/?token=s3cret")
-    assert page.status_code == 200 and "tatl_token" in page.headers["set-cookie"]
+    opened = client.get("/?token=s3cret", follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/"  # the token leaves the address bar
+    assert "tatl_token" in opened.headers["set-cookie"] and "HttpOnly" in opened.headers["set-cookie"]
+    assert client.get("/").status_code == 200
     assert client.get("/api/images").status_code == 200  # the cookie the page got
 
 

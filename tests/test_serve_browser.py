@@ -57,9 +57,9 @@ def free_port() -> int:
 class Served:
     """A uvicorn server on a free localhost port, in a thread, over a fresh copy of three images."""
 
-    def __init__(self, run: Path, folder: Path, loaded, command=None):
+    def __init__(self, run: Path, folder: Path, loaded, command=None, token=None):
         self.folder = folder
-        settings = ServerSettings(run, folder, port=free_port(), max_upload_bytes=2_000_000)
+        settings = ServerSettings(run, folder, port=free_port(), token=token, max_upload_bytes=2_000_000)
         versions = ModelVersions(folder, run, load=lambda path: loaded if path == Path(run).resolve()
                                  else tatl.load(path).predictor)
         self.app = create_app(settings, versions, command)
@@ -78,12 +78,12 @@ class Served:
         self.thread.join(10)
 
 
-def start_server(tiny_run, tmp_path, loaded, command=None) -> Served:
+def start_server(tiny_run, tmp_path, loaded, command=None, token=None) -> Served:
     folder = tmp_path / "photos"
     folder.mkdir()
     for image in sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[:3]:
         shutil.copy(image, folder / image.name)
-    return Served(tiny_run, folder, loaded, command)
+    return Served(tiny_run, folder, loaded, command, token)
 
 
 @pytest.fixture
@@ -365,3 +365,21 @@ def test_the_api_docs_work_offline(served, context):
     page.goto(served.url + "docs")
     page.get_by_text("/api/images/{image_id}/masks", exact=True).first.wait_for()
     assert page.locator(".opblock").count() >= 15
+
+
+def test_with_a_token_the_page_opened_from_the_printed_address_works_and_nothing_else_does(tiny_run, tmp_path,
+                                                                                          loaded, browser, context):
+    server = start_server(tiny_run, tmp_path, loaded, token="s3cret")
+    try:
+        page = open_page(context, server.url + "?token=s3cret")
+        assert page.url == server.url  # the token is not left in the address bar
+        assert page.locator(".card").count() == 3
+        open_image(page, page.locator(".card").first.get_attribute("data-id"))
+        stranger = browser.new_context()
+        try:
+            response = stranger.new_page().goto(server.url + "api/images")
+            assert response.status == 401
+        finally:
+            stranger.close()
+    finally:
+        server.stop()

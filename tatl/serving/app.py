@@ -26,7 +26,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Body, FastAPI, File, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -78,13 +78,16 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
             refused = 413, f"request body over {limit // 2**20} MiB"
         if refused is not None:
             return JSONResponse({"detail": refused[1]}, status_code=refused[0])
+        token = request.query_params.get("token")
+        if settings.token and token and request.url.path == "/":
+            # The page's later requests carry the cookie; the token leaves the address bar (and the history).
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            return response
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         if request.url.path == "/":  # the page loads nothing from anywhere else, and no other site frames it
             response.headers["Content-Security-Policy"] = PAGE_POLICY
-        token = request.query_params.get("token")
-        if settings.token and token and request.url.path == "/":  # the page's later requests carry the cookie
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
     @app.exception_handler(DataError)
