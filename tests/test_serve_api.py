@@ -231,6 +231,7 @@ def test_an_upload_is_added_and_predicted_at_once(client, folder):
     ("notes.txt", jpeg_bytes(), "not an image file name"),
     ("big.jpg", jpeg_bytes() + b"\0" * 300_000, "larger than the upload limit"),
     ("empty.png", b"", "empty file"),
+    ("x_attribute_globules.png", jpeg_bytes(), "named like a mask"),
 ])
 def test_uploads_that_are_not_images_are_refused_with_a_message(client, folder, name, data, reason):
     response = client.post("/api/images", files=[("files", (name, data, "application/octet-stream"))])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ from PIL import Image
 
 from tatl.data.images import image_size, inspect_image, read_image
 from tatl.errors import DataError
-from tatl.inference.outputs import IMAGE_SUFFIXES, find_images
+from tatl.inference.outputs import IMAGE_SUFFIXES, NOT_INPUTS, find_images
 from tatl.io import remove_stale_temporaries, write_bytes, write_json, write_png
 from tatl.serving.security import check_id, check_name, inside
 
@@ -88,9 +89,10 @@ class Store:
     def add_upload(self, image_id: str, suffix: str, data: bytes) -> Path:
         """Write an uploaded image into FOLDER once it decodes as an image tatl accepts (DataError otherwise)."""
         check_id(image_id)
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.folder.glob(f"{image_id}.*")):
-            raise DataError(f"{image_id}{suffix}: an image with id {image_id!r} is already in the folder")
-        staged = self.root / "uploads" / f"{image_id}{suffix}"
+        if "_attribute_" in image_id or image_id.endswith(NOT_INPUTS):
+            raise DataError(f"{image_id}{suffix}: named like a mask (<id>_attribute_<name>, <id>_segmentation, ...), "
+                            "not an image to predict: rename it")
+        staged = self.root / "uploads" / f"{image_id}.{secrets.token_hex(4)}{suffix}"  # one per upload
         write_bytes(staged, data)
         try:
             inspect_image(staged)  # decodes it all: non-images, truncated files and decompression bombs are refused
@@ -98,7 +100,11 @@ class Store:
             staged.unlink(missing_ok=True)
             raise DataError(str(error).replace(str(staged), f"{image_id}{suffix}")) from None
         final = self.folder / f"{image_id}{suffix}"
-        os.replace(staged, final)
+        with self._lock:  # two uploads of one id: the second is refused, not renamed over the first
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.folder.glob(f"{image_id}.*")):
+                staged.unlink(missing_ok=True)
+                raise DataError(f"{image_id}{suffix}: an image with id {image_id!r} is already in the folder")
+            os.replace(staged, final)
         return final
 
     def display(self, image_id: str) -> Path:
