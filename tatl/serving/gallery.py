@@ -17,10 +17,9 @@ STATES = ("not predicted", "predicted", "corrected", "approved")
 SORTS = ("name", "uncertainty", "state")
 
 
-def row(store: Store, model: str, image_id: str) -> dict:
+def row(store: Store, model: str, image_id: str, corrected: list[str]) -> dict:
     record = predictions.record(store.folder, model, image_id)
     state = store.state(image_id)
-    corrected = store.corrected_attributes(image_id)
     name = ("approved" if state.get("approved") else "corrected" if corrected
             else "predicted" if record is not None else "not predicted")
     present = [a for a, d in (record or {}).get("attributes", {}).items() if d["present"]]
@@ -31,7 +30,8 @@ def row(store: Store, model: str, image_id: str) -> dict:
 def gallery(store: Store, model: str, sort: str = "name") -> list[dict]:
     if sort not in SORTS:
         raise DataError(f"sort {sort!r}: use {', '.join(SORTS)}")
-    rows = [row(store, model, image_id) for image_id in store.image_ids()]
+    corrected = store.corrected_index()
+    rows = [row(store, model, image_id, corrected.get(image_id, [])) for image_id in store.image_ids()]
     if sort == "uncertainty":
         rows.sort(key=lambda r: (r["uncertainty"] is None, -(r["uncertainty"] or 0.0), r["id"]))
     elif sort == "state":

@@ -140,6 +140,14 @@ class Store:
     def correction_path(self, image_id: str, attribute: str) -> Path:
         return self.corrections / f"{check_id(image_id)}_attribute_{check_name(attribute, 'attribute')}.png"
 
+    def corrected_index(self) -> dict[str, list[str]]:
+        """Image id -> its corrected attributes, from one listing of the corrections folder (the gallery's)."""
+        index: dict[str, list[str]] = {}
+        for path in sorted(self.corrections.glob("*_attribute_*.png")):
+            image_id, _, attribute = path.stem.rpartition("_attribute_")
+            index.setdefault(image_id, []).append(attribute)
+        return index
+
     def corrected_attributes(self, image_id: str) -> list[str]:
         prefix = f"{check_id(image_id)}_attribute_"
         return sorted(p.stem[len(prefix):] for p in self.corrections.glob(f"{prefix}*.png"))
@@ -186,8 +194,8 @@ class Store:
     def teaching_snapshot(self, folder: Path) -> Path:
         """The corrected images and their official masks, linked into `folder` as they are now (the data of
         `tatl finetune`): <id>.<ext> and corrections/<id>_attribute_<name>.png. DataError when none is corrected."""
-        corrected = [(i, self.corrected_attributes(i)) for i in self.image_ids()]
-        corrected = [(i, names) for i, names in corrected if names]
+        index = self.corrected_index()
+        corrected = [(i, index[i]) for i in self.image_ids() if i in index]
         if not corrected:
             raise DataError("no corrected image yet: save at least one correction before fine-tuning")
         for image_id, names in corrected:
