@@ -209,11 +209,14 @@ def test_with_original_the_parents_training_images_train_too(parent, partial, wi
     assert json.loads((with_original / "finetune.json").read_text())["with_original"] is True
 
 
-def test_resume_of_a_finished_finetuning_trains_nothing_again(parent, partial, capsys):
+def test_resume_of_a_finished_finetuning_trains_nothing_again(parent, partial, tmp_path, capsys):
     before = _metrics(partial["run"])
     assert main(["finetune", str(parent["run"]), str(partial["new"]), "--out", str(partial["run"]), "--resume"]) == 0
     assert "epoch 1/" not in capsys.readouterr().err
     assert _metrics(partial["run"]) == before
+    other = _new_data(tmp_path / "other", n=3, seed=4, lesions=False, attributes=["pigment_network"])
+    with pytest.raises(DataError, match=f"was fine-tuned on {partial['new'].resolve()}; resume it with that folder"):
+        tatl.finetune(parent["run"], other, partial["run"], resume=True)
 
 
 @pytest.mark.slow

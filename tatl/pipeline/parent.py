@@ -100,7 +100,10 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
     """RUN2/finetune-data/: DATA's images and the parent's validation (and, with init_with_original, training)
     images, linked into one folder (see the module's docstring); composed once, reused on resume."""
     folder = RunLayout(run_dir).finetune_data
-    if (folder / SOURCES).is_file():
+    if (folder / SOURCES).is_file():  # a resume: the images it started with, from the same new data only
+        joined = json.loads((folder / SOURCES).read_text())["new_data"]
+        if joined != str(Path(new_data).resolve()):
+            raise DataError(f"{new_data}: {run_dir} was fine-tuned on {joined}; resume it with that folder")
         return folder
     parent = open_parent(config.pipeline.init_from)
     new = {s.image_id: s for s in find_samples(Path(new_data), config.data.attributes)}
