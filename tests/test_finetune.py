@@ -4,6 +4,7 @@ before and after. Tiny synthetic data (32 px networks), one epoch, U-shape only.
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -333,3 +334,17 @@ def test_the_library_raises_the_error_classes(parent, full, tmp_path):
         tatl.finetune(parent["run"], full["new"], tmp_path / "a", overrides={"pipeline.encoder_mode": "trainable"})
     with pytest.raises(DataError, match="no such run folder"):
         tatl.finetune(tmp_path / "none", full["new"], tmp_path / "b")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["pipeline.init_copied=[globules]"], "need pipeline.init_from"),
+    (["pipeline.init_from=R", "pipeline.init_copied=[stage2, globulez]"], "'globulez' is neither stage2 nor one of"),
+    (["pipeline.init_from=R", "pipeline.init_copied=[globules]"], "share the frozen encoder of the parent's Stage 2"),
+    (["pipeline.init_from=R", "data.fold=1"], "set data.fold=null (not 1)"),
+])
+def test_the_parent_keys_are_checked(overrides, message):
+    from tatl.config import load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    assert load_config(None, ["pipeline.init_from=R", "pipeline.init_copied=[stage2, globules]"]).pipeline.init_copied

@@ -33,7 +33,7 @@ from tatl.data.isic import Sample, find_samples, join_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
 from tatl.io import write_json
-from tatl.layout import BEST, DONE, RunLayout, variant_stages
+from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
 from tatl.pipeline.context import split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group, link_or_copy
 
@@ -180,7 +180,7 @@ def is_copied(config: Config, run: RunLayout, group_dir: Path) -> bool:
     if not p.init_from or not copied:
         return False
     shapes = config.model.shapes
-    stage2 = {run.stage2(inputs, s) for inputs in ("crops", "full") for s in shapes} if "stage2" in copied else set()
+    stage2 = {run.stage2(inputs, s) for inputs in INPUTS for s in shapes} if "stage2" in copied else set()
     heads = {run.stage3_head(v, s, a) for v in p.variants for s in shapes for a in copied if a != "stage2"}
     return Path(group_dir) in stage2 | heads
 
