@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("tatl.commands.evaluate", "score a folder of predicted masks with the official ISIC metric"),
     "run": ("tatl.commands.run", "train and evaluate the TATL pipeline (stages 1-3, variants, U+Link)"),
     "predict": ("tatl.commands.predict", "predict attribute masks, overlays and a report for new images"),
+    "select": ("tatl.commands.select", "rank unlabelled images for labelling (uncertainty, disagreement, random)"),
     "export": ("tatl.commands.export", "export a trained run's networks to ONNX for onnxruntime"),
     "experiment": ("tatl.commands.experiment", "run a backbone x shape x setting x fold x seed grid; Tables 6-7"),
     "active-learning": ("tatl.commands.active_learning",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -232,6 +232,9 @@ class ImagePrediction:
     box: Box  # the Stage-1 crop (whole image without Stage 1 or when no lesion was found)
     lesion_fallback: bool  # Stage 1 found no plausible lesion: whole image used
     maps: dict[str, np.ndarray]  # "lesion" (stage1_size^2, with Stage 1), "union" (with Stage 2), attributes
+    # predict(keep_members=True): each ensemble member's "union" and attribute maps before averaging, by member
+    # name: the shape ("unet", "linknet"), with TTA "<shape>/<flip>" for each of FLIPS (inference.selection reads it)
+    members: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def full_size(self, name: str) -> np.ndarray:
         box = whole_image_box(self.size) if name == LESION else self.box
@@ -250,20 +253,32 @@ class Predictor:
                  tta: bool = False):
         self.settings, self.networks, self.engine, self.source, self.tta = settings, networks, engine, source, tta
 
-    def predict(self, image: str | Path | Image.Image | np.ndarray | ImageSource) -> ImagePrediction:
+    def predict(self, image: str | Path | Image.Image | np.ndarray | ImageSource,
+                keep_members: bool = False) -> ImagePrediction:
+        """keep_members: also keep each shape's (and, with TTA, each flip's) maps in `ImagePrediction.members`."""
         s, source = self.settings, image_source(image)
         size = source.size
-        box, fell_back, maps = whole_image_box(size), False, {}
+        box, fell_back, maps, members = whole_image_box(size), False, {}, {}
         if 1 in s.stages:
             maps[LESION] = self._probabilities(self.networks.stage1, source.read((s.stage1_size,) * 2))[LESION]
             box, fell_back = lesion_box(maps[LESION] > s.threshold, size, s.crop_margin, s.min_lesion_fraction)
         if self.networks.targets:  # none for a Segment-Net alone
             crop = source.read((s.image_size,) * 2, box=box)
-            per_shape = [self._probabilities(networks, crop) for networks in self.networks.targets.values()]
+            per_shape = []
+            for shape, networks in self.networks.targets.items():
+                views = self._views(networks, crop)
+                per_shape.append(_mean_of_views(views))
+                if keep_members:
+                    members.update({shape: views[0]} if len(views) == 1 else
+                                   {f"{shape}/{flip}": view for flip, view in zip(FLIPS, views, strict=True)})
             maps.update(average_probabilities(per_shape))  # the U+Link ensemble (paper Section 5.3)
-        return ImagePrediction(source, size, box, fell_back, maps)
+        return ImagePrediction(source, size, box, fell_back, maps, members)
 
     def _probabilities(self, networks: list[Network], image: np.ndarray) -> dict[str, np.ndarray]:
+        return _mean_of_views(self._views(networks, image))
+
+    def _views(self, networks: list[Network], image: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The networks' maps of the image as is, and with TTA also of each flip, flipped back (FLIPS order)."""
         x = normalize(image)[None]
         if self.tta:  # one batch of four: as is, flipped left-right, up-down, both
             x = torch.cat([x, x.flip(3), x.flip(2), x.flip((2, 3))])
@@ -271,9 +286,19 @@ class Predictor:
         for network in networks:
             out.update(network(x))
         if not self.tta:
-            return {name: p[0] for name, p in out.items()}
-        # Flip each prediction back before averaging, in probability space.
-        return {name: (p[0] + p[1][:, ::-1] + p[2][::-1, :] + p[3][::-1, ::-1]) / 4 for name, p in out.items()}
+            return [{name: p[0] for name, p in out.items()}]
+        return [{name: p[0] for name, p in out.items()}, {name: p[1][:, ::-1] for name, p in out.items()},
+                {name: p[2][::-1, :] for name, p in out.items()}, {name: p[3][::-1, ::-1] for name, p in out.items()}]
+
+
+FLIPS = ("as-is", "left-right", "up-down", "both")  # the TTA views, in the batch order of Predictor._views
+
+
+def _mean_of_views(views: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(views) == 1:
+        return views[0]
+    # Flipped back before averaging, in probability space; summed in this order as it always was (bit-identical).
+    return {name: (views[0][name] + views[1][name] + views[2][name] + views[3][name]) / 4 for name in views[0]}
 
 
 def load_predictor(model_dir: Path, variant: str | None = None, engine: str | None = None, device: str = "auto",
