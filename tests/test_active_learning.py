@@ -27,7 +27,7 @@ from tatl.layout import RunLayout
 
 ATTRIBUTE = "pigment_network"
 SETTINGS = ["model.shapes=[unet]", f"data.attributes=[{ATTRIBUTE}]", 'pipeline.variants=["3"]', "data.image_size=32",
-            "train.epochs=1", "train.batch_size=4", "data.val_fraction=0.25"]
+            "train.epochs=1", "train.batch_size=4", "data.val_fraction=0.25", "model.encoder_name=tu-resnet10t"]
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from tatl.errors import ConfigError, DataError
+from tatl.inference.selection import RANDOM
+from tatl.inference.selection import STRATEGIES as SELECTION_STRATEGIES
 from tatl.io import write_json
 
-STRATEGIES = ("random", "uncertainty", "disagreement")  # tatl.inference.selection's strategies, in report order
+# tatl.inference.selection's strategies, random (the baseline) first: the order of the report and the chart
+STRATEGIES = (RANDOM, *(s for s in SELECTION_STRATEGIES if s != RANDOM))
 # Settings a resumed experiment cannot change: they define it. Rounds, strategies and seeds may grow.
 FIXED = ("data", "initial", "per_round", "config", "overrides")
 VIEW_IMAGES = "ISIC2018_Task1-2_Training_Input"  # the labelled view's folders (tatl.data.isic's official names)

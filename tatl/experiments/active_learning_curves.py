@@ -20,14 +20,13 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from tatl.experiments.active_learning import STRATEGIES, RoundState
+from tatl.experiments.active_learning import RANDOM, STRATEGIES, RoundState
 from tatl.experiments.grid import mean_std
 from tatl.io import write_text
 
 METRICS = ("jaccard", "dice")
 DEFAULT_KEY = "macro jaccard"  # the curve's score: a curves.csv column
 REACH = 0.95  # share of the random strategy's final score that "labels to reach" asks for
-RANDOM = "random"
 
 
 def curve_rows(states: Sequence[RoundState]) -> list[dict[str, Any]]:

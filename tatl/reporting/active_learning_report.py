@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tatl.experiments.active_learning import ExperimentDir, Settings, finished_states
+from tatl.experiments.active_learning import RANDOM, ExperimentDir, Settings, finished_states
 from tatl.experiments.active_learning_curves import (
     DEFAULT_KEY,
-    RANDOM,
     REACH,
     curve_rows,
     mean_curve,
@@ -39,6 +38,7 @@ def learning_curve_figure(rows: list[dict[str, Any]], key: str = DEFAULT_KEY) ->
         line, = axis.plot(labels, means, marker="o", markersize=3, label=strategy)
         axis.fill_between(labels, [m - s for m, s in zip(means, stds, strict=True)],
                           [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
+    axis.xaxis.get_major_locator().set_params(integer=True)  # labels are counts
     axis.set_xlabel("labelled images", fontsize=9)
     axis.set_ylabel(f"{key} (validation)", fontsize=9)
     axis.tick_params(labelsize=8)
