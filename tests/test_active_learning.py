@@ -64,14 +64,14 @@ class StandIns:
 
     def fine_tune(self, previous_run, new_data, out, overrides):
         if self.fail_at_round is not None and out.parent.name == f"round-{self.fail_at_round}":
-            RunLayout(out).root.mkdir(parents=True)
-            (out / "partial.txt").write_text("killed while training")
+            out.mkdir(parents=True)
+            (out / "log.txt").write_text("killed before its config was written")
             raise KeyboardInterrupt
         self.fine_tunes.append(out)
         before, after = RunLayout(previous_run), RunLayout(out)
         splits = read_splits(before.splits)
         train = sorted([*splits["train"], *(s.image_id for s in find_samples(new_data, [ATTRIBUTE]))])
-        after.root.mkdir(parents=True)
+        after.root.mkdir(parents=True, exist_ok=True)
         shutil.copy(before.config, after.config)
         write_splits(after.splits, {**splits, "train": train, "folds": [sorted(train + splits["val"])]})
         write_json(after.metrics, _metrics(len(train)))

@@ -7,9 +7,11 @@ A simulated annotator labels images with DATA's own masks. The experiment folder
     DIR/initial/seed-<s>/labelled.json  the N0 images labelled first, drawn with seed s
     DIR/initial/seed-<s>/run/           the model trained on them (a `tatl run` folder): round 0 of every strategy
     DIR/<strategy>/seed-<s>/round-<r>/  one round: selected.json (the B images chosen, written before training),
-                                        labelled/ (the labelled set, symlinks in the ISIC 2018 layout), run/ (the
-                                        model fine-tuned from round r-1's on it), state.json (written last)
+                                        new-labels/ (those images and their masks: symlinks into DATA in the ISIC
+                                        2018 layout), run/ (round r-1's model fine-tuned on them and on its own
+                                        training images: tatl finetune --with-original), state.json (written last)
     DIR/curves.csv, summary.json, report.md, report.html, report/learning-curve.png   the results
+    DIR/jobs.json, logs/<job>.log       with --workers or --ray: each job's status and output
 
 The validation split is stratified as tatl.data.splits does it, seeded by train.seed of the base config, and never
 offered for selection. The N0 initial images depend on the seed alone, so every strategy starts at the same point
@@ -93,8 +95,8 @@ class ExperimentDir:
     def selected(self, strategy: str, seed: int, number: int) -> Path:
         return self.round(strategy, seed, number) / "selected.json"
 
-    def labelled_view(self, strategy: str, seed: int, number: int) -> Path:
-        return self.round(strategy, seed, number) / "labelled"
+    def new_labels(self, strategy: str, seed: int, number: int) -> Path:
+        return self.round(strategy, seed, number) / "new-labels"
 
     def run(self, strategy: str, seed: int, number: int) -> Path:
         """The model of a round: round 0 is the seed's initial run, shared by the strategies."""

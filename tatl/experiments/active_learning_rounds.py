@@ -149,17 +149,15 @@ def run_chain(exp: Experiment, strategy: str, seed: int) -> list[RoundState]:
 
 
 def run_round(exp: Experiment, previous: RoundState, number: int) -> RoundState:
-    """Select B images with the previous model (or read the selection of an interrupted attempt), label them,
-    fine-tune the previous model on every label so far, score it; state.json last."""
+    """Select B images with the previous model (or read the selection of an interrupted attempt), label them (a
+    view of DATA holding them), fine-tune the previous model on them and its own training images, score it;
+    state.json last."""
     folder, strategy, seed = exp.folder, previous.strategy, previous.seed
     selected = _selection(exp, previous, number)
     labelled = sorted([*previous.labelled, *selected])
     run_dir = folder.run(strategy, seed, number)
     if not RunLayout(run_dir).metrics.is_file():
-        if run_dir.exists():  # an attempt killed while training: its round starts again from the same selection
-            log.warning(f"{run_dir}: unfinished fine-tuning of an interrupted attempt; training it again")
-            shutil.rmtree(run_dir)
-        view = write_view(folder.labelled_view(strategy, seed, number), [exp.samples[i] for i in selected])
+        view = write_view(folder.new_labels(strategy, seed, number), [exp.samples[i] for i in selected])
         previous_run = folder.root / previous.run
         log.info(f"{strategy}, seed {seed}, round {number}: fine-tuning {previous_run} on {len(labelled)} labels")
         fine_tune(previous_run, view, run_dir, exp.settings.run_overrides(seed))
@@ -196,10 +194,15 @@ def select_images(run_dir: Path, pool: list[Sample], strategy: str, n: int, seed
 
 
 def fine_tune(previous_run: Path, new_data: Path, out: Path, overrides: list[str]) -> None:
-    """RUN2 = the previous run fine-tuned on its own training images plus `new_data` (with_original)."""
+    """`out` = the previous run fine-tuned on its own training images plus `new_data` (with_original: every label
+    so far), validated on its validation split; a fine-tuning that was interrupted continues (its config.yaml is
+    written: tatl finetune --resume)."""
     from tatl.pipeline.finetune import finetune
 
-    finetune(previous_run, new_data, out, with_original=True, overrides=overrides)
+    resume = RunLayout(out).config.is_file()
+    if resume:
+        log.info(f"{out}: continuing the fine-tuning of an interrupted attempt")
+    finetune(previous_run, new_data, out, with_original=True, overrides=overrides, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
