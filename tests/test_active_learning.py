@@ -240,3 +240,21 @@ def test_a_seed_that_has_not_finished_every_round_has_no_area():
     assert summary["strategies"]["random"]["seeds"] == 1
     assert summary["strategies"]["random"]["area"] == pytest.approx((10 * 0.3 + 20 * 0.4) / 30)
     assert [p["n"] for p in mean_curve(rows, "random")] == [2, 2, 1]
+
+
+def test_a_job_process_is_given_the_experiment_settings(tmp_path):
+    from tatl.cli import build_parser
+    from tatl.experiments.active_learning import Settings
+    from tatl.experiments.active_learning_jobs import job_arguments, job_named, plan_jobs
+
+    settings = Settings("/data", 4, 3, 2, ("random", "uncertainty"), (0, 5), "demo", tuple(SETTINGS))
+    initial, chains = plan_jobs(settings)
+    assert [j.name for j in initial] == ["initial__seed0", "initial__seed5"]
+    assert [j.name for j in chains] == ["random__seed0", "random__seed5", "uncertainty__seed0", "uncertainty__seed5"]
+    arguments = job_arguments(settings, tmp_path, chains[3])
+    assert arguments[:3] == ["-m", "tatl", "active-learning"]
+    args = build_parser("active-learning").parse_args(arguments[2:])
+    assert (args.data, args.initial, args.per_round, args.rounds, args.config) == ("/data", 4, 3, 2, "demo")
+    assert (args.strategies, args.seeds, args.overrides, args.job) == (["random", "uncertainty"], [0, 5], SETTINGS,
+                                                                      "uncertainty__seed5")
+    assert job_named(settings, args.job) == chains[3]
