@@ -7,7 +7,8 @@
     result = model.predict("photo.jpg")                 # a path, a PIL image or an RGB uint8 array (H, W, 3)
     result.attributes["pigment_network"]                # probabilities at the image's size; result.masks, .present
 
-Both run the command line's code (tatl.pipeline.train, tatl.inference.results), so a script and the CLI give the
+`tatl.finetune(run, new_data, out)` does what `tatl finetune` does (a finished run continued on new labels).
+All run the command line's code (tatl.pipeline.train, tatl.inference.results), so a script and the CLI give the
 same run folder and the same masks. Errors caused by the input are tatl.errors.TatlError subclasses, with the
 one-line message the CLI prints. Messages are logged through `logging` under the "tatl" logger (Python shows
 warnings only unless the program configures logging, e.g. tatl.logs.configure()); every run appends its own
@@ -72,6 +73,28 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     metrics = train_pipeline(data, out, config, resume=resume, stages=stages, variants=variants, device=device,
                              compile=compile, overrides=overrides, segment_net=segment_net,
                              finish=write_summary_and_report)
+    return TrainedRun(Path(out), metrics, written.get("summary"))
+
+
+def finetune(run: str | Path, new_data: str | Path, out: str | Path, with_original: bool = False,
+             overrides: Mapping[str, Any] | Sequence[str] | None = None, *, resume: bool = False,
+             device: str | None = None) -> TrainedRun:
+    """Fine-tune the finished run `run` on `new_data` into the new run folder `out`, as `tatl finetune` does: every
+    network starts from `run`'s, the heads of the attributes `new_data` has masks for are trained (the others are
+    copied), validation is on `run`'s validation split; `out` is a normal run folder (metrics.json, summary.md, the
+    report) plus out/finetune.json, its parent and the scores before and after (tatl.pipeline.finetune).
+
+    with_original: train on `run`'s own training images too; overrides: config values as in `train` (train.epochs,
+    train.lr; not the networks' settings); resume: continue an interrupted fine-tuning in `out`."""
+    from tatl.pipeline.finetune import finetune as finetune_pipeline
+
+    written: dict[str, str] = {}
+
+    def write_summary_and_report(metrics: dict, config: Config, data_root: Any) -> None:
+        written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
+
+    metrics = finetune_pipeline(run, new_data, out, with_original=with_original, overrides=overrides, resume=resume,
+                                device=device, finish=write_summary_and_report)
     return TrainedRun(Path(out), metrics, written.get("summary"))
 
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("tatl.commands.params", "print a Table-5-style parameter count for every shape x backbone"),
     "evaluate": ("tatl.commands.evaluate", "score a folder of predicted masks with the official ISIC metric"),
     "run": ("tatl.commands.run", "train and evaluate the TATL pipeline (stages 1-3, variants, U+Link)"),
+    "finetune": ("tatl.commands.finetune", "fine-tune a finished run on new labels into a new run folder"),
     "predict": ("tatl.commands.predict", "predict attribute masks, overlays and a report for new images"),
     "select": ("tatl.commands.select", "rank unlabelled images for labelling (uncertainty, disagreement, random)"),
     "export": ("tatl.commands.export", "export a trained run's networks to ONNX for onnxruntime"),
