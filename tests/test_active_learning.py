@@ -2,7 +2,7 @@
 
 Most tests replace the training, the fine-tuning and the selection by stand-ins that write what the real ones
 write (a run folder's config, split and metrics), so the experiment's own logic (split, initial draws, rounds,
-resume, curves) is tested in seconds; test_real_rounds runs the real networks once on tiny images.
+resume, curves) is tested in seconds; test_real_rounds_continue_after_a_stop runs the real ones on tiny images.
 """
 
 from __future__ import annotations
@@ -258,3 +258,26 @@ def test_a_job_process_is_given_the_experiment_settings(tmp_path):
     assert (args.strategies, args.seeds, args.overrides, args.job) == (["random", "uncertainty"], [0, 5], SETTINGS,
                                                                       "uncertainty__seed5")
     assert job_named(settings, args.job) == chains[3]
+
+
+# ------------------------------------------------------------------------------------------------- real networks
+@pytest.mark.slow  # ~30 s: 2 strategies x 2 rounds of real networks, 32 px
+def test_real_rounds_continue_after_a_stop(dataset, tmp_path):
+    """The real training, selection and fine-tuning: --rounds 1, then --rounds 2 on the same DIR."""
+    out = tmp_path / "al"
+    _run(dataset, out, 1, seeds=(0,))
+    folder = ExperimentDir(out)
+    round1 = {s: _digest(folder.round(s, 0, 1)) for s in ("random", "uncertainty")}
+    initial = _digest(folder.root / "initial")
+    _run(dataset, out, 2, seeds=(0,))
+    for strategy in ("random", "uncertainty"):
+        assert _digest(folder.round(strategy, 0, 1)) == round1[strategy]  # neither repeated nor touched
+        states = [read_state(folder, strategy, 0, r) for r in range(3)]
+        assert [s.labels for s in states] == [4, 7, 10]
+        record = json.loads(RunLayout(folder.run(strategy, 0, 2)).finetune_record.read_text())
+        assert record["parent"] == str(folder.run(strategy, 0, 1).resolve()) and record["validation"] == "parent"
+        after = record["after"]["macro_average"]["jaccard"]
+        assert after == pytest.approx(states[2].scores["macro_average"]["jaccard"])
+    assert _digest(folder.root / "initial") == initial
+    rows = read_curves(folder.curves.read_text())
+    assert len(rows) == 6 and {r["labels"] for r in rows} == {4, 7, 10}
