@@ -182,11 +182,10 @@ def fixed_split(presence: dict[str, frozenset[str]], val_fraction: float, seed: 
 
 def read_or_make_split(folder: ExperimentDir, presence: dict[str, frozenset[str]], val_fraction: float,
                        seed: int) -> dict[str, Any]:
-    """DIR/split.json, made once: a resumed experiment keeps it, and its images must still be in DATA."""
+    """DIR/split.json when it exists (a resumed experiment keeps it; its images must still be in DATA), else a new
+    split, not written yet (write_split, once every check has passed)."""
     if not folder.split.is_file():
-        split = fixed_split(presence, val_fraction, seed)
-        write_json(folder.split, split, indent=1)
-        return split
+        return fixed_split(presence, val_fraction, seed)
     try:
         split = json.loads(folder.split.read_text())
         ids = [*split["val"], *split["pool"]]
@@ -196,6 +195,11 @@ def read_or_make_split(folder: ExperimentDir, presence: dict[str, frozenset[str]
     if missing:
         raise DataError(f"{folder.split}: image {missing[0]} is no longer in DATA ({len(missing)} missing)")
     return split
+
+
+def write_split(folder: ExperimentDir, split: dict[str, Any]) -> None:
+    if not folder.split.is_file():
+        write_json(folder.split, split, indent=1)
 
 
 def check_pool_size(settings: Settings, split: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from tatl.experiments.active_learning import (
     read_or_make_split,
     read_state,
     record_settings,
+    write_split,
     write_state,
 )
 from tatl.io import write_json
@@ -77,7 +78,8 @@ def prepare(settings: Settings, out: Path, check_data: bool = True) -> Experimen
     split = read_or_make_split(folder, presence or dict.fromkeys(samples, frozenset()),
                                config.data.val_fraction, config.train.seed)
     check_pool_size(settings, split)
-    record_settings(settings, folder)
+    record_settings(settings, folder)  # first: a split.json is always that of the recorded settings
+    write_split(folder, split)
     return Experiment(settings, folder, split, samples, config)
 
 
@@ -103,11 +105,12 @@ def run_initial(exp: Experiment, seed: int) -> Path:
     if layout.metrics.is_file():
         return run_dir
     overrides = settings.run_overrides(seed)
-    if not layout.config.is_file():  # the run's split is the experiment's: written before it starts
-        save_config(load_config(settings.config, overrides), layout.config)
+    if not layout.config.is_file():  # the run's split is the experiment's, written before it starts; its config
+        #                              last, so that a run with a config always has this split
         train_and_val = sorted([*labelled, *exp.split["val"]])
         write_splits(layout.splits, {"seed": seed, "val_fraction": exp.split["val_fraction"], "train": labelled,
                                      "val": list(exp.split["val"]), "folds": [train_and_val]})
+        save_config(load_config(settings.config, overrides), layout.config)
     log.info(f"seed {seed}: training the initial model on {len(labelled)} labelled images in {run_dir}")
     train(settings.data, run_dir, resume=True, overrides=overrides)
     return run_dir
