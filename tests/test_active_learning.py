@@ -281,3 +281,14 @@ def test_real_rounds_continue_after_a_stop(dataset, tmp_path):
     assert _digest(folder.root / "initial") == initial
     rows = read_curves(folder.curves.read_text())
     assert len(rows) == 6 and {r["labels"] for r in rows} == {4, 7, 10}
+
+
+def test_tatl_report_rewrites_the_results_of_an_experiment(dataset, tmp_path, monkeypatch, capsys):
+    StandIns(monkeypatch)
+    _run(dataset, tmp_path / "al", 1, strategies=("random",), seeds=(0,))
+    folder = ExperimentDir(tmp_path / "al")
+    for path in (folder.curves, folder.summary, folder.report_html):
+        path.unlink()
+    assert main(["report", str(folder.root)]) == 0
+    assert len(read_curves(folder.curves.read_text())) == 2 and folder.report_html.is_file()
+    assert json.loads(folder.summary.read_text())["strategies"]["random"]["final_labels"] == 7

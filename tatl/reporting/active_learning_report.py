@@ -4,9 +4,11 @@ curves.csv and their summary (tatl.experiments.active_learning_curves)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from tatl.errors import DataError
 from tatl.experiments.active_learning import RANDOM, ExperimentDir, Settings, finished_states
 from tatl.experiments.active_learning_curves import (
     DEFAULT_KEY,
@@ -135,6 +137,22 @@ def write_results(folder: ExperimentDir, settings: Settings, split: dict[str, An
     write_json(folder.summary, summary)
     write_report(folder, rows, summary, settings, split)
     return summary
+
+
+def rewrite_results(root: Path) -> Path:
+    """curves.csv, summary.json and the report of an experiment folder, from its own records (`tatl report DIR`);
+    returns the HTML's path."""
+    folder = ExperimentDir(Path(root))
+    try:
+        recorded = json.loads(folder.settings.read_text())
+        settings = Settings(**{**recorded, "strategies": tuple(recorded["strategies"]),
+                               "seeds": tuple(recorded["seeds"]), "overrides": tuple(recorded["overrides"])})
+        split = json.loads(folder.split.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{root}: not an experiment of tatl active-learning ({type(error).__name__}: "
+                        f"{error})") from None
+    write_results(folder, settings, split)
+    return folder.report_html
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
