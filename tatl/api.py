@@ -157,10 +157,11 @@ def active_learning(data: str | Path, out: str | Path, *, initial: int, per_roun
         return ActiveLearningResult(Path(out), {}, [])
     initial_jobs, chains = plan_jobs(settings)
     try:
-        failed = run_jobs(exp, initial_jobs, workers, ray, gpus_per_job, cpus_per_job)
+        every = [*initial_jobs, *chains]
+        failed = run_jobs(exp, initial_jobs, workers, ray, gpus_per_job, cpus_per_job, every)
         failed_seeds = {j.seed for j in initial_jobs if j.name in failed}
         failed += run_jobs(exp, [c for c in chains if c.seed not in failed_seeds], workers, ray, gpus_per_job,
-                           cpus_per_job)
+                           cpus_per_job, every)
     except BaseException:  # what has finished goes on the curves, also when a round fails or is interrupted
         try:
             write_results(exp.folder, settings, exp.split)

@@ -92,8 +92,9 @@ class JobRecord(GridRecord):
 
 
 def run_jobs(exp: Any, jobs: list[Job], workers: int, ray_address: str | None = None, gpus_per_job: float = 0,
-             cpus_per_job: int = 1) -> list[str]:
-    """Run the unfinished jobs (in this process with one worker and no Ray); return the names of failed ones."""
+             cpus_per_job: int = 1, listed: list[Job] | None = None) -> list[str]:
+    """Run the unfinished jobs (in this process with one worker and no Ray); return the names of failed ones.
+    listed: every job of the experiment, for DIR/jobs.json (default: `jobs`)."""
     from tatl.experiments.runners import LOG_TAIL_LINES, Progress, import_ray, log_tail, run_local, run_ray
 
     out, settings = exp.folder.root, exp.settings
@@ -104,7 +105,7 @@ def run_jobs(exp: Any, jobs: list[Job], workers: int, ray_address: str | None = 
             run_job(exp, job)
         return []
     ray = import_ray() if ray_address else None
-    record = JobRecord(settings, jobs, out)
+    record = JobRecord(settings, listed or jobs, out)
     progress = Progress(record, len(todo))
     arguments = {job.name: job_arguments(settings, out, job) for job in todo}
     try:
