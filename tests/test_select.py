@@ -167,10 +167,9 @@ def test_members_average_to_the_prediction_and_predict_is_unchanged(predictor, p
 def test_the_selected_images_are_exactly_the_k_highest_scoring(predictor, pool, run_dir):
     weights = attribute_weights(predictor)
     assert set(weights) == set(ATTRIBUTES) and sum(weights.values()) == pytest.approx(1.0)
+    flipped = Predictor(predictor.settings, predictor.networks, "torch", predictor.source, tta=True)
     for strategy in ("uncertainty", "disagreement"):
-        scorer = predictor if strategy == "uncertainty" else Predictor(
-            predictor.settings, predictor.networks, "torch", predictor.source, tta=True)
-        independent = {path.stem: score_prediction(scorer, path, weights, strategy).score
+        independent = {path.stem: score_prediction(predictor, path, weights, strategy).score
                        for path in sorted(pool.glob("*.jpg"))}
         assert len(set(independent.values())) == len(independent)  # distinct: the order is not an accident of ids
         expected = sorted(independent, key=lambda i: (-independent[i], i))
@@ -178,6 +177,10 @@ def test_the_selected_images_are_exactly_the_k_highest_scoring(predictor, pool, 
         assert [s.image_id for s in ranked] == expected[:3]
         assert [s.score for s in ranked] == pytest.approx([independent[i] for i in expected[:3]])
         assert [s.image_id for s in rank_pool(predictor, pool, strategy, n=100, weights=weights)] == expected
+    # disagreement always adds the flips: the same scores from a predictor loaded with TTA
+    path = sorted(pool.glob("*.jpg"))[0]
+    assert score_prediction(flipped, path, weights, "disagreement") == score_prediction(
+        predictor, path, weights, "disagreement") != score_prediction(predictor, path, weights, "uncertainty")
 
 
 def test_uncertainty_is_the_entropy_of_the_ensemble_map_inside_the_lesion(predictor, pool):

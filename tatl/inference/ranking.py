@@ -165,8 +165,6 @@ def rank_pool(model_or_run: Any, images: Images, strategy: str = "uncertainty", 
         scores = random_scores(list(pool), seed)
         return top_k([replace(s, image_id=i, path=paths[i]) for i, s in scores.items()], n)
     weights = normalised(weights if weights is not None else attribute_weights(predictor))
-    if strategy == DISAGREEMENT and not predictor.tta:  # flips: members to disagree even with one shape
-        predictor = Predictor(predictor.settings, predictor.networks, predictor.engine, predictor.source, tta=True)
     scores = []
     for image_id, image in logs.progress(pool.items(), f"scoring ({strategy})", len(pool), "image"):
         score = score_prediction(predictor, image, weights, strategy)
@@ -174,8 +172,13 @@ def rank_pool(model_or_run: Any, images: Images, strategy: str = "uncertainty", 
     return top_k(scores, n)
 
 
-def score_prediction(predictor: Predictor, image: Any, weights: Mapping[str, float], strategy: str) -> ImageScore:
-    """One image predicted with its ensemble members kept, scored inside the predicted lesion."""
+def score_prediction(model: Any, image: Any, weights: Mapping[str, float], strategy: str) -> ImageScore:
+    """One image (a path, a PIL image or an RGB uint8 array) scored as rank_pool scores it: predicted by `model`
+    (a tatl.load(...) model or a Predictor; with flip TTA added for disagreement) with its ensemble members kept,
+    scored inside the predicted lesion (strategy: uncertainty or disagreement; weights: attribute -> weight)."""
+    predictor = _predictor_of(model)
+    if strategy == DISAGREEMENT and not predictor.tta:  # flips: members to disagree even with one shape
+        predictor = Predictor(predictor.settings, predictor.networks, predictor.engine, predictor.source, tta=True)
     prediction = predictor.predict(image, keep_members=True)
     members = {name: {a: maps[a] for a in weights} for name, maps in prediction.members.items()}
     grid = next(iter(next(iter(members.values())).values())).shape
