@@ -5,6 +5,7 @@ curves.csv and their summary (tatl.experiments.active_learning_curves)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tatl.experiments.active_learning_curves import (
 from tatl.io import write_bytes, write_json, write_text
 from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
 
+log = logging.getLogger(__name__)
 CHART = "learning-curve"
 VALIDATION_NOTE = ("Scores: the official ISIC 2018 Task 2 metric at original size on the fixed validation split, "
                    "which no strategy may select; each round's model is the run's reported variant (U+Link ensemble "
@@ -136,6 +138,8 @@ def write_results(folder: ExperimentDir, settings: Settings, split: dict[str, An
     summary = summarise(rows)
     write_json(folder.summary, summary)
     write_report(folder, rows, summary, settings, split)
+    log.info(f"wrote {folder.curves} ({len(rows)} rounds), {folder.summary}, {folder.report_html} and "
+             f"{folder.report_markdown}")
     return summary
 
 
