@@ -4,6 +4,7 @@ before and after. Tiny synthetic data (32 px networks), one epoch, U-shape only.
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -193,25 +194,55 @@ def test_the_record_holds_the_parent_the_data_and_the_scores_before_and_after(pa
 
 
 @pytest.fixture(scope="module")
-def with_original(parent, full, tmp_path_factory) -> Path:
+def with_original(parent, partial, tmp_path_factory) -> Path:
+    """RUN2 on the partial corrections and RUN's own training images."""
     run2 = tmp_path_factory.mktemp("original") / "run2"
-    assert main(["finetune", str(parent["run"]), str(full["new"]), "--out", str(run2), "--with-original",
+    assert main(["finetune", str(parent["run"]), str(partial["new"]), "--out", str(run2), "--with-original",
                  "--set", "train.epochs=1"]) == 0
     return run2
 
 
-def test_with_original_the_parents_training_images_train_too(parent, full, with_original):
+def test_with_original_the_parents_training_images_train_too(parent, partial, with_original):
     splits, parents = (json.loads((run / "splits.json").read_text()) for run in (with_original, parent["run"]))
     assert splits["val"] == parents["val"]
-    assert splits["train"] == sorted(parents["train"] + [p.stem for p in full["new"].glob("*.jpg")])
+    new = [p.stem for p in partial["new"].glob("*.jpg") if p.stem != partial["val_id"]]
+    assert splits["train"] == sorted(parents["train"] + new)
     assert json.loads((with_original / "finetune.json").read_text())["with_original"] is True
 
 
-def test_resume_of_a_finished_finetuning_trains_nothing_again(parent, partial, capsys):
+def test_resume_of_a_finished_finetuning_trains_nothing_again(parent, partial, tmp_path, capsys):
     before = _metrics(partial["run"])
     assert main(["finetune", str(parent["run"]), str(partial["new"]), "--out", str(partial["run"]), "--resume"]) == 0
     assert "epoch 1/" not in capsys.readouterr().err
     assert _metrics(partial["run"]) == before
+    other = _new_data(tmp_path / "other", n=3, seed=4, lesions=False, attributes=["pigment_network"])
+    with pytest.raises(DataError, match=f"was fine-tuned on {partial['new'].resolve()}; resume it with that folder"):
+        tatl.finetune(parent["run"], other, partial["run"], resume=True)
+
+
+@pytest.mark.slow
+def test_an_interrupted_finetuning_resumes_where_it_stopped(parent, partial, tmp_path, monkeypatch, capsys):
+    from tatl.pipeline import groups
+
+    real_fit, labels = groups.fit, []
+
+    def stopping_fit(model, *args, **kwargs):
+        labels.append(args[5])
+        if len(labels) == 2:
+            raise KeyboardInterrupt  # killed while training the second network
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(groups, "fit", stopping_fit)
+    run2 = tmp_path / "run2"
+    with pytest.raises(KeyboardInterrupt):
+        tatl.finetune(parent["run"], partial["new"], run2)
+    assert not (run2 / "finetune.json").exists() and (run2 / "stage3-v3/unet/pigment_network/done.json").is_file()
+    capsys.readouterr()
+    assert main(["finetune", str(parent["run"]), str(partial["new"]), "--out", str(run2), "--resume"]) == 0
+    assert labels == ["stage 3 (variant 3, unet, pigment_network)", "stage 3 (variant 1,2,3, unet, frozen encoder)",
+                      "stage 3 (variant 1,2,3, unet, frozen encoder)"]  # the first network was not trained again
+    assert "stage 3 (variant 3, unet, pigment_network): already trained" in capsys.readouterr().err
+    assert json.loads((run2 / "finetune.json").read_text())["attributes_trained"] == ["pigment_network"]
 
 
 def test_an_image_of_the_parents_validation_split_is_scored_not_trained(partial):
@@ -233,13 +264,28 @@ def _unreachable_copy(parent: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_without_the_parents_images_validation_is_a_split_of_the_new_data(parent, full, tmp_path):
     run = _unreachable_copy(parent["run"], tmp_path / "moved")
     tatl.finetune(run, full["new"], tmp_path / "run2")
     record = json.loads((tmp_path / "run2" / "finetune.json").read_text())
-    assert record["validation"] == "new_data" and record["before"] is None and record["after"] is not None
+    assert record["validation"] == "new_data"
     splits = json.loads((tmp_path / "run2" / "splits.json").read_text())
     assert set(splits["train"] + splits["val"]) == {p.stem for p in full["new"].glob("*.jpg")}
+    # "before": the parent's networks scored on that split (tatl.pipeline.rescore), which scores a run's own
+    # networks as its pipeline did
+    from tatl.layout import RunLayout
+    from tatl.pipeline.context import RunContext
+    from tatl.pipeline.rescore import scores_of
+
+    assert record["before"]["per_attribute"].keys() == set(ATTRIBUTES) and "stage1" in record["before"]
+    assert record["before"] != record["after"]
+    rescored = scores_of(RunLayout(tmp_path / "run2"), RunContext.open(tmp_path / "run2"), "1,2,3")
+    after = _metrics(tmp_path / "run2")
+    for name in ATTRIBUTES:
+        assert rescored["variant 1,2,3"]["unet"][name]["jaccard"] == pytest.approx(
+            after["variant 1,2,3"]["unet"][name]["jaccard"], abs=1e-3)
+    assert rescored["stage1"]["jaccard"] == pytest.approx(after["stage1"]["jaccard"], abs=1e-3)
 
 
 @pytest.mark.parametrize("case", ["no run", "unfinished", "no data", "shapes", "encoder", "attributes", "some masks",
@@ -288,3 +334,17 @@ def test_the_library_raises_the_error_classes(parent, full, tmp_path):
         tatl.finetune(parent["run"], full["new"], tmp_path / "a", overrides={"pipeline.encoder_mode": "trainable"})
     with pytest.raises(DataError, match="no such run folder"):
         tatl.finetune(tmp_path / "none", full["new"], tmp_path / "b")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["pipeline.init_copied=[globules]"], "need pipeline.init_from"),
+    (["pipeline.init_from=R", "pipeline.init_copied=[stage2, globulez]"], "'globulez' is neither stage2 nor one of"),
+    (["pipeline.init_from=R", "pipeline.init_copied=[globules]"], "share the frozen encoder of the parent's Stage 2"),
+    (["pipeline.init_from=R", "data.fold=1"], "set data.fold=null (not 1)"),
+])
+def test_the_parent_keys_are_checked(overrides, message):
+    from tatl.config import load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    assert load_config(None, ["pipeline.init_from=R", "pipeline.init_copied=[stage2, globules]"]).pipeline.init_copied

@@ -25,13 +25,13 @@ RUN2/finetune.json, written when the run has finished (RUN2/log.txt shows the pr
      "data": {"new_data_fingerprint": "...", "parent_data_fingerprint": "..." | null, "run_data_fingerprint": "..."},
      "variant": "1,2,3", "model": "ensemble",  # which scores of metrics.json before and after are
      "before": {"macro_average": {"jaccard": 0.41, "dice": 0.55}, "per_attribute": {"globules": {"jaccard": ...,
-                "dice": ...}, ...}, "stage1": {"jaccard": ..., "threshold_jaccard": ..., "dice": ...}} | null,
+                "dice": ...}, ...}, "stage1": {"jaccard": ..., "threshold_jaccard": ..., "dice": ...}},
      "after": {the same for RUN2}}
 
-"before" holds RUN's scores on the same validation split (from RUN/metrics.json), so it is null when validation had
-to be a split of NEW_DATA (RUN's images not found), where RUN was never scored; "stage1" is there when the run
-scored its Segment-Net. Fingerprints: SHA-256 over the path, size and modification time of every image and mask
-(tatl.pipeline.reuse.data_identity).
+"before" holds RUN's scores on the same validation split: RUN/metrics.json's when it is RUN's split, else (RUN's
+images not found) RUN's networks scored on the split of NEW_DATA as the pipeline scores its own
+(tatl.pipeline.rescore). "stage1" is there when the validation images have lesion masks. Fingerprints: SHA-256
+over the path, size and modification time of every image and mask (tatl.pipeline.reuse.data_identity).
 """
 
 from __future__ import annotations
@@ -96,13 +96,27 @@ def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_ori
              f"Segment-Net {plan.segment_net}, Stage 2 {plan.stage2}")
     metrics = train(new_data, out, None if resume else parent.layout.config, resume=resume, overrides=settings,
                     finish=finish)
+    before = parent_metrics(parent, out)
     from tatl import distributed
 
     if distributed.is_main_process():
         from tatl.io import write_json
 
-        write_json(RunLayout(out).finetune_record, finetune_record(parent, plan, out, metrics, with_original))
+        record = finetune_record(parent, plan, out, before, metrics, with_original)
+        write_json(RunLayout(out).finetune_record, record)
     return metrics
+
+
+def parent_metrics(parent: Parent, out: Path) -> dict:
+    """RUN's scores on RUN2's validation split: RUN/metrics.json when that split is RUN's own, else RUN's networks
+    scored on it (tatl.pipeline.rescore; every rank calls this)."""
+    if sources(RunLayout(out))["validation"] == "parent":
+        return json.loads(parent.layout.metrics.read_text())
+    from tatl.pipeline.context import RunContext
+    from tatl.pipeline.rescore import scores_of
+
+    log.info(f"scoring the networks of {parent.layout.root} on the validation split of {out}")
+    return scores_of(parent.layout, RunContext.open(out), default_variant(parent.config.pipeline.variants))
 
 
 def make_plan(parent: Parent, new_data: Path, with_original: bool) -> Plan:
@@ -158,15 +172,15 @@ def check_networks_kept(parent: Parent, config: Config) -> None:
                               "run keeps its parent's networks (start a new run with `tatl run` to change it)")
 
 
-def finetune_record(parent: Parent, plan: Plan, out: Path, metrics: dict, with_original: bool) -> dict:
-    """RUN2/finetune.json (the module's docstring)."""
+def finetune_record(parent: Parent, plan: Plan, out: Path, before: dict, metrics: dict, with_original: bool) -> dict:
+    """RUN2/finetune.json (the module's docstring): `before` and `metrics` are RUN's and RUN2's metrics on RUN2's
+    validation split."""
     from tatl.pipeline.context import RunContext
     from tatl.pipeline.reuse import data_identity
 
     run = RunContext.open(out)
     joined = sources(run.layout)
     variant = default_variant(parent.config.pipeline.variants)
-    before = json.loads(parent.layout.metrics.read_text()) if joined["validation"] == "parent" else None
     model = "ensemble" if len(parent.config.model.shapes) > 1 else parent.config.model.shapes[0]
     parent_identity = (data_identity(parent.layout.root, [parent.samples[i] for i in parent.train_ids + parent.val_ids])
                        if parent.samples else {})
@@ -183,11 +197,9 @@ def finetune_record(parent: Parent, plan: Plan, out: Path, metrics: dict, with_o
     }
 
 
-def _scores(metrics: dict | None, variant: str, model: str) -> dict | None:
+def _scores(metrics: dict, variant: str, model: str) -> dict:
     """The macro average and per-attribute Jaccard and Dice of one variant's model in a metrics.json, and the
     Segment-Net's scores when there are any."""
-    if metrics is None:
-        return None
     scores = metrics[f"variant {variant}"][model]
     attributes = {k: v for k, v in scores.items() if k not in ("macro_average", "micro_average")}
     found = {"macro_average": scores["macro_average"], "per_attribute": attributes}

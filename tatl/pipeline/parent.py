@@ -33,7 +33,7 @@ from tatl.data.isic import Sample, find_samples, join_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
 from tatl.io import write_json
-from tatl.layout import BEST, DONE, RunLayout, variant_stages
+from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
 from tatl.pipeline.context import split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group, link_or_copy
 
@@ -100,7 +100,10 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
     """RUN2/finetune-data/: DATA's images and the parent's validation (and, with init_with_original, training)
     images, linked into one folder (see the module's docstring); composed once, reused on resume."""
     folder = RunLayout(run_dir).finetune_data
-    if (folder / SOURCES).is_file():
+    if (folder / SOURCES).is_file():  # a resume: the images it started with, from the same new data only
+        joined = json.loads((folder / SOURCES).read_text())["new_data"]
+        if joined != str(Path(new_data).resolve()):
+            raise DataError(f"{new_data}: {run_dir} was fine-tuned on {joined}; resume it with that folder")
         return folder
     parent = open_parent(config.pipeline.init_from)
     new = {s.image_id: s for s in find_samples(Path(new_data), config.data.attributes)}
@@ -177,7 +180,7 @@ def is_copied(config: Config, run: RunLayout, group_dir: Path) -> bool:
     if not p.init_from or not copied:
         return False
     shapes = config.model.shapes
-    stage2 = {run.stage2(inputs, s) for inputs in ("crops", "full") for s in shapes} if "stage2" in copied else set()
+    stage2 = {run.stage2(inputs, s) for inputs in INPUTS for s in shapes} if "stage2" in copied else set()
     heads = {run.stage3_head(v, s, a) for v in p.variants for s in shapes for a in copied if a != "stage2"}
     return Path(group_dir) in stage2 | heads
 
