@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("tatl.commands.select", "rank unlabelled images for labelling (uncertainty, disagreement, random)"),
     "export": ("tatl.commands.export", "export a trained run's networks to ONNX for onnxruntime"),
     "experiment": ("tatl.commands.experiment", "run a backbone x shape x setting x fold x seed grid; Tables 6-7"),
+    "active-learning": ("tatl.commands.active_learning",
+                        "simulate labelling rounds per selection strategy; learning curves, AUC, labels to 95%%"),
     "bound": ("tatl.commands.bound", "estimate the generalisation bound (Eq. 6) of each Stage-3 initialisation"),
     "report": ("tatl.commands.report", "write one self-contained HTML (and Markdown) report of a run folder"),
 }
