@@ -3,6 +3,8 @@
 The Python API (tatl.api), loaded on first use so that `import tatl` and `tatl --help` import no torch:
     tatl.train(data, out, config=None, overrides={...})   what `tatl run` does; returns a TrainedRun
     tatl.load(run_or_export).predict(image)                what `tatl predict` does for one image
+    tatl.finetune(run, new_data, out)                      what `tatl finetune` does; returns a TrainedRun
+    tatl.active_learning(data, out, initial=..., per_round=..., rounds=...)   what `tatl active-learning` does
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Model", "PredictedImage", "TrainedRun", "__version__", "load", "train"]
+__all__ = ["ActiveLearningResult", "Model", "PredictedImage", "TrainedRun", "__version__", "active_learning",
+           "finetune", "load", "train"]
 
 if TYPE_CHECKING:
-    from tatl.api import Model, TrainedRun, load, train
+    from tatl.api import ActiveLearningResult, Model, TrainedRun, active_learning, finetune, load, train
     from tatl.inference.results import PredictedImage
 
-_LAZY = {"train": "tatl.api", "load": "tatl.api", "Model": "tatl.api", "TrainedRun": "tatl.api",
-         "PredictedImage": "tatl.inference.results"}
+_LAZY = {"train": "tatl.api", "finetune": "tatl.api", "load": "tatl.api", "Model": "tatl.api", "TrainedRun": "tatl.api",
+         "active_learning": "tatl.api", "ActiveLearningResult": "tatl.api", "PredictedImage": "tatl.inference.results"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the API module is imported when first used

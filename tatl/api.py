@@ -1,4 +1,5 @@
-"""The Python API: `tatl.train` does what `tatl run` does, `tatl.load(...).predict(image)` what `tatl predict` does.
+"""The Python API: `tatl.train` does what `tatl run` does, `tatl.load(...).predict(image)` what `tatl predict` does,
+`tatl.active_learning` what `tatl active-learning` does.
 
     import tatl
     run = tatl.train("synthetic", "runs/x", config="demo", overrides={"train.epochs": 1})
@@ -6,7 +7,8 @@
     result = model.predict("photo.jpg")                 # a path, a PIL image or an RGB uint8 array (H, W, 3)
     result.attributes["pigment_network"]                # probabilities at the image's size; result.masks, .present
 
-Both run the command line's code (tatl.pipeline.train, tatl.inference.results), so a script and the CLI give the
+`tatl.finetune(run, new_data, out)` does what `tatl finetune` does (a finished run continued on new labels).
+All run the command line's code (tatl.pipeline.train, tatl.inference.results), so a script and the CLI give the
 same run folder and the same masks. Errors caused by the input are tatl.errors.TatlError subclasses, with the
 one-line message the CLI prints. Messages are logged through `logging` under the "tatl" logger (Python shows
 warnings only unless the program configures logging, e.g. tatl.logs.configure()); every run appends its own
@@ -74,6 +76,28 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     return TrainedRun(Path(out), metrics, written.get("summary"))
 
 
+def finetune(run: str | Path, new_data: str | Path, out: str | Path, with_original: bool = False,
+             overrides: Mapping[str, Any] | Sequence[str] | None = None, *, resume: bool = False,
+             device: str | None = None) -> TrainedRun:
+    """Fine-tune the finished run `run` on `new_data` into the new run folder `out`, as `tatl finetune` does: every
+    network starts from `run`'s, the heads of the attributes `new_data` has masks for are trained (the others are
+    copied), validation is on `run`'s validation split; `out` is a normal run folder (metrics.json, summary.md, the
+    report) plus out/finetune.json, its parent and the scores before and after (tatl.pipeline.finetune).
+
+    with_original: train on `run`'s own training images too; overrides: config values as in `train` (train.epochs,
+    train.lr; not the networks' settings); resume: continue an interrupted fine-tuning in `out`."""
+    from tatl.pipeline.finetune import finetune as finetune_pipeline
+
+    written: dict[str, str] = {}
+
+    def write_summary_and_report(metrics: dict, config: Config, data_root: Any) -> None:
+        written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
+
+    metrics = finetune_pipeline(run, new_data, out, with_original=with_original, overrides=overrides, resume=resume,
+                                device=device, finish=write_summary_and_report)
+    return TrainedRun(Path(out), metrics, written.get("summary"))
+
+
 def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data_root: Any) -> str:
     """summary.md (its text is returned) and the report; a failing report is a warning, not a failed run."""
     from tatl.io import write_text
@@ -88,6 +112,72 @@ def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data
     said = write_report_or_say_why(run_dir, data_root)
     (log.warning if said.startswith("report not written") else log.info)(said)
     return summary
+
+
+@dataclass
+class ActiveLearningResult:
+    """What `active_learning` returns: the experiment folder, the summary (summary.json: area under each curve,
+    labels to 95% of random's final score) and the jobs that failed (with --workers or Ray)."""
+
+    out: Path
+    summary: dict
+    failed: list[str]
+
+
+def active_learning(data: str | Path, out: str | Path, *, initial: int, per_round: int, rounds: int,
+                    strategies: Sequence[str] = ("random", "uncertainty", "disagreement"), seeds: Sequence[int] = (0,),
+                    config: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+                    workers: int = 1, ray: str | None = None, gpus_per_job: float = 0, cpus_per_job: int = 1,
+                    job: str | None = None) -> ActiveLearningResult:
+    """Simulated active learning on `data` in the experiment folder `out`, as `tatl active-learning` does
+    (tatl.experiments.active_learning): a model on `initial` labelled images per seed, then `rounds` rounds of
+    `per_round` images selected by each strategy and fine-tuned on; curves.csv, summary.json and the report.
+    Running it again on the same `out` continues it (more rounds, strategies or seeds may be added).
+
+    config, overrides: as for `train`, for every run of the experiment (train.seed is set to each seed).
+    workers, ray, gpus_per_job, cpus_per_job: run the strategy x seed chains in parallel, as `tatl experiment`.
+    job: run this one job only (what --workers starts in each process); no results written."""
+    from tatl.experiments.active_learning import Settings
+    from tatl.experiments.active_learning_jobs import job_named, plan_jobs, run_job, run_jobs
+    from tatl.experiments.active_learning_rounds import prepare
+    from tatl.reporting.active_learning_report import write_results
+
+    if config is not None and Path(config).is_file():  # a job process may start in another folder
+        config = str(Path(config).resolve())
+    settings = Settings(str(Path(data).expanduser().resolve()), initial, per_round, rounds, tuple(strategies),
+                        tuple(seeds), None if config is None else str(config),
+                        tuple(_override_strings(overrides)))
+    if workers < 1 or cpus_per_job < 1 or gpus_per_job < 0:
+        from tatl.errors import ConfigError
+
+        raise ConfigError("--workers and --cpus-per-job must be >= 1, --gpus-per-job >= 0")
+    exp = prepare(settings, Path(out), check_data=job is None)
+    if job is not None:
+        run_job(exp, job_named(settings, job))
+        return ActiveLearningResult(Path(out), {}, [])
+    initial_jobs, chains = plan_jobs(settings)
+    try:
+        every = [*initial_jobs, *chains]
+        failed = run_jobs(exp, initial_jobs, workers, ray, gpus_per_job, cpus_per_job, every)
+        failed_seeds = {j.seed for j in initial_jobs if j.name in failed}
+        failed += run_jobs(exp, [c for c in chains if c.seed not in failed_seeds], workers, ray, gpus_per_job,
+                           cpus_per_job, every)
+    except BaseException:  # what has finished goes on the curves, also when a round fails or is interrupted
+        try:
+            write_results(exp.folder, settings, exp.split)
+        except Exception as error:  # noqa: BLE001 - the error that stopped the rounds is the one to see
+            log.warning(f"results not written: {error}")
+        raise
+    return ActiveLearningResult(Path(out), write_results(exp.folder, settings, exp.split), failed)
+
+
+def _override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """"section.key=value" strings from a mapping (values as JSON, which YAML reads back) or a list of them."""
+    import json
+
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides or [])
 
 
 class Model:

@@ -89,6 +89,14 @@ class PipelineConfig:
     # A finished run whose Stage-1 Segment-Net crops this run's images (tatl.pipeline.segment_net): copied into this
     # run instead of trained, for data without lesion masks (ISIC 2018 Task 2). null: train Stage 1 here.
     segment_net: str | None = None
+    # A finished run this run fine-tunes (`tatl finetune`, tatl.pipeline.parent): every network starts from that
+    # run's best.pt of the same network (strict: same shapes), DATA is new training data, and validation is on that
+    # run's validation split (its images join DATA's) when its images are reachable. null: no parent run.
+    init_from: str | None = None
+    init_with_original: bool = False  # init_from: the parent's training images train this run too (--with-original)
+    # init_from: networks copied unchanged from the parent instead of fine-tuned: "stage2" and/or attribute names
+    # (their Stage-3 networks); `tatl finetune` lists the attributes DATA has no masks for.
+    init_copied: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -288,8 +296,25 @@ def validate(config: Config) -> None:
     _require(p.crop_source in ("predicted", "truth"), f"pipeline.crop_source: {p.crop_source!r}")
     _require(0 <= p.min_lesion_fraction < 1, "pipeline.min_lesion_fraction must be in [0, 1)")
     _require(0 < p.threshold < 1, f"pipeline.threshold must be in (0, 1), got {p.threshold}")
+    _validate_init_from(config)
     _require(config.synth.n >= 1, f"synth.n must be >= 1, got {config.synth.n}")
     _require(config.synth.size >= 32, f"synth.size must be >= 32, got {config.synth.size}")
+
+
+def _validate_init_from(config: Config) -> None:
+    p, attributes = config.pipeline, config.data.attributes
+    _require(p.init_from is not None or not (p.init_copied or p.init_with_original),
+             "pipeline.init_copied and pipeline.init_with_original need pipeline.init_from (the parent run)")
+    unknown = [name for name in p.init_copied if name != "stage2" and name not in attributes]
+    _require(not unknown, f"pipeline.init_copied: {', '.join(map(repr, unknown))} is neither stage2 nor one of "
+             f"data.attributes ({', '.join(attributes)})")
+    frozen_on_stage2 = p.encoder_mode == "frozen" and any(2 in variant_stages(v) for v in p.variants)
+    copies_attribute = any(name in attributes for name in p.init_copied)
+    _require(not (frozen_on_stage2 and copies_attribute) or "stage2" in p.init_copied,
+             "pipeline.init_copied: copied attribute heads share the frozen encoder of the parent's Stage 2: list "
+             "stage2 too")
+    _require(p.init_from is None or config.data.fold is None, "pipeline.init_from validates on the parent run's "
+             f"validation split: set data.fold=null (not {config.data.fold})")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -14,6 +14,8 @@
     RUN/bound/bound.json, bound.md, bound.png   the Eq. 6-8 bound (tatl bound)
     RUN/cache/                          decoded images (data.cache)
     RUN/synthetic-data/, isic2017-converted/   data the run generated or converted for itself
+    RUN/finetune-data/                  a fine-tuned run's images: links to the new data and the parent run's
+    RUN/finetune.json                   a fine-tuned run's parent, data and scores before and after (tatl finetune)
 
 A variant names the stages it uses (the ablations of the paper's Tables 2-3): "3" (targets on full images), "2,3"
 (agnostic then targets, full images), "1,3" (targets on Stage-1 crops) and "1,2,3" (the whole of TATL). Variants
@@ -107,6 +109,14 @@ class RunLayout:
     @property
     def isic2017_converted(self) -> Path:
         return self.root / "isic2017-converted"
+
+    @property
+    def finetune_data(self) -> Path:
+        return self.root / "finetune-data"
+
+    @property
+    def finetune_record(self) -> Path:
+        return self.root / "finetune.json"
 
     @property
     def report_html(self) -> Path:

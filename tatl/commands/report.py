@@ -5,6 +5,7 @@ curves of every network (training and validation loss, validation Jaccard per ep
 each variant for each shape and the U+Link ensemble, the generalisation bound if `tatl bound` was run, Figure-5-style
 overlays of a few validation images (truth green, prediction red) and the parameter counts of the networks.
 For a `tatl experiment` grid folder: the grid, each job's status, Tables 6-7 and a chart of macro Dice per setting.
+For a `tatl active-learning` folder: curves.csv, summary.json and its page (learning curves, area, labels to 95%).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ examples:
   tatl report runs/pn --overlays 6                       # on the data folder recorded in RUN/data.json
   tatl report runs/pn --data /new/place/isic2018-sample  # that data has moved since `tatl run`
   tatl report grids/example                              # an experiment grid folder (tatl experiment ... --out DIR)
+  tatl report al/demo                                    # a `tatl active-learning ... --out DIR` folder
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="DIR", type=Path, help="a finished `tatl run` folder, or a `tatl "
-                        "experiment` grid folder (for which --data and --overlays do nothing)")
+    parser.add_argument("folder", metavar="DIR", type=Path, help="a finished `tatl run` folder, a `tatl "
+                        "experiment` grid folder or a `tatl active-learning` folder (for these two, --data and "
+                        "--overlays do nothing)")
     parser.add_argument("--data", help="the run's DATA, where it is now (default: the folder `tatl run` recorded "
                         "in RUN/data.json; for older runs, the synthetic or converted ISIC 2017 data kept in the run); "
                         "a run whose data is not found gets no per-attribute counts and no overlays")

@@ -75,10 +75,11 @@ def check_dataset(
     root: Path,
     attributes: Sequence[str] = ATTRIBUTES_2018,
     need_lesion: bool = False,
-    need_attributes: bool = True,
+    need_attributes: bool | Sequence[str] = True,
     binarize_threshold: int | None = None,
 ) -> DataReport:
-    """Every problem of the dataset in `root`; DataError only when `root` itself is unusable."""
+    """Every problem of the dataset in `root`; DataError only when `root` itself is unusable. need_attributes: every
+    image needs a mask of each of `attributes` (True), of the attributes listed, or of none (False)."""
     scan = scan_dataset(root, attributes)
     attributes = tuple(attributes) if not isinstance(attributes, str) else (attributes,)
     problems = _layout_problems(scan)
@@ -152,7 +153,7 @@ def _check_sample(
     sample: Sample,
     attributes: tuple[str, ...],
     need_lesion: bool,
-    need_attributes: bool,
+    need_attributes: bool | Sequence[str],
     binarize_threshold: int | None,
 ) -> _SampleResult:
     result = _SampleResult()
@@ -169,8 +170,9 @@ def _check_sample(
     if need_lesion and sample.lesion_mask_path is None:
         expected = f"{sample.image_id}{LESION_SUFFIX}.png"
         result.problems.append(Problem(sample.image_path, f"no lesion mask ({expected})", ERROR))
-    missing = [a for a in attributes if a not in sample.attribute_mask_paths]
-    if need_attributes and missing:
+    needed = attributes if need_attributes is True else tuple(need_attributes or ())
+    missing = [a for a in needed if a not in sample.attribute_mask_paths]
+    if missing:
         expected = ", ".join(f"{sample.image_id}{ATTRIBUTE_INFIX}{a}.png" for a in missing)
         result.problems.append(Problem(sample.image_path, f"missing attribute masks: {expected}", ERROR))
     return result

@@ -24,7 +24,7 @@ from tatl.layout import BEST, DONE
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
-from tatl.pipeline import reuse
+from tatl.pipeline import parent, reuse
 from tatl.pipeline.context import RunContext
 from tatl.training.engine import fit
 
@@ -54,11 +54,14 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
                  group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
                  encoder_weights: str | None = "configured", monitor: str | None = None) -> MultiHeadSegmenter:
     """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder; `monitor`
-    replaces train.monitor (Stage 1's thresholded Jaccard)."""
+    replaces train.monitor (Stage 1's thresholded Jaccard). A run with a parent (pipeline.init_from) starts every
+    head from the parent's, or copies the group from it (pipeline.init_copied; tatl.pipeline.parent)."""
     cfg = ctx.config
     train_cfg = replace(cfg.train, monitor=monitor) if monitor else cfg.train
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
     weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
+    if cfg.pipeline.init_from:
+        weights = None  # every weight comes from the parent run: nothing to download or read
     model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
     done = group_dir / DONE
     if start_state is not None and not done.exists():  # a trained group reloads its own weights below
@@ -69,12 +72,17 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
     head_dirs = head_dirs or {names[0]: group_dir}
     if not done.exists() and cfg.pipeline.reuse_stages_from:
         copy_if_trained_elsewhere(ctx, group_dir, label)
+    if not done.exists() and parent.is_copied(cfg, ctx.layout, group_dir):
+        distributed.main_process_first(lambda: parent.copy_from_parent(cfg, ctx.layout, group_dir))
+        label += f", copied from {cfg.pipeline.init_from}"
     if done.exists():
         for name in names:
             best = head_dirs[name] / BEST
             group.load_head_state(name, load_checkpoint(best)["model"], best)
         log.info(f"{label}: already trained, reusing {group_dir}")
         return group
+    if cfg.pipeline.init_from:
+        parent.start_heads(cfg, ctx.layout, group, head_dirs, train_encoder, label)
     started = time.perf_counter()
     progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
                    to_dict(cfg), cfg.pipeline.threshold)
@@ -84,6 +92,21 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
     summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
     log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
+    return group
+
+
+def copied_heads(ctx: RunContext, shape: str, start_state: dict, names: list[str], head_dirs: dict[str, Path],
+                 label: str) -> MultiHeadSegmenter:
+    """Frozen-encoder Stage-3 heads copied unchanged from the parent run (pipeline.init_copied), on this run's Stage-2
+    encoder (then the parent's too: Stage 2 is copied with them)."""
+    model = build_model(shape, ctx.config.model.encoder_name, None)
+    transfer_weights(start_state, model)
+    group = MultiHeadSegmenter.from_model(model, names)
+    for name in names:
+        distributed.main_process_first(lambda d=head_dirs[name]: parent.copy_from_parent(ctx.config, ctx.layout, d))
+        best = head_dirs[name] / BEST
+        group.load_head_state(name, load_checkpoint(best)["model"], best)
+    log.info(f"{label}: {', '.join(names)} copied from {ctx.config.pipeline.init_from}")
     return group
 
 

@@ -82,7 +82,7 @@ def copy_group(source: Path, destination: Path, done: dict | None = None) -> Non
     trained or copied again, not reused."""
     staging = destination.with_name(destination.name + ".copying")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(DONE))
+    shutil.copytree(source, staging, copy_function=link_or_copy, ignore=shutil.ignore_patterns(DONE))
     shutil.rmtree(destination, ignore_errors=True)  # an unfinished attempt of this run's own
     staging.rename(destination)
     if done is None:
@@ -97,7 +97,8 @@ def _is_stage1_or_stage2(run: RunLayout, group_dir: Path) -> bool:
     return group_dir in (run.stage1(shape), *(run.stage2(inputs, shape) for inputs in INPUTS))
 
 
-def _link_or_copy(source: str, destination: str) -> None:
+def link_or_copy(source: str, destination: str) -> None:
+    """A hard link of `source` at `destination`, or a copy across file systems."""
     # Safe to share: tatl replaces files by atomic rename, never writes into one, so a link is never changed.
     try:
         os.link(source, destination)

@@ -19,6 +19,7 @@ from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.layout import RunLayout, variant_stages
+from tatl.pipeline import parent
 from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 RESUME_FIXED = (
     "model.encoder_name", "model.stage1_shape", "pipeline.encoder_mode", "data.attributes", "data.stage1_size",
     "data.image_size", "data.val_fraction", "data.n_folds", "data.fold", "pipeline.stages", "pipeline.segment_net",
+    "pipeline.init_from", "pipeline.init_with_original", "pipeline.init_copied",
 )
 RESUME_FIXED_SYNTHETIC = ("synth.n", "synth.size", "synth.seed")  # the run's synthetic-data/ is reused as it is
 _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS releases them when it dies
@@ -147,10 +149,14 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
         set_max_image_pixels(config.data.max_image_pixels)
     stage1_only = config.pipeline.stages == "1" if stage1_only is None else stage1_only
     roots = [resolve_data(name, run_dir, config) for name in data_list(data)]
+    if config.pipeline.init_from:  # a fine-tuned run: the new data and the parent's validation images, joined
+        roots = [parent.compose_data(roots[0], run_dir, config)]
     uses_stage1 = stage1_only or any(1 in variant_stages(v) for v in config.pipeline.variants)
     own_stage1 = stage1_only or (uses_stage1 and not config.pipeline.segment_net)  # trained here on lesion masks
     needs_lesion = own_stage1 or (uses_stage1 and config.pipeline.crop_source == "truth")
-    reports = [check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=not stage1_only,
+    # the masks every image needs: a fine-tuned run's copied heads (pipeline.init_copied) need none in its new data
+    needed = [] if stage1_only else [a for a in config.data.attributes if a not in config.pipeline.init_copied]
+    reports = [check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=needed,
                              binarize_threshold=config.data.binarize_threshold) for root in roots]
     for report in reports:
         if needs_lesion and not stage1_only:
@@ -202,6 +208,10 @@ def _splits(layout: RunLayout, presence: dict, config: Config) -> dict:
     path = layout.splits
     if path.exists():  # a resumed run keeps its split
         return read_splits(path)
+    if config.pipeline.init_from:  # a fine-tuned run validates on its parent's split (tatl.pipeline.parent)
+        splits = parent.split(layout, presence, config)
+        write_splits(path, splits)
+        return splits
     splits = make_splits(presence, config.data.val_fraction, config.data.n_folds, config.train.seed)
     write_splits(path, splits)
     return splits

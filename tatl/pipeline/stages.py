@@ -26,7 +26,7 @@ from tatl.io import write_json
 from tatl.layout import inputs_of, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import RunContext
-from tatl.pipeline.groups import stage_dataset, train_group
+from tatl.pipeline.groups import copied_heads, stage_dataset, train_group
 from tatl.pipeline.scoring import (
     average_probabilities,
     predict_probabilities,
@@ -108,8 +108,9 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
 def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -> MultiHeadSegmenter:
     """Train the Attribute-Agnostic Segmenter on union masks (images with an empty union included)."""
     kind = "crops" if boxes else "full"
-    datasets = [stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
-                for samples in (ctx.train, ctx.val)]
+    datasets = [None, None] if "stage2" in ctx.config.pipeline.init_copied else [  # copied from the parent run
+        stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
+        for samples in (ctx.train, ctx.val)]
     return train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
                         train_encoder=True, label=f"stage 2 ({kind}, {shape})")
 
@@ -123,18 +124,26 @@ def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, B
     """
     cfg = ctx.config
     attributes = cfg.data.attributes
+    copied = [a for a in attributes if a in cfg.pipeline.init_copied]  # a fine-tuned run's unchanged heads
+    trained = [a for a in attributes if a not in copied]
     init = "tatl" if agnostic is not None else cfg.pipeline.init
     augmented = init == "augmentation"
-    train_set = stage_dataset(ctx, ctx.train, attributes, cfg.data.image_size, boxes, augment=True, strong=augmented)
-    val_set = stage_dataset(ctx, ctx.val, attributes, cfg.data.image_size, boxes, augment=False)
+    train_set = val_set = None  # no data for the copied heads, which need none (nor have masks in new data)
+    if trained:
+        train_set = stage_dataset(ctx, ctx.train, trained, cfg.data.image_size, boxes, augment=True, strong=augmented)
+        val_set = stage_dataset(ctx, ctx.val, trained, cfg.data.image_size, boxes, augment=False)
     start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
     shape_dir = ctx.layout.stage3(variant, shape)
     heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in attributes}
     label = f"stage 3 (variant {variant}, {shape}"
     if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
         # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
-        return [train_group(ctx, shape, start, attributes, train_set, val_set, shape_dir, train_encoder=False,
-                             label=label + ", frozen encoder)", head_dirs=heads)]
+        label += ", frozen encoder)"
+        groups = [copied_heads(ctx, shape, start, copied, heads, label)] if copied else []
+        if trained:
+            groups.insert(0, train_group(ctx, shape, start, trained, train_set, val_set, shape_dir,
+                                         train_encoder=False, label=label, head_dirs={a: heads[a] for a in trained}))
+        return groups
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
     return [train_group(ctx, shape, start, [a], train_set, val_set, heads[a], train_encoder=True,
                          label=f"{label}, {a})", encoder_weights=weights) for a in attributes]
@@ -146,6 +155,8 @@ def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Bo
     cfg = ctx.config
     if agnostic is not None:
         return agnostic.head_state(UNION), None
+    if cfg.pipeline.init_from:  # every network starts from the parent run's (tatl.pipeline.parent)
+        return None, None
     init, configured = cfg.pipeline.init, cfg.model.encoder_weights
     if init == "random":
         return None, None
@@ -158,8 +169,6 @@ def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Bo
                                           ctx.layout.pretext(kind, shape))
         return state, None
     return None, configured  # "tatl" without Stage 2: the paper's Stage-3-only ablation
-
-
 
 
 def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:

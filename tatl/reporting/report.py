@@ -3,9 +3,10 @@ and `DIR/report.md` with its pictures in `DIR/report/`.
 
 A report is a list of sections, each a list of blocks (tatl.reporting.render: Table, Figure, Text), built once and
 rendered twice, so the HTML page and the Markdown hold the same tables. What a folder is decides which sections: a run
-(RUN/metrics.json) or an experiment grid (DIR/grid.json; its sections are in tatl.reporting.grid_report). Optional parts
-(the data, the bound, the overlays) that cannot be built say why in the report instead of failing it: a report
-written at the end of a long run must not lose it.
+(RUN/metrics.json) or an experiment grid (DIR/grid.json; its sections are in tatl.reporting.grid_report); an
+active-learning experiment (DIR/active-learning.json) has its own page (tatl.reporting.active_learning_report).
+Optional parts (the data, the bound, the overlays) that cannot be built say why in the report instead of failing
+it: a report written at the end of a long run must not lose it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 
         title, sections = f"TATL run {folder}", run_sections(folder, data, overlays)
     elif (folder / "grid.json").is_file():
         title, sections = f"TATL experiments {folder}", grid_sections(folder)
+    elif (folder / "active-learning.json").is_file():
+        from tatl.reporting.active_learning_report import rewrite_results
+
+        return rewrite_results(folder)
     else:
-        raise DataError(f"{folder}: neither a finished run (metrics.json) nor an experiment grid (grid.json)")
+        raise DataError(f"{folder}: neither a finished run (metrics.json), an experiment grid (grid.json) nor an "
+                        "active-learning experiment (active-learning.json)")
     pictures = folder / "report"
     pictures.mkdir(exist_ok=True)
     for block in (b for _, blocks in sections for b in blocks if isinstance(b, Figure)):
