@@ -294,6 +294,8 @@ from pathlib import Path
 out, data = Path(sys.argv[1]), Path(sys.argv[3]); out.mkdir(parents=True)
 print("trained on", sorted(p.name for p in data.rglob("*.*")))
 (out / "log.txt").write_text("epoch 1/1 loss 0.5\\n")
+if sys.argv[2] == "silent":
+    sys.exit(0)
 if sys.argv[2] == "fail":
     print("tatl finetune: error: no corrected image has masks of every attribute")
     sys.exit(2)
@@ -310,6 +312,7 @@ def fake_command(outcome: str):
     ("0.6", "done", "ready", "run_1"),
     ("0.4", "done", "kept aside", "base"),
     ("fail", "failed", "failed", "base"),
+    ("silent", "done", "failed", "base"),  # finished without its scores: never activated
 ])
 def test_fine_tuning_activates_a_new_model_only_when_it_does_not_score_lower(tiny_run, folder, loaded, outcome,
                                                                             state, status, active):
@@ -327,6 +330,8 @@ def test_fine_tuning_activates_a_new_model_only_when_it_does_not_score_lower(tin
     assert models["active"] == active and [v["name"] for v in models["versions"]] == ["base", "run_1"]
     if outcome == "fail":
         assert "no corrected image has masks" in status_now["result"]["reason"]
+    if outcome == "silent":
+        assert "finetune.json: no scores before and after" in status_now["result"]["reason"]
     if outcome == "0.4":
         assert "lower than 0.5000" in status_now["result"]["reason"]
         assert client.post("/api/models/run_1/activate").status_code == 400

@@ -152,7 +152,11 @@ class Teacher:
             message = next((line for line in said if "error" in line.lower()), (said or ["no output"])[-1])
             job.result = self.versions.add(self.name, out, FAILED, None, message)
             return
-        before, after, record = read_scores(out)
+        try:
+            before, after, record = read_scores(out)
+        except DataError as error:  # finished, but without the scores that decide: never activated
+            job.result = self.versions.add(self.name, out, FAILED, None, str(error))
+            return
         if after < before:
             reason = f"scored {after:.4f} on validation, lower than {before:.4f} of {base}: kept aside"
             job.result = self.versions.add(self.name, out, KEPT_ASIDE, record, reason)
