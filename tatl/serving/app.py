@@ -135,7 +135,10 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
             except DataError as error:
                 refused.append({"file": file.filename, "reason": str(error)})
                 continue
-            added.append(predict(image_id))
+            try:
+                added.append(predict(image_id))
+            except DataError as error:  # kept in the folder (the gallery shows it), but say why it has no layers
+                refused.append({"file": file.filename, "reason": f"added, but not predicted: {error}"})
         if refused and not added:
             detail = "; ".join(r["reason"] for r in refused)
             return JSONResponse({"detail": detail, "added": added, "refused": refused}, status_code=415)
