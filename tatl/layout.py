@@ -15,6 +15,7 @@
     RUN/cache/                          decoded images (data.cache)
     RUN/synthetic-data/, isic2017-converted/   data the run generated or converted for itself
     RUN/finetune-data/                  a fine-tuned run's images: links to the new data and the parent run's
+    RUN/finetune-data/sources.json      what was joined there, written last (tatl.pipeline.parent)
     RUN/finetune.json                   a fine-tuned run's parent, data and scores before and after (tatl finetune)
 
 A variant names the stages it uses (the ablations of the paper's Tables 2-3): "3" (targets on full images), "2,3"
@@ -113,6 +114,10 @@ class RunLayout:
     @property
     def finetune_data(self) -> Path:
         return self.root / "finetune-data"
+
+    @property
+    def finetune_sources(self) -> Path:
+        return self.finetune_data / "sources.json"
 
     @property
     def finetune_record(self) -> Path:

@@ -22,12 +22,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import tatl  # noqa: E402
 from tatl.data.isic import INPUT_DIR, scan_dataset  # noqa: E402
+from tatl.layout import RunLayout  # noqa: E402
 from tatl.serving import store as store_module  # noqa: E402
 from tatl.serving.app import create_app  # noqa: E402
 from tatl.serving.models import ModelVersions  # noqa: E402
 from tatl.serving.security import ServerSettings  # noqa: E402
 from tatl.serving.server import prepare  # noqa: E402
-from tatl.serving.training import FINETUNE_RECORD  # noqa: E402
 
 ATTRIBUTES = ["pigment_network", "globules"]
 
@@ -337,7 +337,7 @@ def test_fine_tuning_activates_a_new_model_only_when_it_does_not_score_lower(tin
         assert client.post("/api/models/run_1/activate").status_code == 400
     if outcome == "0.6":
         assert "epoch 1/1" in status_now["log"][-1]
-        record = json.loads((folder / ".tatl-serve" / "models" / "run_1" / FINETUNE_RECORD).read_text())
+        record = json.loads(RunLayout(folder / ".tatl-serve" / "models" / "run_1").finetune_record.read_text())
         assert record["after"]["macro_average"]["jaccard"] == 0.6
         trained_on = (folder / ".tatl-serve" / "models" / "run_1.output.txt").read_text()
         assert f"'{image_id}.jpg', '{image_id}_attribute_globules.png'" in trained_on  # the corrected image only

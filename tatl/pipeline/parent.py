@@ -38,7 +38,6 @@ from tatl.pipeline.context import split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group, link_or_copy
 
 log = logging.getLogger(__name__)
-SOURCES = "sources.json"  # in RUN2/finetune-data/, written last: what was joined (its presence: the folder is whole)
 
 
 @dataclass(frozen=True)
@@ -99,9 +98,10 @@ def _samples(layout: RunLayout, config: Config, ids: list[str]) -> tuple[dict[st
 def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
     """RUN2/finetune-data/: DATA's images and the parent's validation (and, with init_with_original, training)
     images, linked into one folder (see the module's docstring); composed once, reused on resume."""
-    folder = RunLayout(run_dir).finetune_data
-    if (folder / SOURCES).is_file():  # a resume: the images it started with, from the same new data only
-        joined = json.loads((folder / SOURCES).read_text())["new_data"]
+    layout = RunLayout(run_dir)
+    folder = layout.finetune_data
+    if layout.finetune_sources.is_file():  # a resume: the images it started with, from the same new data only
+        joined = sources(layout)["new_data"]
         if joined != str(Path(new_data).resolve()):
             raise DataError(f"{new_data}: {run_dir} was fine-tuned on {joined}; resume it with that folder")
         return folder
@@ -126,7 +126,7 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
             if path is not None:
                 link_or_copy(str(path), str(staging / path.name))
     validation = "parent" if parent.samples else "new_data"
-    write_json(staging / SOURCES, {
+    write_json(staging / layout.finetune_sources.name, {  # written last: its presence says the folder is whole
         "parent": str(parent.layout.root.resolve()), "new_data": str(Path(new_data).resolve()),
         "with_original": config.pipeline.init_with_original, "validation": validation,
         "validation_ids": parent.val_ids if parent.samples else None, "new_ids": sorted(set(new) - set(held_out)),
@@ -140,8 +140,8 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
 
 
 def sources(run: RunLayout) -> dict:
-    """RUN2/finetune-data/sources.json."""
-    return json.loads((run.finetune_data / SOURCES).read_text())
+    """RUN2/finetune-data/sources.json: what was joined."""
+    return json.loads(run.finetune_sources.read_text())
 
 
 def split(run: RunLayout, presence: dict, config: Config) -> dict:

@@ -10,9 +10,9 @@ where teach/run_<n>/ holds the corrected images and their official masks as they
 (<id>.jpg and corrections/<id>_attribute_<name>.png, hard links, or copies where links are not possible): images
 nobody corrected are not in it, and a correction saved while it trains does not change what it trains on. When
 it has finished, the scores before and after (the macro-average Jaccard of the default variant on the run's
-validation split) are read from the new run's FINETUNE_RECORD. The new version becomes active only when it did
-not score lower; otherwise it is kept aside with the reason. A failure registers a failed version with its
-message. Nothing is activated while it runs.
+validation split) are read from the new run's finetune.json (RunLayout.finetune_record). The new version becomes
+active only when it did not score lower; otherwise it is kept aside with the reason. A failure registers a failed
+version with its message. Nothing is activated while it runs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from tatl.serving.store import Store
 
 log = logging.getLogger(__name__)
 
-FINETUNE_RECORD = "finetune.json"  # written by `tatl finetune` into RUN2 when it has finished
 SCORE_PATH = ("macro_average", "jaccard")  # inside its "before" and "after": the score compared (higher is better)
 LOG_LINES = 40
 
@@ -107,8 +106,8 @@ def finetune_command(run: Path, folder: Path, out: Path) -> list[str]:
 
 
 def read_scores(run: Path) -> tuple[float, float, dict]:
-    """(before, after, the whole record) from the fine-tuned run's FINETUNE_RECORD."""
-    path = Path(run) / FINETUNE_RECORD
+    """(before, after, the whole record) from the fine-tuned run's finetune.json, written when it has finished."""
+    path = RunLayout(run).finetune_record
     try:
         record = json.loads(path.read_text())
         before, after = record["before"], record["after"]
