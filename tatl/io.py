@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,27 @@ def write_png(path: Path, image: Any, compress_level: int = 1) -> None:
 
     image = image if isinstance(image, Image.Image) else Image.fromarray(image)
     atomic_write(path, lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """`target` as a hard link to `source`, or, where links are not possible (another file system), an atomic copy
+    with its times. Safe to share: tatl replaces files by renaming a new one over the name, never writes into one,
+    so a linked file keeps what it held when it was linked."""
+    if not is_main_process():
+        return
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        atomic_write(target, lambda handle: _copy_into(source, handle))
+
+
+def _copy_into(source: Path, handle: BinaryIO) -> None:
+    with open(source, "rb") as read:
+        shutil.copyfileobj(read, handle)
+    handle.flush()
+    shutil.copystat(source, handle.name)  # the times too (data fingerprints read them), as shutil.copy2 kept
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -32,10 +32,10 @@ from tatl.config import Config, load_config
 from tatl.data.isic import Sample, find_samples, join_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
-from tatl.io import write_json
+from tatl.io import link_or_copy, write_json
 from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
 from tatl.pipeline.context import split_ids, stored_data_folders
-from tatl.pipeline.reuse import copy_group, link_or_copy
+from tatl.pipeline.reuse import copy_group
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
     for sample in chosen.values():
         for path in (sample.image_path, sample.lesion_mask_path, *sample.attribute_mask_paths.values()):
             if path is not None:
-                link_or_copy(str(path), str(staging / path.name))
+                link_or_copy(path, staging / path.name)
     validation = "parent" if parent.samples else "new_data"
     write_json(staging / layout.finetune_sources.name, {  # written last: its presence says the folder is whole
         "parent": str(parent.layout.root.resolve()), "new_data": str(Path(new_data).resolve()),

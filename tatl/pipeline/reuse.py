@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from tatl.config import Config, load_config, to_dict
 from tatl.data.cache import file_fingerprint
 from tatl.data.isic import Sample
 from tatl.errors import ConfigError
-from tatl.io import write_json
+from tatl.io import link_or_copy, write_json
 from tatl.layout import DONE, INPUTS, RunLayout
 
 # Settings a Stage-1 or Stage-2 network does not depend on (group folders are per shape: model.shapes neither).
@@ -86,7 +85,7 @@ def copy_group(source: Path, destination: Path, done: dict | None = None) -> Non
     shutil.rmtree(destination, ignore_errors=True)  # an unfinished attempt of this run's own
     staging.rename(destination)
     if done is None:
-        shutil.copy2(source / DONE, destination / DONE)
+        link_or_copy(source / DONE, destination / DONE)
     else:
         write_json(destination / DONE, done)
 
@@ -95,15 +94,6 @@ def _is_stage1_or_stage2(run: RunLayout, group_dir: Path) -> bool:
     """A group folder RUN/stage1/<shape> or RUN/stage2-<inputs>/<shape>: the networks a grid's jobs share."""
     shape = group_dir.name
     return group_dir in (run.stage1(shape), *(run.stage2(inputs, shape) for inputs in INPUTS))
-
-
-def link_or_copy(source: str, destination: str) -> None:
-    """A hard link of `source` at `destination`, or a copy across file systems."""
-    # Safe to share: tatl replaces files by atomic rename, never writes into one, so a link is never changed.
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
 
 
 def _flat(values: dict, prefix: str = "") -> dict:

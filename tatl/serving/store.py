@@ -23,7 +23,7 @@ from PIL import Image
 from tatl.data.images import image_size, inspect_image, read_image
 from tatl.errors import DataError
 from tatl.inference.outputs import IMAGE_SUFFIXES, NOT_INPUTS, find_images
-from tatl.io import remove_stale_temporaries, write_bytes, write_json, write_png
+from tatl.io import link_or_copy, remove_stale_temporaries, write_bytes, write_json, write_png
 from tatl.serving.security import check_id, check_name, inside
 
 SERVER_FOLDER = ".tatl-serve"
@@ -200,10 +200,10 @@ class Store:
             raise DataError("no corrected image yet: save at least one correction before fine-tuning")
         for image_id, names in corrected:
             image = self.image_path(image_id)
-            _link_or_copy(image, folder / image.name)
+            link_or_copy(image, folder / image.name)
             for name in names:
                 path = self.correction_path(image_id, name)
-                _link_or_copy(path, folder / CORRECTIONS / path.name)
+                link_or_copy(path, folder / CORRECTIONS / path.name)
         return folder
 
     # ---------------------------------------------------------------------------------------------- drafts
@@ -216,15 +216,6 @@ class Store:
 
     def drop_draft(self, image_id: str) -> None:
         (self.root / "drafts" / f"{check_id(image_id)}.json").unlink(missing_ok=True)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link keeps the file as it is now (a later save renames a new file over the name, not into it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or no hard links there
-        write_bytes(target, source.read_bytes())
 
 
 def scaled_size(size: tuple[int, int], side: int) -> tuple[int, int]:
