@@ -11,12 +11,14 @@ other ranks these functions do nothing.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -82,6 +84,23 @@ def write_text(path: Path, text: str, durable: bool = False) -> None:
 
 def write_json(path: Path, value: Any, durable: bool = True, indent: int | None = 2, **dump_options: Any) -> None:
     write_text(path, json.dumps(value, indent=indent, **dump_options) + "\n", durable)
+
+
+def csv_text(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None, line_end: str = "\r\n") -> str:
+    """A header and one line per row; columns: every key of the rows in the order first met (rows may differ,
+    a missing value is empty) unless given."""
+    rows = list(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns or dict.fromkeys(k for row in rows for k in row)),
+                            lineterminator=line_end)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None, durable: bool = False,
+              line_end: str = "\r\n") -> None:
+    write_text(path, csv_text(rows, columns, line_end), durable)
 
 
 def write_png(path: Path, image: Any, compress_level: int = 1) -> None:

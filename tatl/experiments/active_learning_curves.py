@@ -18,11 +18,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tatl.experiments.active_learning import RANDOM, STRATEGIES, RoundState
 from tatl.experiments.grid import mean_std
-from tatl.io import write_text
+from tatl.io import write_csv
 
 METRICS = ("jaccard", "dice")
 DEFAULT_KEY = "macro jaccard"  # the curve's score: a curves.csv column
@@ -42,17 +43,9 @@ def curve_rows(states: Sequence[RoundState]) -> list[dict[str, Any]]:
     return rows
 
 
-def curves_csv(rows: Sequence[dict[str, Any]]) -> str:
-    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["strategy", "seed", "round", "labels"]
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
-
-def write_curves(path, rows: Sequence[dict[str, Any]]) -> None:
-    write_text(path, curves_csv(rows))
+def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """curves.csv: a row per strategy x seed x round (curve_rows); the header alone before any round finished."""
+    write_csv(path, rows, None if rows else ["strategy", "seed", "round", "labels"])
 
 
 def read_curves(text: str) -> list[dict[str, Any]]:

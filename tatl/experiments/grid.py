@@ -8,8 +8,6 @@ for its one shape, mean ± standard deviation over folds and seeds.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import re
@@ -22,7 +20,7 @@ import yaml
 
 from tatl.config import Config, load_config
 from tatl.errors import ConfigError
-from tatl.io import write_text
+from tatl.io import write_csv, write_text
 from tatl.layout import RunLayout
 
 REQUIRED_KEYS = ("data", "backbones", "shapes", "settings", "folds", "seeds")
@@ -332,10 +330,5 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, text.getvalue())
+    write_csv(path, rows)
     return path

@@ -15,8 +15,6 @@ with one shape still has members to disagree; `uncertainty` uses the ensemble as
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +43,7 @@ from tatl.inference.selection import (
     score_image,
     top_k,
 )
-from tatl.io import write_text
+from tatl.io import write_csv
 from tatl.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -205,9 +203,4 @@ def ranked_rows(ranked: Sequence[ImageScore], strategy: str) -> list[dict]:
 def write_ranked_csv(path: str | Path, ranked: Sequence[ImageScore], strategy: str) -> None:
     """ranked.csv, best first, written atomically (columns: ranked_rows)."""
     rows = ranked_rows(ranked, strategy)
-    columns = list(rows[0]) if rows else ["rank", "image_id", "path", "score"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(Path(path), text.getvalue())
+    write_csv(Path(path), rows, None if rows else ["rank", "image_id", "path", "score"], line_end="\n")

@@ -6,8 +6,6 @@ history (tatl.training.engine).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ import torch
 
 from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import TrainConfig
-from tatl.io import write_text
+from tatl.io import write_csv
 from tatl.layout import BEST, LAST, LOG_CSV
 
 # A monitor beside train.monitor's: ISIC 2018 Task 1's score (per-image Jaccard, 0 below 0.65, averaged over the
@@ -86,9 +84,4 @@ def resume_head(model, name, optimizer, progress, path: Path, device: torch.devi
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(key for row in history for key in row))  # rows of a resumed run may differ
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue(), durable=True)
+    write_csv(path, history, durable=True)  # columns: every row's (rows of a resumed run may differ)
