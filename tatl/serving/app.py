@@ -35,7 +35,7 @@ from tatl.inference.outputs import IMAGE_SUFFIXES
 from tatl.serving import predictions
 from tatl.serving.docs import add_docs
 from tatl.serving.gallery import gallery, next_image
-from tatl.serving.masks import at_original_size, decode_mask, png_response
+from tatl.serving.masks import at_original_size, decode_mask, png_response, read_stored
 from tatl.serving.models import ModelVersions
 from tatl.serving.security import TOKEN_COOKIE, ServerSettings, check_name, check_request, upload_name
 from tatl.serving.store import NotFound, Store, VersionConflict
@@ -209,7 +209,7 @@ def create_app(settings: ServerSettings, versions: ModelVersions | None = None, 
         if attribute in store.corrected_attributes(image_id):
             return store.read_correction(image_id, attribute)
         try:
-            return predictions.read_mask(predictions.layer_path(store.folder, versions.active, image_id, attribute))
+            return read_stored(predictions.layer_path(store.folder, versions.active, image_id, attribute))
         except NotFound:
             return np.zeros((size[1], size[0]), bool)
 

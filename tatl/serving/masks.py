@@ -18,14 +18,21 @@ import numpy as np
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
+from tatl.data.images import read_mask
 from tatl.errors import DataError
+from tatl.inference.outputs import as_grey
 
 Size = tuple[int, int]  # (width, height)
 
 
+def read_stored(path: Path) -> np.ndarray:
+    """A mask PNG the server keeps (a correction or a prediction, 0/255) as (H, W) bool: value > 127."""
+    return read_mask(path, binarize_threshold=127)  # a threshold: any 8-bit values read, as the page shows them
+
+
 def shown(mask: np.ndarray, size: Size) -> np.ndarray:
     """A (H, W) bool mask at `size` as the page sees it (nearest neighbour)."""
-    image = Image.fromarray(mask.view(np.uint8) * 255)
+    image = Image.fromarray(as_grey(mask))
     return np.asarray(image.resize(size, Image.Resampling.NEAREST) if image.size != size else image) > 127
 
 
@@ -33,10 +40,8 @@ def png_response(path: Path, size: Size | None) -> Response:
     """A mask PNG as stored, or at `size` as the page sees it."""
     if size is None:
         return FileResponse(str(path), media_type="image/png")
-    with Image.open(path) as image:
-        mask = np.asarray(image.convert("L")) > 127
     buffer = io.BytesIO()
-    Image.fromarray(shown(mask, size).view(np.uint8) * 255).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(as_grey(shown(read_stored(path), size))).save(buffer, format="PNG", compress_level=1)
     return Response(buffer.getvalue(), media_type="image/png")
 
 

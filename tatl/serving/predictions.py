@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tatl.errors import DataError
 from tatl.inference.outputs import OutputOptions, predict_image
 from tatl.inference.selection import UNCERTAINTY, ImageScore, score_image
 from tatl.io import write_json
@@ -89,10 +88,3 @@ def layer_path(folder: Path, model: str, image_id: str, layer: str, probabilitie
                        f"from model {model}")
     return path
 
-
-def read_mask(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 127
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the mask ({error})") from error

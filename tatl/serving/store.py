@@ -22,8 +22,9 @@ from PIL import Image
 
 from tatl.data.images import image_size, inspect_image, read_image
 from tatl.errors import DataError
-from tatl.inference.outputs import IMAGE_SUFFIXES, NOT_INPUTS, find_images
+from tatl.inference.outputs import IMAGE_SUFFIXES, NOT_INPUTS, as_grey, find_images
 from tatl.io import link_or_copy, remove_stale_temporaries, write_bytes, write_json, write_png
+from tatl.serving.masks import read_stored
 from tatl.serving.security import check_id, check_name, inside
 
 SERVER_FOLDER = ".tatl-serve"
@@ -170,11 +171,11 @@ class Store:
             time = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
             folder = self.corrections / VERSIONS / image_id / f"{time}-{check_name(model, 'model')}"
             for attribute, mask in masks.items():
-                write_png(folder / f"{image_id}_attribute_{attribute}.png", mask.view(np.uint8) * 255)
+                write_png(folder / f"{image_id}_attribute_{attribute}.png", as_grey(mask))
             record = {"version": version, "time": time, "model": model, "attributes": sorted(masks)}
             write_json(folder / "version.json", record)
             for attribute, mask in masks.items():
-                write_png(self.correction_path(image_id, attribute), mask.view(np.uint8) * 255)
+                write_png(self.correction_path(image_id, attribute), as_grey(mask))
             write_json(self.root / "states" / f"{image_id}.json", state | {"version": version})
             self.drop_draft(image_id)
         return Saved(version, time, model, str(folder.relative_to(self.folder)))
@@ -188,8 +189,7 @@ class Store:
         path = self.correction_path(image_id, attribute)
         if not path.is_file():
             raise NotFound(f"{image_id}: no correction of {attribute}")
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 127
+        return read_stored(path)
 
     def teaching_snapshot(self, folder: Path) -> Path:
         """The corrected images and their official masks, linked into `folder` as they are now (the data of
