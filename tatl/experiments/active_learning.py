@@ -36,9 +36,6 @@ from tatl.io import write_json
 STRATEGIES = (RANDOM, *(s for s in SELECTION_STRATEGIES if s != RANDOM))
 # Settings a resumed experiment cannot change: they define it. Rounds, strategies and seeds may grow.
 FIXED = ("data", "initial", "per_round", "config", "overrides")
-VIEW_IMAGES = "ISIC2018_Task1-2_Training_Input"  # the labelled view's folders (tatl.data.isic's official names)
-VIEW_MASKS = "ISIC2018_Task2_Training_GroundTruth_v3"
-VIEW_LESIONS = "ISIC2018_Task1_Training_GroundTruth"
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tatl.config import Config, load_config, save_config
-from tatl.data.isic import Sample, find_samples
+from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR, Sample, find_samples
 from tatl.data.splits import write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.experiments.active_learning import (
-    VIEW_IMAGES,
-    VIEW_LESIONS,
-    VIEW_MASKS,
     ExperimentDir,
     RoundState,
     Settings,
@@ -215,10 +212,10 @@ def write_view(view: Path, samples: list[Sample]) -> Path:
     building = view.with_name(f".{view.name}.{os.getpid()}.building")
     shutil.rmtree(building, ignore_errors=True)
     for sample in samples:
-        links = [(building / VIEW_IMAGES / sample.image_path.name, sample.image_path)]
-        links += [(building / VIEW_MASKS / path.name, path) for path in sample.attribute_mask_paths.values()]
+        links = [(building / INPUT_DIR / sample.image_path.name, sample.image_path)]
+        links += [(building / ATTRIBUTE_DIR / path.name, path) for path in sample.attribute_mask_paths.values()]
         if sample.lesion_mask_path is not None:
-            links.append((building / VIEW_LESIONS / sample.lesion_mask_path.name, sample.lesion_mask_path))
+            links.append((building / LESION_DIR / sample.lesion_mask_path.name, sample.lesion_mask_path))
         for link, target in links:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(target.resolve())
