@@ -140,13 +140,14 @@ def active_learning(data: str | Path, out: str | Path, *, initial: int, per_roun
     from tatl.experiments.active_learning import Settings
     from tatl.experiments.active_learning_jobs import job_named, plan_jobs, run_job, run_jobs
     from tatl.experiments.active_learning_rounds import prepare
+    from tatl.pipeline.train import override_strings
     from tatl.reporting.active_learning_report import write_results
 
     if config is not None and Path(config).is_file():  # a job process may start in another folder
         config = str(Path(config).resolve())
     settings = Settings(str(Path(data).expanduser().resolve()), initial, per_round, rounds, tuple(strategies),
                         tuple(seeds), None if config is None else str(config),
-                        tuple(_override_strings(overrides)))
+                        tuple(override_strings(overrides)))
     if workers < 1 or cpus_per_job < 1 or gpus_per_job < 0:
         from tatl.errors import ConfigError
 
@@ -169,15 +170,6 @@ def active_learning(data: str | Path, out: str | Path, *, initial: int, per_roun
             log.warning(f"results not written: {error}")
         raise
     return ActiveLearningResult(Path(out), write_results(exp.folder, settings, exp.split), failed)
-
-
-def _override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
-    """"section.key=value" strings from a mapping (values as JSON, which YAML reads back) or a list of them."""
-    import json
-
-    if isinstance(overrides, Mapping):
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return list(overrides or [])
 
 
 class Model:

@@ -177,16 +177,16 @@ def test_the_cli_runs_tatl_train(monkeypatch, tmp_path, capsys):
 
 def test_overrides_as_a_mapping_read_back_exactly():
     from tatl.config import load_config
-    from tatl.pipeline.train import _override_list
+    from tatl.pipeline.train import override_list
 
-    overrides = _override_list({"train.lr": 1e-5, "train.epochs": 3, "model.shapes": ["unet"], "data.fold": None,
-                                "train.augment": False, "model.encoder_name": "tu-resnet10t"}, ["3"], "cpu", False)
+    overrides = override_list({"train.lr": 1e-5, "train.epochs": 3, "model.shapes": ["unet"], "data.fold": None,
+                               "train.augment": False, "model.encoder_name": "tu-resnet10t"}, ["3"], "cpu", False)
     config = load_config("demo", overrides)
     assert (config.train.lr, config.train.epochs, config.model.shapes, config.data.fold, config.train.augment) == (
         1e-5, 3, ["unet"], None, False)
     assert (config.model.encoder_name, config.pipeline.variants, config.train.device) == ("tu-resnet10t", ["3"], "cpu")
     with pytest.raises(ConfigError, match="give a list of strings or a mapping"):
-        _override_list("train.epochs=3", None, None, False)
+        override_list("train.epochs=3", None, None, False)
 
 
 def test_a_run_stopped_by_its_checks_logs_why_and_the_next_attempt_appends(tmp_path):

@@ -48,7 +48,7 @@ from tatl.data.isic import Sample, attribute_names, find_samples
 from tatl.errors import ConfigError, DataError
 from tatl.layout import RunLayout, default_variant, variant_stages
 from tatl.pipeline.parent import Parent, open_parent, sources
-from tatl.pipeline.train import Finish, _override_list, train
+from tatl.pipeline.train import Finish, override_list, train
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_ori
         raise DataError(f"{new_data}: is a file, not a dataset folder" if new_data.exists()
                         else f"{new_data}: dataset folder does not exist")
     plan = make_plan(parent, new_data, with_original)
-    settings = _override_list(overrides, None, device, False) + plan.overrides(parent, with_original)
+    settings = override_list(overrides, None, device, False) + plan.overrides(parent, with_original)
     check_networks_kept(parent, load_config(parent.layout.config, settings))
     log.info(f"fine-tuning {run} on {new_data}: heads of {', '.join(plan.trained) or 'no attribute'} fine-tuned; "
              f"Segment-Net {plan.segment_net}, Stage 2 {plan.stage2}")

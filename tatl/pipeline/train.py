@@ -48,7 +48,7 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
         raise ConfigError(f"stages {stages!r}: use one of {', '.join(STAGES)}")
     given, out = data_list(data), Path(out)
     data = given[0] if len(given) == 1 else given
-    settings = _override_list(overrides, variants, device, compile, stages=stages, segment_net=segment_net)
+    settings = override_list(overrides, variants, device, compile, stages=stages, segment_net=segment_net)
     if resume and not RunLayout(out).config.is_file() and _nothing_written(out):
         # nnU-Net's --c: the same command line starts a run and continues it after a stop, so a long run can be
         # launched with --resume from the first time on
@@ -63,19 +63,23 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     return metrics
 
 
-def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None, variants: Sequence[str] | None,
-                   device: str | None, compile: bool, stages: str | None = None,
-                   segment_net: str | Path | None = None) -> list[str]:
-    """Every override as a "section.key=value" string, in the order the CLI has always applied them."""
+def override_strings(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
+    """Config values as "section.key=value" strings (what --set takes), from a mapping or a list of such strings."""
     from tatl.errors import ConfigError
 
     if isinstance(overrides, Mapping):
         # JSON is YAML: the values are read back exactly (numbers, booleans, None, lists, strings).
-        listed = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    elif isinstance(overrides, str):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, str):
         raise ConfigError(f"overrides {overrides!r}: give a list of strings or a mapping, not one string")
-    else:
-        listed = list(overrides or [])
+    return list(overrides or [])
+
+
+def override_list(overrides: Sequence[str] | Mapping[str, Any] | None, variants: Sequence[str] | None,
+                  device: str | None, compile: bool, stages: str | None = None,
+                  segment_net: str | Path | None = None) -> list[str]:
+    """Every override as a "section.key=value" string, in the order the CLI has always applied them."""
+    listed = override_strings(overrides)
     if variants:
         listed.append("pipeline.variants=[" + ", ".join(f'"{v}"' for v in variants) + "]")
     if device:
