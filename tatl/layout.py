@@ -36,6 +36,8 @@ STAGES = ("1", "1,2,3")  # what a run trains (pipeline.stages): "1" the Segment-
 DEFAULT_VARIANT = "1,2,3"  # the whole of TATL: what a run trains and predicts unless told otherwise
 INPUTS = ("crops", "full")  # what Stage 2 and 3 read: Stage-1 lesion crops or whole images (inputs_of)
 
+ENSEMBLE = "ensemble"  # metrics.json's and thresholds.json's name of the U+Link average (paper Section 5.3)
+
 BEST = "best.pt"  # the best validation epoch's weights: what prediction and later stages load
 LAST = "last.pt"  # the last epoch's weights and optimiser state: what --resume continues from
 LOG_CSV = "log.csv"  # one row per epoch
@@ -55,6 +57,11 @@ def inputs_of(variant: str) -> str:
 def default_variant(trained: Sequence[str]) -> str:
     """The variant a finished run predicts with unless told: DEFAULT_VARIANT if trained, else the last trained."""
     return DEFAULT_VARIANT if DEFAULT_VARIANT in trained else trained[-1]
+
+
+def reported_model(shapes: Sequence[str]) -> str:
+    """The model a run's scores are reported for: ENSEMBLE when it trained several shapes, else its one shape."""
+    return ENSEMBLE if len(shapes) > 1 else shapes[0]
 
 
 @dataclass(frozen=True)

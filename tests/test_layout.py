@@ -9,7 +9,15 @@ import pytest
 
 from tatl.config import load_config, save_config
 from tatl.errors import DataError
-from tatl.layout import DEFAULT_VARIANT, VARIANTS, RunLayout, default_variant, inputs_of, variant_stages
+from tatl.layout import (
+    DEFAULT_VARIANT,
+    VARIANTS,
+    RunLayout,
+    default_variant,
+    inputs_of,
+    reported_model,
+    variant_stages,
+)
 from tatl.pipeline.context import RunContext
 
 TINY = ["synth.n=12", "synth.size=64", "data.stage1_size=32", "data.image_size=32", "data.cache=false"]
@@ -34,6 +42,7 @@ def test_variants_parse_into_stages_inputs_and_a_default():
     assert [inputs_of(v) for v in VARIANTS] == ["full", "full", "crops", "crops"]
     assert default_variant(["3", "1,2,3", "1,3"]) == DEFAULT_VARIANT == "1,2,3"
     assert default_variant(["3", "1,3"]) == "1,3"  # the last trained, when full TATL was not
+    assert (reported_model(["unet", "linknet"]), reported_model(["linknet"])) == ("ensemble", "linknet")
 
 
 def test_checkpoints_of_variants_with_and_without_stage2(tmp_path: Path):

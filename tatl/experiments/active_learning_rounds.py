@@ -37,7 +37,7 @@ from tatl.experiments.active_learning import (
     write_state,
 )
 from tatl.io import write_json
-from tatl.layout import RunLayout, default_variant
+from tatl.layout import RunLayout, default_variant, reported_model
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +245,8 @@ def run_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     layout = RunLayout(run_dir)
     config = load_config(layout.config)
     metrics = json.loads(layout.metrics.read_text())
-    shapes = config.model.shapes
     scores = metrics.get(f"variant {default_variant(config.pipeline.variants)}", {})
-    scores = scores.get("ensemble" if len(shapes) > 1 else shapes[0])
+    scores = scores.get(reported_model(config.model.shapes))
     if not scores:
         raise DataError(f"{layout.metrics}: no validation scores of its variant to put on the curve")
     return {name: {"jaccard": values["jaccard"], "dice": values["dice"]} for name, values in scores.items()

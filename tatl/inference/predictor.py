@@ -31,7 +31,7 @@ from tatl.data.images import set_max_image_pixels
 from tatl.data.sources import ImageSource, image_source
 from tatl.device import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
-from tatl.layout import BEST, VARIANTS, RunLayout, default_variant, variant_stages
+from tatl.layout import BEST, VARIANTS, RunLayout, default_variant, reported_model, variant_stages
 from tatl.models.fusion import fold_batchnorm
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
@@ -85,7 +85,7 @@ def settings_from_config(config: Config, variant: str | None, tuned: dict | None
         raise ConfigError(f"--variant {variant}: this run trained variant(s) {', '.join(trained)}")
     per_attribute = None
     if tuned and tuned.get("tuned") and shapes:
-        per_attribute = tuned.get("variants", {}).get(variant, {}).get("ensemble" if len(shapes) > 1 else shapes[0])
+        per_attribute = tuned.get("variants", {}).get(variant, {}).get(reported_model(shapes))
     return PredictionSettings(variant, attributes, shapes, m.stage1_shape, d.stage1_size, d.image_size, p.threshold,
                               p.crop_margin, p.min_lesion_fraction, p.encoder_mode, m.encoder_name,
                               d.max_image_pixels, per_attribute)

@@ -46,7 +46,7 @@ from typing import Any
 from tatl.config import Config, load_config
 from tatl.data.isic import Sample, attribute_names, find_samples
 from tatl.errors import ConfigError, DataError
-from tatl.layout import RunLayout, default_variant, variant_stages
+from tatl.layout import RunLayout, default_variant, reported_model, variant_stages
 from tatl.pipeline.parent import Parent, open_parent, sources
 from tatl.pipeline.train import Finish, override_list, train
 
@@ -181,7 +181,7 @@ def finetune_record(parent: Parent, plan: Plan, out: Path, before: dict, metrics
     run = RunContext.open(out)
     joined = sources(run.layout)
     variant = default_variant(parent.config.pipeline.variants)
-    model = "ensemble" if len(parent.config.model.shapes) > 1 else parent.config.model.shapes[0]
+    model = reported_model(parent.config.model.shapes)
     parent_identity = (data_identity(parent.layout.root, [parent.samples[i] for i in parent.train_ids + parent.val_ids])
                        if parent.samples else {})
     return {

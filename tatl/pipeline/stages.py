@@ -23,7 +23,7 @@ from tatl.constants import LESION, UNION
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import full_size_target, load_images
 from tatl.io import write_json
-from tatl.layout import inputs_of, variant_stages
+from tatl.layout import ENSEMBLE, inputs_of, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import RunContext
 from tatl.pipeline.groups import copied_heads, stage_dataset, train_group
@@ -187,7 +187,7 @@ def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSe
     images = distributed.my_share(load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir))
     per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
     if len(per_shape) > 1:
-        per_shape["ensemble"] = average_probabilities(list(per_shape.values()))
+        per_shape[ENSEMBLE] = average_probabilities(list(per_shape.values()))
     where = (distributed.my_share(ctx.val), boxes, ctx.report.sizes)
     scores, thresholds = {}, {}
     for name, probabilities in per_shape.items():
