@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy (torch): imported where they are used, so `import tatl` stays light
     from tatl.config import Config
-    from tatl.inference.predictor import PredictionSettings, Predictor
+    from tatl.inference.prediction_settings import PredictionSettings
+    from tatl.inference.predictor import Predictor
     from tatl.inference.results import PredictedImage
 
 log = logging.getLogger(__name__)

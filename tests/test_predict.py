@@ -26,14 +26,8 @@ from tatl.data.images import read_image
 from tatl.errors import DataError
 from tatl.inference import overlays
 from tatl.inference.outputs import OutputOptions, check_image_id, describe, predict_image
-from tatl.inference.predictor import (
-    ImagePrediction,
-    Networks,
-    PredictionSettings,
-    Predictor,
-    load_predictor,
-    settings_from_config,
-)
+from tatl.inference.prediction_settings import PredictionSettings, settings_from_config
+from tatl.inference.predictor import ImagePrediction, Networks, Predictor, load_predictor
 from tatl.models.networks import build_model
 
 ATTRIBUTES = ["pigment_network", "globules"]
