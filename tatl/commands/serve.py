@@ -39,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
         from tatl.serving.server import serve
     except ImportError as error:
         raise ConfigError(f"tatl serve needs FastAPI and uvicorn: pip install 'tatl[serve]' ({error})") from error
-    serve(ServerSettings(args.model, args.data, args.host, args.port, args.token, args.max_upload_mb * 2**20))
+    serve(ServerSettings(args.model, args.data, args.host, args.port, args.token, args.max_upload_mb * 2**20),
+          announce=print)
     return 0

@@ -27,6 +27,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tatl.config import Config, load_config
 from tatl.data.isic import Sample, find_samples, join_samples
@@ -36,6 +37,9 @@ from tatl.io import link_or_copy, write_json
 from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
 from tatl.pipeline.context import split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group
+
+if TYPE_CHECKING:  # torch: imported where a network is loaded
+    from tatl.models.multihead import MultiHeadSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +161,8 @@ def split(run: RunLayout, presence: dict, config: Config) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- the networks
-def start_heads(config: Config, run: RunLayout, group, head_dirs: dict[str, Path], train_encoder: bool,
-                label: str) -> None:
+def start_heads(config: Config, run: RunLayout, group: MultiHeadSegmenter, head_dirs: dict[str, Path],
+                train_encoder: bool, label: str) -> None:
     """Load the parent's best.pt of every head of `group` (a MultiHeadSegmenter), strictly; with a frozen encoder,
     the decoder only (the encoder stays this run's Stage 2)."""
     from tatl.checkpoints import load_checkpoint

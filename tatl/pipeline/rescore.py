@@ -8,6 +8,8 @@ RUN's networks there (its Segment-Net's boxes, then tatl.pipeline.stages.evaluat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tatl import distributed
 from tatl.constants import LESION
 from tatl.data.checks import DataReport
@@ -57,7 +59,7 @@ def _boxes(networks: RunLayout, run: RunContext) -> tuple[dict[str, Box], dict]:
     return boxes, scores
 
 
-def _network(folder, shape: str, name: str, encoder_name: str) -> MultiHeadSegmenter:
+def _network(folder: Path, shape: str, name: str, encoder_name: str) -> MultiHeadSegmenter:
     from tatl.checkpoints import load_checkpoint
     from tatl.layout import BEST
 

@@ -101,7 +101,6 @@ class ModelVersions:
                 self._loaded = (name, self._load(self.path(name)))
             return name, self._loaded[1]
 
-
     def weights(self, name: str, predictor) -> dict[str, float]:
         """The attribute weights of `tatl select`'s score for a version (its training masks read once)."""
         if name not in self._weights:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from tatl.errors import DataError
@@ -27,7 +28,8 @@ def prepare(settings: ServerSettings) -> tuple[ServerSettings, str]:
     return settings, address
 
 
-def serve(settings: ServerSettings, announce=print) -> None:
+def serve(settings: ServerSettings, announce: Callable[[str], object] = log.info) -> None:
+    """Serve until stopped; `announce` gets the line with the address to open (`tatl serve` prints it)."""
     import uvicorn
 
     from tatl.serving.app import create_app
