@@ -71,6 +71,19 @@ TINY_RUN_SETTINGS = {  # a run of seconds: 64 px synthetic images, 32 px stage i
 }
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): 32-pixel
+    networks gain nothing from a second thread, and lose 100x when the other core is busy (measured on the shared
+    2-core machine: OpenMP workers waiting for each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished run of the whole pipeline (variant 1,2,3) on tiny synthetic data, trained once per session."""

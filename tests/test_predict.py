@@ -31,16 +31,7 @@ from tatl.inference.predictor import ImagePrediction, Networks, Predictor, load_
 from tatl.models.networks import build_model
 
 ATTRIBUTES = ["pigment_network", "globules"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """32-pixel networks gain nothing from a second thread, and lose 100x when the other core is busy (measured on
-    the shared 2-core machine: OpenMP workers waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tatl import cli
@@ -30,6 +29,7 @@ from tatl.inference.selection import (
 )
 
 ATTRIBUTES = ["pigment_network", "streaks"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def constant(value: float, size: int = 4) -> np.ndarray:
@@ -118,14 +118,6 @@ def test_random_scores_are_seeded():
 
 
 # ----------------------------------------------------------------------------------- one tiny trained run
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Variant 1,3 (Stage 1 crops the lesion), U + Link, two attributes, one epoch on 12 tiny synthetic images."""
