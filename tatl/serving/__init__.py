@@ -22,8 +22,9 @@ Everything the server reads or writes lives in the image folder FOLDER (given by
                                                       fine-tuned runs of the Teach button
 
 Every file is written through tatl.io (a temporary name, then a rename), so a server killed during a save leaves
-the old file or the new one, never half of one. Modules: security (ids, tokens, hosts, uploads), store (images,
-states, corrections, versions, drafts), masks (masks between the page and the server), predictions (predicting
-and reading predictions), gallery (its rows and the next image), models (versions), training (the fine-tuning
-subprocess), docs (/docs), app (the FastAPI routes), server (uvicorn); static/ holds the page.
+the old file or the new one, never half of one. Modules: folder (every path above, `ServedFolder`), security (ids,
+tokens, hosts, uploads), store (images, states, corrections, versions, drafts), masks (masks between the page and
+the server), predictions (predicting and reading predictions), gallery (its rows and the next image), models
+(versions), training (the fine-tuning subprocess), docs (/docs), app (the FastAPI routes), server (uvicorn);
+static/ holds the page.
 """

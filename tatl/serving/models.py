@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tatl.errors import DataError
 from tatl.io import write_json
+from tatl.serving.folder import ServedFolder
 from tatl.serving.security import check_name
-from tatl.serving.store import SERVER_FOLDER
 
 BASE = "base"
 READY, KEPT_ASIDE, FAILED = "ready", "kept aside", "failed"
@@ -28,9 +28,8 @@ READY, KEPT_ASIDE, FAILED = "ready", "kept aside", "failed"
 class ModelVersions:
     def __init__(self, folder: Path, base_run: Path, load=None):
         """load(path) -> a predictor (tatl.inference.predictor.load_predictor by default; tests may pass another)."""
-        self.file = Path(folder) / SERVER_FOLDER / "models.json"
-        self.models_folder = Path(folder) / SERVER_FOLDER / "models"
-        self.teach_folder = Path(folder) / SERVER_FOLDER / "teach"  # the data of each fine-tuning
+        self.paths = ServedFolder(folder)
+        self.file = self.paths.models_record
         self._load = load or _load_predictor
         self._lock = threading.Lock()
         self._loaded: tuple[str, object] | None = None
@@ -69,7 +68,7 @@ class ModelVersions:
     def next_name(self) -> str:
         """run_<n>, n one more than any version's or folder's (a stopped fine-tuning leaves a folder, no version)."""
         names = [v["name"] for v in self._read()["versions"]]
-        names += [p.name for p in self.models_folder.glob("run_*")] + [p.name for p in self.teach_folder.glob("run_*")]
+        names += [p.name for folder in (self.paths.models, self.paths.teach) for p in folder.glob("run_*")]
         numbers = [int(n.split("_")[1]) for n in names if n.startswith("run_") and n.split("_")[1].isdigit()]
         return f"run_{max(numbers, default=0) + 1}"
 

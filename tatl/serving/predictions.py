@@ -19,8 +19,9 @@ from PIL import Image
 from tatl.inference.outputs import OutputOptions, predict_image
 from tatl.inference.selection import UNCERTAINTY, ImageScore, score_image
 from tatl.io import write_json
+from tatl.serving.folder import ServedFolder
 from tatl.serving.security import check_id, check_name
-from tatl.serving.store import SERVER_FOLDER, NotFound
+from tatl.serving.store import NotFound
 
 SCORE_SIDE = 512  # longest side of the maps the uncertainty is computed on
 OVERLAY_SIZE = 768  # unused (no overlays are written), but OutputOptions checks it
@@ -29,7 +30,7 @@ _PREDICTING = threading.Lock()  # one prediction at a time: the networks are not
 
 
 def prediction_folder(folder: Path, model: str) -> Path:
-    return Path(folder) / SERVER_FOLDER / "predictions" / check_name(model, "model version")
+    return ServedFolder(folder).predictions(check_name(model, "model version"))
 
 
 def record(folder: Path, model: str, image_id: str) -> dict | None:

@@ -24,12 +24,10 @@ from tatl.data.images import image_size, inspect_image, read_image
 from tatl.errors import DataError
 from tatl.inference.outputs import IMAGE_SUFFIXES, NOT_INPUTS, as_grey, find_images
 from tatl.io import link_or_copy, remove_stale_temporaries, write_bytes, write_json, write_png
+from tatl.serving.folder import CACHES, ServedFolder
 from tatl.serving.masks import read_stored
 from tatl.serving.security import check_id, check_name, inside
 
-SERVER_FOLDER = ".tatl-serve"
-CORRECTIONS = "corrections"
-VERSIONS = ".versions"  # inside CORRECTIONS; hidden: dataset readers skip it, so no mask is found twice
 DISPLAY_SIDE = 2048  # longest side of the copy the browser shows: smooth zoom and pan on a 6000x4000 photo
 THUMBNAIL_SIDE = 256
 
@@ -60,12 +58,12 @@ class Store:
         self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
             raise DataError(f"--data {folder}: no such folder")
-        self.root = self.folder / SERVER_FOLDER
-        self.corrections = self.folder / CORRECTIONS
+        self.paths = ServedFolder(self.folder)
+        self.corrections = self.paths.corrections
         self._lock = threading.Lock()
-        for sub in ("display", "thumbnails", "states", "drafts", "uploads"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.root / sub)
+        for kind in CACHES:
+            self.paths.cache(kind).mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.paths.cache(kind))
         self.corrections.mkdir(exist_ok=True)
         remove_stale_temporaries(self.corrections)
 
@@ -93,7 +91,7 @@ class Store:
         if "_attribute_" in image_id or image_id.endswith(NOT_INPUTS):
             raise DataError(f"{image_id}{suffix}: named like a mask (<id>_attribute_<name>, <id>_segmentation, ...), "
                             "not an image to predict: rename it")
-        staged = self.root / "uploads" / f"{image_id}.{secrets.token_hex(4)}{suffix}"  # one per upload
+        staged = self.paths.cache("uploads") / f"{image_id}.{secrets.token_hex(4)}{suffix}"  # one per upload
         write_bytes(staged, data)
         try:
             inspect_image(staged)  # decodes it all: non-images, truncated files and decompression bombs are refused
@@ -120,7 +118,7 @@ class Store:
     def _scaled(self, image_id: str, kind: str, side: int) -> Path:
         """A JPEG copy no larger than `side`, made once and kept until the image changes."""
         source = self.image_path(image_id)
-        cached = self.root / kind / f"{image_id}.jpg"
+        cached = self.paths.scaled(kind, image_id)
         if not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime:
             pixels = read_image(source, scaled_size(image_size(source), side))
             write_bytes(cached, _jpeg(pixels))
@@ -128,13 +126,13 @@ class Store:
 
     # ------------------------------------------------------------------------------------------------- states
     def state(self, image_id: str) -> dict:
-        path = self.root / "states" / f"{check_id(image_id)}.json"
+        path = self.paths.state(check_id(image_id))
         return json.loads(path.read_text()) if path.is_file() else {"version": 0, "approved": False}
 
     def set_approved(self, image_id: str, approved: bool) -> dict:
         with self._lock:
             state = self.state(image_id) | {"approved": bool(approved)}
-            write_json(self.root / "states" / f"{image_id}.json", state)
+            write_json(self.paths.state(image_id), state)
             return state
 
     # ----------------------------------------------------------------------------------- corrections, versions
@@ -169,19 +167,19 @@ class Store:
                 raise VersionConflict(state["version"], int(expected_version))
             version = state["version"] + 1
             time = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-            folder = self.corrections / VERSIONS / image_id / f"{time}-{check_name(model, 'model')}"
+            folder = self.paths.versions(image_id) / f"{time}-{check_name(model, 'model')}"
             for attribute, mask in masks.items():
                 write_png(folder / f"{image_id}_attribute_{attribute}.png", as_grey(mask))
             record = {"version": version, "time": time, "model": model, "attributes": sorted(masks)}
             write_json(folder / "version.json", record)
             for attribute, mask in masks.items():
                 write_png(self.correction_path(image_id, attribute), as_grey(mask))
-            write_json(self.root / "states" / f"{image_id}.json", state | {"version": version})
+            write_json(self.paths.state(image_id), state | {"version": version})
             self.drop_draft(image_id)
         return Saved(version, time, model, str(folder.relative_to(self.folder)))
 
     def versions(self, image_id: str) -> list[dict]:
-        folder = self.corrections / VERSIONS / check_id(image_id)
+        folder = self.paths.versions(check_id(image_id))
         records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/version.json"))]
         return sorted(records, key=lambda r: r["version"])
 
@@ -203,19 +201,19 @@ class Store:
             link_or_copy(image, folder / image.name)
             for name in names:
                 path = self.correction_path(image_id, name)
-                link_or_copy(path, folder / CORRECTIONS / path.name)
+                link_or_copy(path, ServedFolder(folder).corrections / path.name)
         return folder
 
     # ---------------------------------------------------------------------------------------------- drafts
     def save_draft(self, image_id: str, draft: dict) -> None:
-        write_json(self.root / "drafts" / f"{check_id(image_id)}.json", draft, durable=False, indent=None)
+        write_json(self.paths.draft(check_id(image_id)), draft, durable=False, indent=None)
 
     def draft(self, image_id: str) -> dict | None:
-        path = self.root / "drafts" / f"{check_id(image_id)}.json"
+        path = self.paths.draft(check_id(image_id))
         return json.loads(path.read_text()) if path.is_file() else None
 
     def drop_draft(self, image_id: str) -> None:
-        (self.root / "drafts" / f"{check_id(image_id)}.json").unlink(missing_ok=True)
+        self.paths.draft(check_id(image_id)).unlink(missing_ok=True)
 
 
 def scaled_size(size: tuple[int, int], side: int) -> tuple[int, int]:

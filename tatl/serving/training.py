@@ -134,10 +134,10 @@ class Teacher:
                 raise DataError("a fine-tuning is already running: stop it or wait for it")
             base = self.versions.active
             self.name = self.versions.next_name()
-            out = self.versions.models_folder / self.name
-            data = self.store.teaching_snapshot(self.versions.teach_folder / self.name)
-            self.job = BackgroundJob(self.command(self.versions.path(base), data, out),
-                                     self.versions.models_folder / f"{self.name}.output.txt",
+            paths = self.versions.paths
+            out = paths.model_run(self.name)
+            data = self.store.teaching_snapshot(paths.teach_data(self.name))
+            self.job = BackgroundJob(self.command(self.versions.path(base), data, out), paths.model_output(self.name),
                                      RunLayout(out).log, on_exit=lambda job: self._finish(job, base, out))
             log.info("fine-tuning %s from %s: %s", self.name, base, " ".join(self.job.command))
             return self.status()
