@@ -21,7 +21,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -59,7 +61,8 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4"]
 
 
-def create_app(settings: ServerSettings, versions: ModelVersions | None = None, command=None):
+def create_app(settings: ServerSettings, versions: ModelVersions | None = None,
+               command: Callable[[Path, Path, Path], list[str]] | None = None) -> FastAPI:
     """The app; versions and command (run, data, out) -> the fine-tuning command line: stand-ins for tests."""
     store = Store(settings.data)
     versions = versions or ModelVersions(settings.data, settings.run)

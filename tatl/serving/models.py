@@ -13,26 +13,31 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tatl.errors import DataError
 from tatl.io import write_json
 from tatl.serving.folder import ServedFolder
 from tatl.serving.security import check_name
 
+if TYPE_CHECKING:  # torch: loaded when the first image is predicted
+    from tatl.inference.predictor import Predictor
+
 BASE = "base"
 READY, KEPT_ASIDE, FAILED = "ready", "kept aside", "failed"
 
 
 class ModelVersions:
-    def __init__(self, folder: Path, base_run: Path, load=None):
+    def __init__(self, folder: Path, base_run: Path, load: Callable[[Path], Predictor] | None = None):
         """load(path) -> a predictor (tatl.inference.predictor.load_predictor by default; tests may pass another)."""
         self.paths = ServedFolder(folder)
         self.file = self.paths.models_record
         self._load = load or _load_predictor
         self._lock = threading.Lock()
-        self._loaded: tuple[str, object] | None = None
+        self._loaded: tuple[str, Predictor] | None = None
         self._weights: dict[str, dict[str, float]] = {}
         data = self._read()
         base = {"name": BASE, "path": str(Path(base_run).resolve()), "status": READY, "created": _now(),
@@ -92,7 +97,7 @@ class ModelVersions:
             self._write(data)
         return version
 
-    def predictor(self):
+    def predictor(self) -> tuple[str, Predictor]:
         """The active version's networks, loaded when first needed after a switch."""
         with self._lock:
             name = self._read()["active"]
@@ -100,7 +105,7 @@ class ModelVersions:
                 self._loaded = (name, self._load(self.path(name)))
             return name, self._loaded[1]
 
-    def weights(self, name: str, predictor) -> dict[str, float]:
+    def weights(self, name: str, predictor: Predictor) -> dict[str, float]:
         """The attribute weights of `tatl select`'s score for a version (its training masks read once)."""
         if name not in self._weights:
             from tatl.inference.ranking import attribute_weights
@@ -109,7 +114,7 @@ class ModelVersions:
         return self._weights[name]
 
 
-def _load_predictor(path: Path):
+def _load_predictor(path: Path) -> Predictor:
     from tatl.inference.predictor import load_predictor
 
     return load_predictor(path, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,9 @@ from tatl.io import write_json
 from tatl.serving.folder import ServedFolder
 from tatl.serving.security import check_id, check_name
 from tatl.serving.store import NotFound
+
+if TYPE_CHECKING:
+    from tatl.inference.predictor import Predictor
 
 SCORE_SIDE = 512  # longest side of the maps the uncertainty is computed on
 OVERLAY_SIZE = 768  # unused (no overlays are written), but OutputOptions checks it
@@ -39,7 +43,7 @@ def record(folder: Path, model: str, image_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def predict_and_store(predictor, weights: dict[str, float], folder: Path, model: str, image_id: str,
+def predict_and_store(predictor: Predictor, weights: dict[str, float], folder: Path, model: str, image_id: str,
                       image_path: Path) -> dict:
     """Predict one image (kept once per model version: an existing prediction is returned as it is); weights:
     attribute -> weight of the uncertainty score."""

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,8 @@ class ServerSettings:
     max_upload_bytes: int = 64 * 2**20  # per uploaded file
 
 
-def check_request(settings: ServerSettings, headers, query, cookies) -> tuple[int, str] | None:
+def check_request(settings: ServerSettings, headers: Mapping[str, str], query: Mapping[str, str],
+                  cookies: Mapping[str, str]) -> tuple[int, str] | None:
     """None when the request may proceed, else (HTTP status, message)."""
     if settings.token is None:
         name = host_header_name(headers.get("host", ""))
