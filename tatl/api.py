@@ -66,15 +66,10 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     lesion masks; it is copied into `out`."""
     from tatl.pipeline.train import train as train_pipeline
 
-    written: dict[str, str] = {}
-
-    def write_summary_and_report(metrics: dict, config: Config, data_root: Any) -> None:
-        written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
-
+    finish = _SummaryAndReport(Path(out))
     metrics = train_pipeline(data, out, config, resume=resume, stages=stages, variants=variants, device=device,
-                             compile=compile, overrides=overrides, segment_net=segment_net,
-                             finish=write_summary_and_report)
-    return TrainedRun(Path(out), metrics, written.get("summary"))
+                             compile=compile, overrides=overrides, segment_net=segment_net, finish=finish)
+    return TrainedRun(Path(out), metrics, finish.summary)
 
 
 def finetune(run: str | Path, new_data: str | Path, out: str | Path, with_original: bool = False,
@@ -89,30 +84,33 @@ def finetune(run: str | Path, new_data: str | Path, out: str | Path, with_origin
     train.lr; not the networks' settings); resume: continue an interrupted fine-tuning in `out`."""
     from tatl.pipeline.finetune import finetune as finetune_pipeline
 
-    written: dict[str, str] = {}
-
-    def write_summary_and_report(metrics: dict, config: Config, data_root: Any) -> None:
-        written["summary"] = _write_summary_and_report(Path(out), metrics, config, data_root)
-
+    finish = _SummaryAndReport(Path(out))
     metrics = finetune_pipeline(run, new_data, out, with_original=with_original, overrides=overrides, resume=resume,
-                                device=device, finish=write_summary_and_report)
-    return TrainedRun(Path(out), metrics, written.get("summary"))
+                                device=device, finish=finish)
+    return TrainedRun(Path(out), metrics, finish.summary)
 
 
-def _write_summary_and_report(run_dir: Path, metrics: dict, config: Config, data_root: Any) -> str:
-    """summary.md (its text is returned) and the report; a failing report is a warning, not a failed run."""
-    from tatl.io import write_text
-    from tatl.layout import RunLayout
-    from tatl.reporting.report import write_report_or_say_why
-    from tatl.reporting.summary import summary_markdown
+class _SummaryAndReport:
+    """What `train` and `finetune` do when the pipeline has the metrics (rank 0 only): summary.md, whose text it
+    keeps, and the report; a failing report is a warning, not a failed run."""
 
-    layout = RunLayout(run_dir)
-    summary = summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}", config.pipeline.tune_thresholds)
-    write_text(layout.summary, summary)
-    log.info("wrote %s and %s", layout.metrics, layout.summary)
-    said = write_report_or_say_why(run_dir, data_root)
-    (log.warning if said.startswith("report not written") else log.info)(said)
-    return summary
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.summary: str | None = None  # summary.md's text, once written
+
+    def __call__(self, metrics: dict, config: Config, data_root: Any) -> None:
+        from tatl.io import write_text
+        from tatl.layout import RunLayout
+        from tatl.reporting.report import write_report_or_say_why
+        from tatl.reporting.summary import summary_markdown
+
+        layout, run_dir = RunLayout(self.run_dir), self.run_dir
+        self.summary = summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}",
+                                        config.pipeline.tune_thresholds)
+        write_text(layout.summary, self.summary)
+        log.info("wrote %s and %s", layout.metrics, layout.summary)
+        said = write_report_or_say_why(run_dir, data_root)
+        (log.warning if said.startswith("report not written") else log.info)(said)
 
 
 @dataclass
