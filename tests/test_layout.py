@@ -121,3 +121,16 @@ def test_a_run_from_before_data_json_opens_with_the_data_it_keeps(tmp_path: Path
     shutil.rmtree(tmp_path / "run" / "synthetic-data")
     with pytest.raises(DataError, match="not stored in the run; pass --data"):
         RunContext.open(tmp_path / "run")
+
+
+def test_a_folder_with_only_a_lock_and_a_log_has_nothing_to_resume(tmp_path: Path):
+    from tatl.pipeline.train import _nothing_written
+
+    run = RunLayout(tmp_path / "run")
+    assert _nothing_written(run.root)  # no folder yet
+    run.root.mkdir()
+    run.lock.touch()
+    run.log.write_text("stopped before its config was saved\n")
+    assert _nothing_written(run.root)
+    run.splits.write_text("{}")
+    assert not _nothing_written(run.root)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tatl.config import Config
+from tatl.layout import STAGES, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     pipeline.segment_net (a finished run whose Segment-Net crops this run's images), after the overrides."""
     from tatl import distributed
     from tatl.errors import ConfigError
-    from tatl.layout import STAGES, RunLayout
     from tatl.pipeline.context import data_list
 
     if stages is not None and stages not in STAGES:
@@ -102,7 +102,6 @@ def resolved_config(data: Any, out: Path, config: str | Path | None, resume: boo
     from tatl.config import apply_override, load_config, validate
     from tatl.errors import DataError
     from tatl.folders import check_output_folder
-    from tatl.layout import RunLayout
 
     if not resume:
         return load_config(config, overrides)
@@ -129,7 +128,8 @@ def _nothing_written(out: Path) -> bool:
     """No folder, an empty one, or one with only the lock and log of a run stopped before its config was saved."""
     if not out.is_dir():
         return not out.exists()  # a file there: prepare_run_dir names the problem
-    return {path.name for path in out.iterdir()} <= {".lock", "log.txt"}
+    layout = RunLayout(out)
+    return set(out.iterdir()) <= {layout.lock, layout.log}
 
 
 def _check_same_config(given: Config, saved: Config, saved_path: Path) -> None:
@@ -152,7 +152,6 @@ def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, fin
     from tatl.config import save_config
     from tatl.errors import DataError
     from tatl.io import write_json
-    from tatl.layout import RunLayout
     from tatl.logs import log_to_file
     from tatl.pipeline import segment_net
     from tatl.pipeline.setup import check_data_path, check_model_settings, prepare_context, prepare_run_dir
