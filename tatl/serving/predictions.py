@@ -21,6 +21,7 @@ from tatl.inference.outputs import OutputOptions, predict_image
 from tatl.inference.selection import UNCERTAINTY, ImageScore, score_image
 from tatl.io import write_json
 from tatl.serving.folder import ServedFolder
+from tatl.serving.masks import read_stored, shown
 from tatl.serving.security import check_id, check_name
 from tatl.serving.store import NotFound
 
@@ -75,8 +76,7 @@ def uncertainty(out: Path, image_id: str, record: dict, weights: dict[str, float
     grid = next(iter(maps.values())).shape
     lesion = None
     if "lesion" in record and not record["lesion"]["whole_image_fallback"]:
-        with Image.open(out / f"{image_id}_segmentation.png") as image:
-            lesion = np.asarray(image.resize((grid[1], grid[0]), Image.Resampling.NEAREST)) > 127
+        lesion = shown(read_stored(out / f"{image_id}_segmentation.png"), (grid[1], grid[0]))
     return score_image({"ensemble mean": maps}, lesion, weights, UNCERTAINTY)
 
 
