@@ -85,11 +85,7 @@ class RunContext:
                 if need_data:
                     raise
                 return cls(layout, config, train_ids, val_ids)
-        samples = join_samples([find_samples(root, config.data.attributes) for root in roots])
-        missing = [i for i in train_ids + val_ids if i not in samples]
-        if missing:
-            raise DataError(f"{', '.join(map(str, roots))}: does not hold the run's images ({', '.join(missing[:3])} "
-                            "...); wrong --data?")
+        samples = samples_of(roots, config, train_ids + val_ids, hint="; wrong --data?")
         return cls(layout, config, train_ids, val_ids, roots[0], samples, data_roots=roots)
 
     @property
@@ -170,6 +166,17 @@ def _folder_record(layout: RunLayout, data: str, root: Path) -> dict:
     except ValueError:  # outside the run folder
         in_run = None
     return {"data": data, "folder": str(folder), "folder_in_run": in_run}
+
+
+def samples_of(roots: Sequence[Path], config: Config, ids: Sequence[str], hint: str = "") -> dict[str, Sample]:
+    """Image id -> sample of the data folders `roots` of a run; DataError (ending with `hint`) when an image `ids`
+    names is not there."""
+    samples = join_samples([find_samples(root, config.data.attributes) for root in roots])
+    missing = [i for i in ids if i not in samples]
+    if missing:
+        raise DataError(f"{', '.join(map(str, roots))}: does not hold the run's images ({', '.join(missing[:3])} "
+                        f"...){hint}")
+    return samples
 
 
 def stored_data_folders(layout: RunLayout) -> list[Path]:

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tatl.config import Config, load_config
-from tatl.data.isic import Sample, find_samples, join_samples
+from tatl.data.isic import Sample, find_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
 from tatl.io import link_or_copy, write_json
 from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
-from tatl.pipeline.context import split_ids, stored_data_folders
+from tatl.pipeline.context import samples_of, split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group
 
 if TYPE_CHECKING:  # torch: imported where a network is loaded
@@ -87,15 +87,11 @@ def _checkpoints(layout: RunLayout, config: Config) -> list[Path]:
 
 
 def _samples(layout: RunLayout, config: Config, ids: list[str]) -> tuple[dict[str, Sample], str | None]:
+    """The samples of the run's split from its stored data folders, or ({}, why they cannot be found)."""
     try:
-        folders = stored_data_folders(layout)
-        samples = join_samples([find_samples(folder, config.data.attributes) for folder in folders])
+        return samples_of(stored_data_folders(layout), config, ids), None
     except DataError as error:
         return {}, str(error)
-    absent = [i for i in ids if i not in samples]
-    if absent:
-        return {}, f"{', '.join(map(str, folders))} no longer holds its images ({', '.join(absent[:3])} ...)"
-    return samples, None
 
 
 # ------------------------------------------------------------------------------------------------- the data
