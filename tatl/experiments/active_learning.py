@@ -53,8 +53,15 @@ class Settings:
         return [*self.overrides, f"train.seed={seed}"]
 
     def recorded(self) -> dict[str, Any]:
+        """What DIR/active-learning.json holds (`from_record` reads it back)."""
         return {**asdict(self), "strategies": list(self.strategies), "seeds": list(self.seeds),
                 "overrides": list(self.overrides)}
+
+    @classmethod
+    def from_record(cls, recorded: dict[str, Any]) -> Settings:
+        """The settings DIR/active-learning.json records; KeyError or TypeError when it is not such a record."""
+        return cls(**{**recorded, "strategies": tuple(recorded["strategies"]), "seeds": tuple(recorded["seeds"]),
+                      "overrides": tuple(recorded["overrides"])})
 
 
 @dataclass(frozen=True)

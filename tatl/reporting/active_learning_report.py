@@ -148,9 +148,7 @@ def rewrite_results(root: Path) -> Path:
     returns the HTML's path."""
     folder = ExperimentDir(Path(root))
     try:
-        recorded = json.loads(folder.settings.read_text())
-        settings = Settings(**{**recorded, "strategies": tuple(recorded["strategies"]),
-                               "seeds": tuple(recorded["seeds"]), "overrides": tuple(recorded["overrides"])})
+        settings = Settings.from_record(json.loads(folder.settings.read_text()))
         split = json.loads(folder.split.read_text())
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{root}: not an experiment of tatl active-learning ({type(error).__name__}: "
