@@ -20,8 +20,8 @@ from tatl.experiments.active_learning_curves import (
     summarise,
     write_curves,
 )
-from tatl.io import write_bytes, write_json, write_text
-from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
+from tatl.io import write_json
+from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_markdown, write_page
 
 log = logging.getLogger(__name__)
 CHART = "learning-curve"
@@ -124,11 +124,7 @@ def write_report(folder: ExperimentDir, rows: list[dict[str, Any]], summary: dic
     """DIR/report.md (+ report/learning-curve.png) and DIR/report.html; returns the HTML's path."""
     title = f"TATL active learning {folder.root}"
     page = sections(rows, summary, settings, split)
-    for block in (b for _, blocks in page for b in blocks if isinstance(b, Figure)):
-        write_bytes(folder.report_pictures / f"{block.name}.png", block.png)
-    write_text(folder.report_markdown, render_markdown(title, page))
-    write_text(folder.report_html, render_html(title, page))
-    return folder.report_html
+    return write_page(title, page, folder.report_html, folder.report_markdown, folder.report_pictures)
 
 
 def write_results(folder: ExperimentDir, settings: Settings, split: dict[str, Any]) -> dict[str, Any]:

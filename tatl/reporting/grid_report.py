@@ -16,6 +16,7 @@ from typing import Any
 
 from tatl.errors import DataError
 from tatl.experiments.grid import SHAPE_LABELS, Columns, Grid, Job, Setting, results_rows, table_cells, table_specs
+from tatl.layout import RunLayout
 from tatl.reporting.render import Block, Figure, Link, Section, Table, Text, figure_png, pyplot
 from tatl.reporting.summary import MICRO_NOTE
 
@@ -105,11 +106,11 @@ def job_blocks(jobs: list[Job], statuses: dict[str, str], rows: list[dict], reco
 
 def _job_report_link(job: Job, grid_dir: Path) -> Link | str:
     """The job's own run report (bound, curves, overlays), relative to the grid folder; – when it has none."""
-    run = job.run_dir(grid_dir)
-    if not (run / "report.html").is_file():
+    run = RunLayout(job.run_dir(grid_dir))
+    if not run.report_html.is_file():
         return "–"
-    relative = run.relative_to(grid_dir)
-    return Link("report", f"{relative.as_posix()}/report.html", f"{relative.as_posix()}/report.md")
+    return Link("report", run.report_html.relative_to(grid_dir).as_posix(),
+                run.report_markdown.relative_to(grid_dir).as_posix())
 
 
 # ------------------------------------------------------------------------------------------------- scores

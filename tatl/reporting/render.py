@@ -7,6 +7,9 @@ import base64
 import html
 import io
 from dataclasses import dataclass
+from pathlib import Path
+
+from tatl.io import write_bytes, write_text
 
 
 @dataclass
@@ -113,3 +116,14 @@ def render_html(title: str, sections: list[Section]) -> str:
             else:
                 parts.append(f"<p>{e(block.text)}</p>")
     return "".join(parts) + "</body></html>\n"
+
+
+def write_page(title: str, sections: list[Section], html_path: Path, markdown_path: Path, pictures: Path) -> Path:
+    """The page as self-contained HTML and as Markdown with its figures in `pictures` (the Markdown links them as
+    report/<name>.png); returns the HTML's path."""
+    pictures.mkdir(parents=True, exist_ok=True)
+    for block in (b for _, blocks in sections for b in blocks if isinstance(b, Figure)):
+        write_bytes(pictures / f"{block.name}.png", block.png)
+    write_text(markdown_path, render_markdown(title, sections))
+    write_text(html_path, render_html(title, sections))
+    return html_path

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tatl.errors import DataError, TatlError
+from tatl.experiments.active_learning import ExperimentDir
 from tatl.layout import LOG_CSV, RunLayout
-from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, render_html, render_markdown
+from tatl.reporting.render import Block, Figure, Section, Table, Text, figure_png, pyplot, write_page
 from tatl.reporting.summary import MICRO_NOTE, stage1_cells, stage1_notes
 
 
@@ -30,20 +31,15 @@ def write_report(run_dir: Path, data: str | Path | None = None, overlays: int = 
         title, sections = f"TATL run {folder}", run_sections(folder, data, overlays)
     elif (folder / "grid.json").is_file():
         title, sections = f"TATL experiments {folder}", grid_sections(folder)
-    elif (folder / "active-learning.json").is_file():
+    elif ExperimentDir(folder).settings.is_file():
         from tatl.reporting.active_learning_report import rewrite_results
 
         return rewrite_results(folder)
     else:
         raise DataError(f"{folder}: neither a finished run (metrics.json), an experiment grid (grid.json) nor an "
                         "active-learning experiment (active-learning.json)")
-    pictures = folder / "report"
-    pictures.mkdir(exist_ok=True)
-    for block in (b for _, blocks in sections for b in blocks if isinstance(b, Figure)):
-        (pictures / f"{block.name}.png").write_bytes(block.png)
-    (folder / "report.md").write_text(render_markdown(title, sections))
-    (folder / "report.html").write_text(render_html(title, sections))
-    return folder / "report.html"
+    layout = RunLayout(folder)  # a grid folder keeps its report under the same names
+    return write_page(title, sections, layout.report_html, layout.report_markdown, layout.report_pictures)
 
 
 def write_report_or_say_why(folder: Path, data: str | Path | None = None) -> str:
@@ -53,7 +49,7 @@ def write_report_or_say_why(folder: Path, data: str | Path | None = None) -> str
         html = write_report(folder, data)
     except Exception as error:  # noqa: BLE001 - any failure: say it, keep what hours of work wrote
         return f"report not written: {type(error).__name__}: {error} (rebuild it with `tatl report {folder}`)"
-    return f"wrote {html} and {Path(folder) / 'report.md'}"
+    return f"wrote {html} and {RunLayout(folder).report_markdown}"
 
 
 def grid_sections(grid_dir: Path) -> list[Section]:
