@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,24 +108,11 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
         return folder
     parent = open_parent(config.pipeline.init_from)
     new = {s.image_id: s for s in find_samples(Path(new_data), config.data.attributes)}
-    chosen: dict[str, Sample] = {}
-    held_out: list[str] = []
-    if parent.samples:
-        held_out = sorted(set(new) & set(parent.val_ids))
-        if held_out:
-            log.warning(f"{new_data}: {len(held_out)} image(s) of the parent's validation split left out of training "
-                        f"(scored with the parent's masks instead): {', '.join(held_out[:10])}")
-        chosen.update({i: parent.samples[i] for i in parent.val_ids})
-        if config.pipeline.init_with_original:
-            chosen.update({i: parent.samples[i] for i in parent.train_ids})
-    chosen.update({i: s for i, s in new.items() if i not in held_out})  # after the parent's: DATA's masks win
+    chosen, held_out = _joined_samples(parent, new, new_data, config.pipeline.init_with_original)
     staging = folder.with_name(folder.name + ".composing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for sample in chosen.values():
-        for path in (sample.image_path, sample.lesion_mask_path, *sample.attribute_mask_paths.values()):
-            if path is not None:
-                link_or_copy(path, staging / path.name)
+    _link_samples(chosen.values(), staging)
     validation = "parent" if parent.samples else "new_data"
     write_json(staging / layout.finetune_sources.name, {  # written last: its presence says the folder is whole
         "parent": str(parent.layout.root.resolve()), "new_data": str(Path(new_data).resolve()),
@@ -137,6 +125,31 @@ def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
         log.warning(f"the parent's images are not reachable ({parent.unreachable}): validation on a split of "
                     f"{new_data} instead, so its scores are not those of the parent's split")
     return folder
+
+
+def _joined_samples(parent: Parent, new: dict[str, Sample], new_data: Path,
+                    with_original: bool) -> tuple[dict[str, Sample], list[str]]:
+    """(id -> sample of every image joined, the ids of DATA left out because the parent validates on them)."""
+    chosen: dict[str, Sample] = {}
+    held_out: list[str] = []
+    if parent.samples:
+        held_out = sorted(set(new) & set(parent.val_ids))
+        if held_out:
+            log.warning(f"{new_data}: {len(held_out)} image(s) of the parent's validation split left out of training "
+                        f"(scored with the parent's masks instead): {', '.join(held_out[:10])}")
+        chosen.update({i: parent.samples[i] for i in parent.val_ids})
+        if with_original:
+            chosen.update({i: parent.samples[i] for i in parent.train_ids})
+    chosen.update({i: s for i, s in new.items() if i not in held_out})  # after the parent's: DATA's masks win
+    return chosen, held_out
+
+
+def _link_samples(samples: Iterable[Sample], folder: Path) -> None:
+    """Each sample's image and masks linked (or copied) into one flat folder."""
+    for sample in samples:
+        for path in (sample.image_path, sample.lesion_mask_path, *sample.attribute_mask_paths.values()):
+            if path is not None:
+                link_or_copy(path, folder / path.name)
 
 
 def sources(run: RunLayout) -> dict:
