@@ -109,6 +109,8 @@ def context(browser):
             route.abort()
 
     context.route("**/*", only_local)
+    # Playwright's 30 s default is a timing assumption: on 2 busy cores a first prediction can take longer
+    context.set_default_timeout(120_000)
     context.on("page", lambda page: page.on("pageerror", lambda error: errors.append(str(error))))
     yield context
     context.close()
