@@ -64,8 +64,26 @@ def reported_model(shapes: Sequence[str]) -> str:
     return ENSEMBLE if len(shapes) > 1 else shapes[0]
 
 
+class ReportFiles:
+    """The report of a folder (a run, a grid, an active-learning experiment): the same three names in each."""
+
+    root: Path
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_pictures(self) -> Path:
+        return self.root / "report"
+
+
 @dataclass(frozen=True)
-class RunLayout:
+class RunLayout(ReportFiles):
     """Paths inside one run folder. Nothing here touches the disk."""
 
     root: Path
@@ -129,18 +147,6 @@ class RunLayout:
     @property
     def finetune_record(self) -> Path:
         return self.root / "finetune.json"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_pictures(self) -> Path:
-        return self.root / "report"
 
     @property
     def bound(self) -> Path:

@@ -31,6 +31,7 @@ from tatl.errors import ConfigError, DataError
 from tatl.inference.selection import RANDOM
 from tatl.inference.selection import STRATEGIES as SELECTION_STRATEGIES
 from tatl.io import write_json
+from tatl.layout import ReportFiles
 
 # tatl.inference.selection's strategies, random (the baseline) first: the order of the report and the chart
 STRATEGIES = (RANDOM, *(s for s in SELECTION_STRATEGIES if s != RANDOM))
@@ -65,8 +66,8 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class ExperimentDir:
-    """Every path inside DIR. Nothing here touches the disk."""
+class ExperimentDir(ReportFiles):
+    """Every path inside DIR (its report's from layout.ReportFiles). Nothing here touches the disk."""
 
     root: Path
 
@@ -121,18 +122,6 @@ class ExperimentDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_markdown(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_pictures(self) -> Path:
-        return self.root / "report"
 
 
 # ------------------------------------------------------------------------------------------------- settings
