@@ -49,7 +49,7 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     given, out = data_list(data), Path(out)
     data = given[0] if len(given) == 1 else given
     settings = override_list(overrides, variants, device, compile, stages=stages, segment_net=segment_net)
-    if resume and not RunLayout(out).config.is_file() and _nothing_written(out):
+    if resume and _nothing_written(out):  # no config.yaml either: nothing to continue
         # nnU-Net's --c: the same command line starts a run and continues it after a stop, so a long run can be
         # launched with --resume from the first time on
         log.info("%s: nothing to resume yet; starting a new run", out)
