@@ -1,12 +1,14 @@
 # make demo: set up .venv and run the full TATL pipeline on the embedded synthetic dataset (~8 min on 2 CPU cores)
-# make test: set up .venv and run the test suite
+# make test: set up .venv and run the test suite (make test-fast: the fast tier alone; .ci/run: fast, then slow)
+# make docs: build the documentation site into site/ with mkdocs build --strict (installs the docs extra)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 # Known-good pins (DEVELOPERS.md). On x86_64 with Python 3.11 pip takes these torch wheels from local disk here.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-fast bench lint
+.PHONY: venv demo test test-fast test-slow docs bench lint
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -24,6 +26,17 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+# --strict: a broken link, a missing page or a docstring mkdocstrings cannot read fails the build. No network needed.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py
