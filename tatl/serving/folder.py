@@ -71,6 +71,16 @@ class ServedFolder:
     def teach(self) -> Path:
         return self.server / "teach"
 
-    def teach_data(self, name: str) -> Path:
-        """The snapshot of the corrections that fine-tuning trains on (laid out as FOLDER: images, corrections/)."""
-        return self.teach / name
+    def model_step(self, name: str, step: int) -> Path:
+        """The run of one step of a fine-tuning in several steps, but the last (tatl.serving.training)."""
+        return self.models / f"{name}.steps" / str(step)
+
+    def teach_step(self, name: str, step: int) -> Path:
+        """The snapshot of the corrections that one step of a fine-tuning trains on (laid out as FOLDER: images,
+        corrections/)."""
+        return self.teach / name / f"step_{step}"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one server that serves FOLDER (tatl.serving.server)."""
+        return self.server / "server.lock"

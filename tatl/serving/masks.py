@@ -2,10 +2,13 @@
 brought back to the original size without losing the detail the person did not touch.
 
 The page shows and edits every mask at the display size (longest side 2048 at most), downscaled by nearest
-neighbour (`shown`). A mask saved at the display size keeps the original-size pixels of the mask the edit started
-from (the saved correction, else the active model's prediction) wherever its display pixel did not change, and
-takes the edited value, upscaled by nearest neighbour, only where it did: so a stroke on a 6000x4000 photo
-changes the pixels under the stroke, and the rest keeps its full resolution.
+neighbour (`shown`). With each edited mask it sends where the person's tools went (`touched`: every pixel a brush,
+eraser or polygon covered; every pixel after "Absent"). At the original size a pixel takes the edited value when
+the display pixel it falls in was touched, and keeps the mask the edit started from (the saved correction, else
+the active model's prediction) otherwise: so an eraser stroke on a 6000x4000 photo clears every full-size pixel
+under it, specks too small for the display copy included, "Absent" clears the whole mask, and the rest keeps its
+full resolution. Without `touched` (a REST client), a pixel takes the edited value where its display pixel
+changed, and an empty mask is an empty mask at the original size.
 """
 
 from __future__ import annotations
@@ -60,12 +63,19 @@ def decode_mask(data: str, size: Size, display: Size, attribute: str) -> np.ndar
     return np.asarray(grey) > 127
 
 
-def at_original_size(edited: np.ndarray, before: np.ndarray) -> np.ndarray:
+def at_original_size(edited: np.ndarray, before: np.ndarray, touched: np.ndarray | None = None) -> np.ndarray:
     """`edited` (display size, or already the original size) at the original size of `before`, the mask the edit
-    started from: `before` where the display pixel is unchanged, the edited value where it changed."""
+    started from: the edited value where the person's tools went (`touched`, at `edited`'s size), `before`
+    elsewhere. Without `touched`: where the display pixel changed, and nothing at all when `edited` is empty."""
+    if touched is not None and touched.shape != edited.shape:
+        raise DataError(f"touched pixels {touched.shape[1]}x{touched.shape[0]}, the mask {edited.shape[1]}x"
+                        f"{edited.shape[0]}: send both at one size")
+    if touched is None and not edited.any():
+        return np.zeros_like(before)
     if edited.shape == before.shape:
-        return edited
+        return edited if touched is None else np.where(touched, edited, before)
     size = (before.shape[1], before.shape[0])
     display = (edited.shape[1], edited.shape[0])
-    changed = shown(edited != shown(before, display), size)
-    return np.where(changed, shown(edited, size), before)
+    if touched is None:
+        touched = edited != shown(before, display)
+    return np.where(shown(touched, size), shown(edited, size), before)

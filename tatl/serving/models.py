@@ -5,8 +5,10 @@ the Teach button (FOLDER/.tatl-serve/models/run_<n>), listed in FOLDER/.tatl-ser
       "scores": {...}, "reason": "..."}, ...]}
 
 status: "ready" (can serve), "kept aside" (finished but scored lower than the model it was fine-tuned from; reason
-says by how much), "failed" (the fine-tuning failed; reason holds its message). Only a ready version can be
-activated; the active one's networks are loaded once and kept.
+says by how much), "failed" (the fine-tuning failed; reason holds its message). The server starts with the RUN it
+was given active ("base"), whatever an earlier server of the folder had active: the model served is the one named.
+Only a ready version can be activated, and only once its networks have loaded; the active one's networks are
+loaded once and kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tatl.errors import DataError
+from tatl.errors import DataError, TatlError
 from tatl.io import write_json
 from tatl.serving.folder import ServedFolder
 from tatl.serving.security import check_name
@@ -43,10 +45,7 @@ class ModelVersions:
         base = {"name": BASE, "path": str(Path(base_run).resolve()), "status": READY, "created": _now(),
                 "scores": None, "reason": "the run `tatl serve` was started with"}
         versions = [base] + [v for v in data.get("versions", []) if v["name"] != BASE]
-        active = data.get("active", BASE)
-        if not any(v["name"] == active and v["status"] == READY for v in versions):
-            active = BASE
-        self._write({"active": active, "versions": versions})
+        self._write({"active": BASE, "versions": versions})
 
     def _read(self) -> dict:
         return json.loads(self.file.read_text()) if self.file.is_file() else {}
@@ -88,21 +87,33 @@ class ModelVersions:
         return version
 
     def activate(self, name: str) -> dict:
+        """Make `name` the active version once its networks have loaded (a version that cannot serve is never
+        recorded as active)."""
         version = self.version(name)
         if version["status"] != READY:
             raise DataError(f"model version {name!r} is {version['status']}: {version['reason']}")
         with self._lock:
+            if self._loaded is None or self._loaded[0] != name:
+                self._loaded = (name, self.load(name))
             data = self._read()
             data["active"] = name
             self._write(data)
         return version
+
+    def load(self, name: str) -> Predictor:
+        """The networks of version `name`; a one-line DataError naming its folder when they do not load."""
+        path = self.path(name)
+        try:
+            return self._load(path)
+        except TatlError as error:
+            raise DataError(f"model version {name!r} ({path}) cannot be served: {error}") from error
 
     def predictor(self) -> tuple[str, Predictor]:
         """The active version's networks, loaded when first needed after a switch."""
         with self._lock:
             name = self._read()["active"]
             if self._loaded is None or self._loaded[0] != name:
-                self._loaded = (name, self._load(self.path(name)))
+                self._loaded = (name, self.load(name))
             return name, self._loaded[1]
 
     def weights(self, name: str, predictor: Predictor) -> dict[str, float]:

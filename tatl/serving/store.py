@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,10 +152,11 @@ class Store:
         prefix = f"{check_id(image_id)}_attribute_"
         return sorted(p.stem[len(prefix):] for p in self.corrections.glob(f"{prefix}*.png"))
 
-    def save_correction(self, image_id: str, masks: dict[str, np.ndarray], expected_version: int,
-                        model: str) -> Saved:
-        """Write the masks ((H, W) bool at the original size) as the next version; VersionConflict when
-        expected_version is not the current one."""
+    def save_correction(self, image_id: str, masks: dict[str, np.ndarray], expected_version: int, model: str,
+                        confirmed: Sequence[str] = ()) -> Saved:
+        """Write the masks ((H, W) bool at the original size) of the attributes the person edited or confirmed
+        (`confirmed`: "this mask is right" without an edit) as the next version, and nothing of any other attribute;
+        VersionConflict when expected_version is not the current one."""
         size = self.size(image_id)
         for attribute, mask in masks.items():
             check_name(attribute, "attribute")
@@ -170,11 +172,13 @@ class Store:
             folder = self.paths.versions(image_id) / f"{time}-{check_name(model, 'model')}"
             for attribute, mask in masks.items():
                 write_png(folder / f"{image_id}_attribute_{attribute}.png", as_grey(mask))
-            record = {"version": version, "time": time, "model": model, "attributes": sorted(masks)}
+            record = {"version": version, "time": time, "model": model, "attributes": sorted(masks),
+                      "edited": sorted(set(masks) - set(confirmed)), "confirmed": sorted(set(confirmed) & set(masks))}
             write_json(folder / "version.json", record)
             for attribute, mask in masks.items():
                 write_png(self.correction_path(image_id, attribute), as_grey(mask))
-            write_json(self.paths.state(image_id), state | {"version": version})
+            present = state.get("present", {}) | {a: bool(m.any()) for a, m in masks.items()}
+            write_json(self.paths.state(image_id), state | {"version": version, "present": present})
             self.drop_draft(image_id)
         return Saved(version, time, model, str(folder.relative_to(self.folder)))
 
@@ -189,17 +193,29 @@ class Store:
             raise NotFound(f"{image_id}: no correction of {attribute}")
         return read_stored(path)
 
-    def teaching_snapshot(self, folder: Path) -> Path:
-        """The corrected images and their official masks, linked into `folder` as they are now (the data of
-        `tatl finetune`): <id>.<ext> and corrections/<id>_attribute_<name>.png. DataError when none is corrected."""
+    def teaching_groups(self) -> list[tuple[list[str], list[str]]]:
+        """What the saved corrections can teach: (attributes, the image ids with a correction of each of them),
+        one entry per set of images, attributes sharing the same images together; DataError when none is saved.
+        An attribute is taught on its own images only: nothing any person did not correct or confirm is a label."""
         index = self.corrected_index()
-        corrected = [(i, index[i]) for i in self.image_ids() if i in index]
-        if not corrected:
+        images: dict[str, list[str]] = {}
+        for image_id in self.image_ids():
+            for attribute in index.get(image_id, []):
+                images.setdefault(attribute, []).append(image_id)
+        if not images:
             raise DataError("no corrected image yet: save at least one correction before fine-tuning")
-        for image_id, names in corrected:
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for attribute in sorted(images):
+            groups.setdefault(tuple(images[attribute]), []).append(attribute)
+        return [(attributes, list(ids)) for ids, attributes in groups.items()]
+
+    def teaching_snapshot(self, folder: Path, attributes: Sequence[str], image_ids: Sequence[str]) -> Path:
+        """`image_ids` and their official masks of `attributes` only, linked into `folder` as they are now (the
+        data of one `tatl finetune`): <id>.<ext> and corrections/<id>_attribute_<name>.png."""
+        for image_id in image_ids:
             image = self.image_path(image_id)
             link_or_copy(image, folder / image.name)
-            for name in names:
+            for name in attributes:
                 path = self.correction_path(image_id, name)
                 link_or_copy(path, ServedFolder(folder).corrections / path.name)
         return folder
@@ -211,6 +227,10 @@ class Store:
     def draft(self, image_id: str) -> dict | None:
         path = self.paths.draft(check_id(image_id))
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def drafted(self) -> set[str]:
+        """The ids with a draft, from one listing (the gallery marks their cards)."""
+        return {p.stem for p in self.paths.cache("drafts").glob("*.json")}
 
     def drop_draft(self, image_id: str) -> None:
         self.paths.draft(check_id(image_id)).unlink(missing_ok=True)

@@ -1,18 +1,22 @@
-"""Fine-tuning in the background: `tatl finetune` as a subprocess, its status, its stop, and what its result means.
+"""Fine-tuning in the background: `tatl finetune` as subprocesses, their status, their stop, and what the result means.
 
-`BackgroundJob` runs any command line, its output in a log file, and reports "running", "done" (exit code 0),
-"failed" (another code; the message is the command's error line) or "stopped". `Teacher` starts the fine-tuning of
-the active model on the corrected images:
+`BackgroundJob` runs command lines one after the other (a step each), their output in one log file, and reports
+"running", "done" (every step exited 0), "failed" (a step exited otherwise; the message is its error line) or
+"stopped". `Teacher` fine-tunes the active model on the saved corrections, each attribute's heads on the images
+where that attribute was corrected or confirmed and on no other (tatl.serving.store.Store.teaching_groups): one
+step per set of images, each step fine-tuning the previous step's run,
 
-    python -m tatl finetune ACTIVE_RUN FOLDER/.tatl-serve/teach/run_<n> --out FOLDER/.tatl-serve/models/run_<n>
+    python -m tatl finetune RUN_k-1 FOLDER/.tatl-serve/teach/run_<n>/step_<k> --out RUN_k
 
-where teach/run_<n>/ holds the corrected images and their official masks as they were when Teach was pressed
-(<id>.jpg and corrections/<id>_attribute_<name>.png, hard links, or copies where links are not possible): images
-nobody corrected are not in it, and a correction saved while it trains does not change what it trains on. When
-it has finished, the scores before and after (the macro-average Jaccard of the default variant on the run's
-validation split) are read from the new run's finetune.json (RunLayout.finetune_record). The new version becomes
-active only when it did not score lower; otherwise it is kept aside with the reason. A failure registers a failed
-version with its message. Nothing is activated while it runs.
+where RUN_0 is the active model, step_<k>/ holds the images of step k and their official masks of its attributes
+only, as they were when Teach was pressed (<id>.jpg and corrections/<id>_attribute_<name>.png, hard links or
+copies), and the last RUN_k is FOLDER/.tatl-serve/models/run_<n> (the others: models/run_<n>.steps/<k>). So the
+heads of attributes nobody corrected are copied unchanged, and a correction saved while it trains does not change
+what it trains on. When it has finished, the scores before (of RUN_0, from the first step's finetune.json) and
+after (of the last run) are compared: the macro-average Jaccard of the default variant on the active model's
+validation split, and the per-attribute scores are kept for the page. The new version becomes active only when it
+did not score lower; otherwise it is kept aside with the reason. A failure registers a failed version with its
+message. Nothing is activated while it runs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tatl.errors import DataError
@@ -37,25 +42,42 @@ SCORE_PATH = ("macro_average", "jaccard")  # inside its "before" and "after": th
 LOG_LINES = 40
 
 
-class BackgroundJob:
-    """One subprocess: its output goes to `output`; `progress_log` (if given) is another file whose last lines are
-    shown while it runs (RUN2/log.txt)."""
+@dataclass(frozen=True)
+class Step:
+    command: list[str]
+    progress_log: Path | None  # a file whose last lines are shown while the step runs (RUN_k/log.txt)
+    label: str  # what it does, in words
 
-    def __init__(self, command: Sequence[str], output: Path, progress_log: Path | None = None,
-                 on_exit: Callable[[BackgroundJob], None] | None = None):
-        self.command, self.output, self.progress_log = list(command), Path(output), progress_log
+
+class BackgroundJob:
+    """Subprocesses run one after the other; their output goes to `output`."""
+
+    def __init__(self, steps: Sequence[Step], output: Path, on_exit: Callable[[BackgroundJob], None] | None = None):
+        self.steps, self.output = list(steps), Path(output)
         self.started = time.time()
         self.stopped = False
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.output, "wb") as handle:  # the child writes it as it goes: not a file tatl.io could write
-            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+        self.current = 0
+        self.process: subprocess.Popen | None = None
+        self.returncode: int | None = None
         self.result: dict | None = None
-        self._watcher = threading.Thread(target=self._wait, args=(on_exit,), daemon=True)
+        self._lock = threading.Lock()
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.output.write_bytes(b"")  # the children append to it as they go: not a file tatl.io could write
+        self._watcher = threading.Thread(target=self._run, args=(on_exit,), daemon=True)
         self._watcher.start()
 
-    def _wait(self, on_exit) -> None:
-        self.process.wait()
+    def _run(self, on_exit) -> None:
+        for index, step in enumerate(self.steps):
+            with self._lock:
+                if self.stopped:
+                    break
+                self.current = index
+                with open(self.output, "ab") as handle:
+                    self.process = subprocess.Popen(step.command, stdout=handle, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL)
+            self.returncode = self.process.wait()
+            if self.returncode != 0:
+                break
         if on_exit is not None:
             try:
                 on_exit(self)
@@ -68,54 +90,76 @@ class BackgroundJob:
 
     @property
     def state(self) -> str:
-        code = self.process.poll()
-        if code is None or self._watcher.is_alive():
+        if self._watcher.is_alive():
             return "running"
         if self.stopped:
             return "stopped"
-        return "done" if code == 0 else "failed"
+        return "done" if self.returncode == 0 else "failed"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        with self._lock:
             self.stopped = True
-            self.process.terminate()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self.process.wait(10)
+                process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                process.kill()
 
     def lines(self) -> list[str]:
-        """The last lines of the progress log when there is one, else of the command's own output."""
-        for path in (self.progress_log, self.output):
-            if path is not None and Path(path).is_file():
-                text = Path(path).read_text(errors="replace").splitlines()
-                if text:
-                    return text[-LOG_LINES:]
-        return []
+        """The last lines a person follows: the running step's log without its debug lines when there is one,
+        else the commands' own output."""
+        log_file = self.steps[self.current].progress_log
+        if log_file is not None and Path(log_file).is_file():
+            text = [line for line in Path(log_file).read_text(errors="replace").splitlines() if " DEBUG " not in line]
+            if text:
+                return text[-LOG_LINES:]
+        return self.output_lines()
 
     def output_lines(self) -> list[str]:
         return self.output.read_text(errors="replace").splitlines()[-LOG_LINES:] if self.output.is_file() else []
 
     def status(self) -> dict:
-        return {"state": self.state, "command": self.command, "started": self.started,
-                "returncode": self.process.poll(), "log": self.lines(), "result": self.result}
+        step = self.steps[self.current]
+        return {"state": self.state, "command": step.command, "step": self.current + 1, "steps": len(self.steps),
+                "step_label": step.label, "started": self.started, "returncode": self.returncode,
+                "log": self.lines(), "result": self.result}
 
 
 def finetune_command(run: Path, folder: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "tatl", "finetune", str(run), str(folder), "--out", str(out)]
 
 
-def read_scores(run: Path) -> tuple[float, float, dict]:
-    """(before, after, the whole record) from the fine-tuned run's finetune.json, written when it has finished."""
+def read_scores(run: Path) -> dict:
+    """The fine-tuned run's finetune.json (written when it has finished), checked to hold the score compared."""
     path = RunLayout(run).finetune_record
     try:
         record = json.loads(path.read_text())
-        before, after = record["before"], record["after"]
-        for key in SCORE_PATH:
-            before, after = before[key], after[key]
-        return float(before), float(after), record
+        for side in ("before", "after"):
+            score = record[side]
+            for key in SCORE_PATH:
+                score = score[key]
+            float(score)
+        return record
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: no scores before and after ({type(error).__name__}: {error})") from error
+
+
+def compared(first: dict, last: dict) -> dict:
+    """Before (the first step's parent) and after (the last step's run), the macro score and per attribute."""
+    def score(record: dict) -> float:
+        for key in SCORE_PATH:
+            record = record[key]
+        return float(record)
+
+    before, after = first["before"], last["after"]
+    attributes = sorted(set(before.get("per_attribute", {})) & set(after.get("per_attribute", {})))
+    return {"before": score(before), "after": score(after),
+            "per_attribute": {a: {"before": before["per_attribute"][a].get("jaccard"),
+                                  "after": after["per_attribute"][a].get("jaccard")} for a in attributes},
+            "trained": sorted({a for r in (first, last) for a in r.get("attributes_trained", [])}),
+            "validation": last.get("validation"), "images": last.get("images")}
 
 
 class Teacher:
@@ -133,35 +177,43 @@ class Teacher:
             if self.job is not None and self.job.state == "running":
                 raise DataError("a fine-tuning is already running: stop it or wait for it")
             base = self.versions.active
+            groups = self.store.teaching_groups()
             self.name = self.versions.next_name()
             paths = self.versions.paths
-            out = paths.model_run(self.name)
-            data = self.store.teaching_snapshot(paths.teach_data(self.name))
-            self.job = BackgroundJob(self.command(self.versions.path(base), data, out), paths.model_output(self.name),
-                                     RunLayout(out).log, on_exit=lambda job: self._finish(job, base, out))
-            log.info("fine-tuning %s from %s: %s", self.name, base, " ".join(self.job.command))
+            runs = [self.versions.path(base)] + [paths.model_step(self.name, k) for k in range(1, len(groups))]
+            runs.append(paths.model_run(self.name))
+            steps = []
+            for k, (attributes, image_ids) in enumerate(groups, start=1):
+                data = self.store.teaching_snapshot(paths.teach_step(self.name, k), attributes, image_ids)
+                label = f"{', '.join(attributes)} on {len(image_ids)} image(s)"
+                steps.append(Step(self.command(runs[k - 1], data, runs[k]), RunLayout(runs[k]).log, label))
+            self.job = BackgroundJob(steps, paths.model_output(self.name),
+                                     on_exit=lambda job: self._finish(job, base, runs[1:]))
+            log.info("fine-tuning %s from %s: %s", self.name, base, "; ".join(s.label for s in steps))
             return self.status()
 
-    def _finish(self, job: BackgroundJob, base: str, out: Path) -> None:
+    def _finish(self, job: BackgroundJob, base: str, outs: list[Path]) -> None:
+        out = outs[-1]
         if job.stopped:
             job.result = {"status": "stopped", "reason": "stopped from the page"}
             return
-        if job.process.returncode != 0:
+        if job.returncode != 0:
             said = job.output_lines() + job.lines()  # the command's own error line first
             message = next((line for line in said if "error" in line.lower()), (said or ["no output"])[-1])
             job.result = self.versions.add(self.name, out, FAILED, None, message)
             return
         try:
-            before, after, record = read_scores(out)
+            scores = compared(read_scores(outs[0]), read_scores(out))
         except DataError as error:  # finished, but without the scores that decide: never activated
             job.result = self.versions.add(self.name, out, FAILED, None, str(error))
             return
+        before, after = scores["before"], scores["after"]
         if after < before:
             reason = f"scored {after:.4f} on validation, lower than {before:.4f} of {base}: kept aside"
-            job.result = self.versions.add(self.name, out, KEPT_ASIDE, record, reason)
+            job.result = self.versions.add(self.name, out, KEPT_ASIDE, scores, reason)
             return
         reason = f"scored {after:.4f} on validation ({before:.4f} before, with {base})"
-        job.result = self.versions.add(self.name, out, READY, record, reason)
+        job.result = self.versions.add(self.name, out, READY, scores, reason)
         self.versions.activate(self.name)
 
     def stop(self) -> dict:
