@@ -106,7 +106,7 @@ class _SummaryAndReport:
 
         layout, run_dir = RunLayout(self.run_dir), self.run_dir
         self.summary = summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}",
-                                        config.pipeline.tune_thresholds)
+                                        config.pipeline.tune_thresholds and not config.data.tune_fraction)
         write_text(layout.summary, self.summary)
         log.info("wrote %s and %s", layout.metrics, layout.summary)
         said = write_report_or_say_why(run_dir, data_root)

@@ -25,6 +25,9 @@ from tatl.layout import DEFAULT_VARIANT, STAGES, VARIANTS, variant_stages
 PRESETS_DIR = Path(__file__).parent / "presets"
 MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
 INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  # Stage-3 starts (Tables 6-7)
+LOSSES = ("paper", "pooled", "pooled_bce")  # train.loss
+SAMPLINGS = ("uniform", "rare")  # train.sampling
+SCHEDULES = ("constant", "cosine")  # train.schedule
 
 
 @dataclass
@@ -33,6 +36,10 @@ class DataConfig:
     stage1_size: int = 256  # Segment-Net input side in pixels (square, multiple of 32)
     image_size: int = 256  # Stage 2/3 input side: lesion crops or full images are resized to this
     val_fraction: float = 0.2  # share of images in the validation split (when fold is null)
+    # Beyond the paper: share of all images held out of training as a tuning split (stratified like validation,
+    # splits.json "tune"): it picks each network's best epoch and the tuned thresholds, so no reported validation
+    # score is tuned on the images it is measured on. 0: no tuning split (the paper: best epoch on validation).
+    tune_fraction: float = 0.0
     n_folds: int = 5  # k of the k-fold split written to splits.json
     fold: int | None = None  # validate on fold k (0-based) of the k folds instead of the train/val split
     binarize_threshold: int | None = None  # read soft masks as value > threshold (official scorer: 128); null: refuse
@@ -67,6 +74,14 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); CPU stays fp32
     compile: bool = False  # torch.compile every network (opt-in: minutes of compiling; does not pay on AVX2 CPUs)
     sync_batchnorm: bool = True  # torchrun on CUDA: BatchNorm statistics of the global batch, as one GPU would see
+    # Beyond the paper (tatl.training.losses): "paper" is Eq. 1 per image, batch mean; "pooled" the same soft Dice +
+    # Jaccard over the pixels of the whole batch, as the official metric pools an attribute's pixels over images;
+    # "pooled_bce" adds a pixel-wise binary cross-entropy, which gives empty masks a gradient.
+    loss: str = "paper"
+    # Beyond the paper (tatl.data.sampling): "uniform" shows each training image once per epoch (the paper); "rare"
+    # draws as many with replacement, weighted to oversample images showing a rare attribute (Stage 2 and 3).
+    sampling: str = "uniform"
+    schedule: str = "constant"  # learning rate: "constant" (the paper) or "cosine" (annealed to 0 over train.epochs)
 
 
 @dataclass
@@ -81,7 +96,9 @@ class PipelineConfig:
     crop_source: str = "predicted"  # training crops from Stage-1 "predicted" masks (paper) or "truth" lesion masks
     min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
     threshold: float = 0.5  # probability above which a pixel is positive
-    tune_thresholds: bool = False  # pick each attribute's threshold on validation; stored in RUN/thresholds.json
+    # Pick each attribute's threshold (0.05..0.95) on the tuning split (data.tune_fraction), else on validation
+    # (optimistic, labelled so); stored in RUN/thresholds.json.
+    tune_thresholds: bool = False
     # Run folders whose finished Stage-1/2 networks this run copies instead of training when they were trained with
     # the same settings and split on the same data folder (tatl.pipeline.reuse); `tatl experiment` fills it in with the
     # grid's matching jobs.
@@ -263,6 +280,8 @@ def validate(config: Config) -> None:
         size = getattr(d, key)
         _require(size >= 32 and size % 32 == 0, f"data.{key} must be a positive multiple of 32, got {size}")
     _require(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    _require(0.0 <= d.tune_fraction < 1.0 - d.val_fraction, f"data.tune_fraction must be in [0, 1 - "
+             f"data.val_fraction), got {d.tune_fraction}")
     _require(d.n_folds >= 2, f"data.n_folds must be >= 2, got {d.n_folds}")
     _require(d.fold is None or 0 <= d.fold < d.n_folds, f"data.fold must be in [0, {d.n_folds}), got {d.fold}")
     _require(d.binarize_threshold is None or 0 <= d.binarize_threshold < 255, "data.binarize_threshold: 0..254")
@@ -280,6 +299,8 @@ def validate(config: Config) -> None:
              f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
     _require(t.monitor in ("jaccard", "dice", "loss"), f"train.monitor: {t.monitor!r} (jaccard, dice, loss)")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device: {t.device!r} (auto, cpu, cuda)")
+    for key, choices in (("loss", LOSSES), ("sampling", SAMPLINGS), ("schedule", SCHEDULES)):
+        _require(getattr(t, key) in choices, f"train.{key}: {getattr(t, key)!r} (one of {', '.join(choices)})")
     _require(t.num_workers >= 0, "train.num_workers must be >= 0")
     _require(p.stages in STAGES, f"pipeline.stages: {p.stages!r} (one of {', '.join(STAGES)})")
     _require(p.stages != "1" or not p.segment_net, "pipeline.segment_net: a Stage-1-only run (pipeline.stages=1) "
@@ -315,6 +336,8 @@ def _validate_init_from(config: Config) -> None:
              "stage2 too")
     _require(p.init_from is None or config.data.fold is None, "pipeline.init_from validates on the parent run's "
              f"validation split: set data.fold=null (not {config.data.fold})")
+    _require(p.init_from is None or config.data.tune_fraction == 0, "pipeline.init_from keeps the parent run's "
+             f"split: set data.tune_fraction=0 (not {config.data.tune_fraction})")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -130,6 +130,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.targets = targets  # the name of each mask channel; the engine matches heads to channels by name
         self.augmentation = build_augmentation(strong) if augment or strong else None
         self.seed, self.epoch = seed, 0
+        self.weights: np.ndarray | None = None  # train.sampling rare: each image's draw probability (data.sampling)
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations depend on (seed, epoch, index) only, so a resumed epoch sees the same ones."""

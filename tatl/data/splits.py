@@ -26,19 +26,35 @@ SPLIT_KEYS = ("seed", "val_fraction", "train", "val", "folds")
 
 
 def make_splits(
-    presence: Mapping[str, Iterable[str]], val_fraction: float = 0.2, n_folds: int = 5, seed: int = 0
+    presence: Mapping[str, Iterable[str]], val_fraction: float = 0.2, n_folds: int = 5, seed: int = 0,
+    tune_fraction: float = 0.0,
 ) -> dict:
     """{"seed", "val_fraction", "train", "val", "folds"}: train/val disjoint and covering every id; every id in
-    exactly one of the `n_folds` folds."""
+    exactly one of the `n_folds` folds. tune_fraction > 0 adds "tune_fraction" and "tune": that share of all ids,
+    taken from train the way val is taken (stratified), which training then leaves out (`training_ids`)."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must be in [0, 1), not {val_fraction}")
     if n_folds < 1:
         raise ConfigError(f"n_folds must be at least 1, not {n_folds}")
+    if not 0 <= tune_fraction < 1 - val_fraction:
+        raise ConfigError(f"tune_fraction must be in [0, 1 - val_fraction), not {tune_fraction}")
     strata = stratify(presence)
     val = _validation_ids(strata, val_fraction, random.Random(f"val-{seed}"))
     folds = _folds(strata, n_folds, random.Random(f"folds-{seed}"))
     train = sorted(set(presence) - set(val))
-    return {"seed": seed, "val_fraction": val_fraction, "train": train, "val": sorted(val), "folds": folds}
+    splits = {"seed": seed, "val_fraction": val_fraction, "train": train, "val": sorted(val), "folds": folds}
+    if tune_fraction > 0:  # the same per-stratum draw on what val left, at the share of all images asked for
+        taken = set(val)
+        left = {s: [i for i in ids if i not in taken] for s, ids in strata.items()}
+        tune = _validation_ids(left, tune_fraction / (1 - val_fraction), random.Random(f"tune-{seed}"))
+        splits.update(tune_fraction=tune_fraction, tune=sorted(tune))
+    return splits
+
+
+def training_ids(splits: dict, train: list[str]) -> list[str]:
+    """`train` without the tuning split's ids (splits.json "tune"; none in files without it)."""
+    tune = set(splits.get("tune", []))
+    return [i for i in train if i not in tune]
 
 
 def stratify(presence: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
@@ -122,6 +138,9 @@ def _structure_problem(splits: object) -> str | None:
             return f"{name} lists an id twice"
     if not isinstance(splits["folds"], list) or not splits["folds"]:
         return "folds is not a non-empty list of id lists"
+    tune = splits.get("tune", [])
+    if not isinstance(tune, list) or not all(isinstance(i, str) for i in tune) or not set(tune) <= set(splits["train"]):
+        return "tune is not a list of ids of train"
     if set(splits["train"]) & set(splits["val"]):
         return f"train and val share ids, e.g. {sorted(set(splits['train']) & set(splits['val']))[0]}"
     every = set(splits["train"]) | set(splits["val"])

@@ -32,7 +32,7 @@ from tatl.data.crops import Box
 from tatl.data.dataset import load_images, load_masks
 from tatl.data.images import image_size
 from tatl.data.isic import Sample, find_samples, join_samples
-from tatl.data.splits import read_splits
+from tatl.data.splits import read_splits, training_ids
 from tatl.device import resolve_device
 from tatl.errors import ConfigError, DataError
 from tatl.io import write_json
@@ -57,14 +57,22 @@ class RunContext:
     samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_roots
     report: DataReport | None = None  # the data check of `tatl run` (every image's size); None for a finished run
     data_roots: list[Path] = field(default_factory=list)  # every data folder: [data_root] unless several
+    tune_ids: list[str] = field(default_factory=list)  # the tuning split (data.tune_fraction), none by default
     train: list[Sample] = field(init=False)
     val: list[Sample] = field(init=False)
+    tune: list[Sample] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.data_roots and self.data_root is not None:
             self.data_roots = [self.data_root]
         self.train = [self.samples[i] for i in self.train_ids] if self.samples else []
         self.val = [self.samples[i] for i in self.val_ids] if self.samples else []
+        self.tune = [self.samples[i] for i in self.tune_ids] if self.samples else []
+
+    @property
+    def selection(self) -> list[Sample]:
+        """The images that pick each network's best epoch: the tuning split if there is one, else validation."""
+        return self.tune or self.val
 
     @classmethod
     def open(cls, run_dir: Path, data: Data | None = None, need_data: bool = True) -> RunContext:
@@ -75,7 +83,8 @@ class RunContext:
         if not layout.config.is_file():
             raise DataError(f"{layout.root}: not a run folder (no {layout.config.name})")
         config = load_config(layout.config)
-        train_ids, val_ids = split_ids(read_splits(layout.splits), config)
+        splits = read_splits(layout.splits)
+        (train_ids, val_ids), tuning = split_ids(splits, config), tune_ids(splits, config)
         if data is not None:
             roots = [resolve_data(str(given), layout.root, config) for given in data_list(data)]
         else:
@@ -84,9 +93,9 @@ class RunContext:
             except DataError:
                 if need_data:
                     raise
-                return cls(layout, config, train_ids, val_ids)
-        samples = samples_of(roots, config, train_ids + val_ids, hint="; wrong --data?")
-        return cls(layout, config, train_ids, val_ids, roots[0], samples, data_roots=roots)
+                return cls(layout, config, train_ids, val_ids, tune_ids=tuning)
+        samples = samples_of(roots, config, train_ids + val_ids + tuning, hint="; wrong --data?")
+        return cls(layout, config, train_ids, val_ids, roots[0], samples, data_roots=roots, tune_ids=tuning)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -221,10 +230,17 @@ def stated_stages(layout: RunLayout) -> str | None:
 
 
 def split_ids(splits: dict, config: Config) -> tuple[list[str], list[str]]:
-    """(training ids, validation ids) of the configured fold (data.fold), else of the train/validation split."""
+    """(training ids, validation ids) of the configured fold (data.fold), else of the train/validation split; the
+    training ids leave the tuning split out (tune_ids)."""
     if config.data.fold is None:
-        return list(splits["train"]), list(splits["val"])
+        return training_ids(splits, list(splits["train"])), list(splits["val"])
     folds = splits["folds"]
     val = list(folds[config.data.fold])
     train = sorted(i for k, fold in enumerate(folds) if k != config.data.fold for i in fold)
-    return train, val
+    return training_ids(splits, train), val
+
+
+def tune_ids(splits: dict, config: Config) -> list[str]:
+    """The tuning split (data.tune_fraction; splits.json "tune"), without the configured fold's validation ids."""
+    val = set(split_ids(splits, config)[1])
+    return [i for i in splits.get("tune", []) if i not in val]

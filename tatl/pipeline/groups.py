@@ -16,9 +16,11 @@ import torch
 from tatl import distributed
 from tatl.checkpoints import load_checkpoint
 from tatl.config import Config, to_dict
+from tatl.constants import LESION
 from tatl.data.crops import Box
 from tatl.data.dataset import SegmentationDataset, load_images, load_masks
 from tatl.data.isic import Sample
+from tatl.data.sampling import rare_weights
 from tatl.io import write_json
 from tatl.layout import BEST, DONE
 from tatl.models.multihead import MultiHeadSegmenter
@@ -26,7 +28,8 @@ from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.pipeline import parent, reuse
 from tatl.pipeline.context import RunContext
-from tatl.training.engine import fit
+from tatl.training.engine import Objective, fit
+from tatl.training.losses import build_loss
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,10 @@ def stage_dataset(ctx: RunContext, samples: list[Sample], targets: list[str], si
     images = load_images(samples, size, boxes, ctx.cache_dir)
     masks = load_masks(samples, targets, size, boxes, ctx.report.sizes, ctx.cache_dir,
                        ctx.config.data.binarize_threshold)
-    return training_set(images, masks, ctx.config, targets, augment, strong)
+    dataset = training_set(images, masks, ctx.config, targets, augment, strong)
+    if samples is ctx.train and LESION not in targets and ctx.config.train.sampling == "rare":  # Stage 2 and 3
+        dataset.weights = rare_weights([s.image_id for s in samples], ctx.report.presence)
+    return dataset
 
 
 def training_set(images: np.ndarray, masks: np.ndarray, config: Config, targets: list[str], augment: bool,
@@ -85,7 +91,7 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
         parent.start_heads(cfg, ctx.layout, group, head_dirs, train_encoder, label)
     started = time.perf_counter()
     progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
-                   to_dict(cfg), cfg.pipeline.threshold)
+                   to_dict(cfg), cfg.pipeline.threshold, Objective(build_loss(cfg.train.loss)))
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
     write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it

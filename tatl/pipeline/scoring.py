@@ -18,7 +18,7 @@ from tatl.data.isic import Sample
 from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter
 
-THRESHOLD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05, 0.1, ..., 0.95
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def tune_thresholds(
     binarize_threshold: int | None = None,
     across_ranks: bool = False,
 ) -> dict[str, float]:
-    """Per attribute, the grid threshold with the best official Jaccard on these (validation) images.
+    """Per attribute, the grid threshold with the best official Jaccard on these images (the tuning split).
 
     One pass over the images scores every threshold at once; ties go to the threshold nearest 0.5. across_ranks:
     as in score_attributes.

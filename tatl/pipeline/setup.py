@@ -20,15 +20,15 @@ from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.layout import RunLayout, variant_stages
 from tatl.pipeline import parent
-from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids
+from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids, tune_ids
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run cannot change: the networks' architecture, what and how big the images are, and the split.
 RESUME_FIXED = (
     "model.encoder_name", "model.stage1_shape", "pipeline.encoder_mode", "data.attributes", "data.stage1_size",
-    "data.image_size", "data.val_fraction", "data.n_folds", "data.fold", "pipeline.stages", "pipeline.segment_net",
-    "pipeline.init_from", "pipeline.init_with_original", "pipeline.init_copied",
+    "data.image_size", "data.val_fraction", "data.tune_fraction", "data.n_folds", "data.fold", "pipeline.stages",
+    "pipeline.segment_net", "pipeline.init_from", "pipeline.init_with_original", "pipeline.init_copied",
 )
 RESUME_FIXED_SYNTHETIC = ("synth.n", "synth.size", "synth.seed")  # the run's synthetic-data/ is reused as it is
 _held_locks: dict[Path, object] = {}  # lock files this process holds; the OS releases them when it dies
@@ -167,13 +167,14 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
         log.info(report.summary_table())
     report = merge_reports(reports)  # an id in two folders: named here
     layout = RunLayout(run_dir)
-    train, val = split_ids(_splits(layout, report.presence, config), config)
+    splits = _splits(layout, report.presence, config)
+    (train, val), tuning = split_ids(splits, config), tune_ids(splits, config)
     by_id = {s.image_id: s for s in report.samples}
-    missing = [i for i in train + val if i not in by_id]
+    missing = [i for i in train + val + tuning if i not in by_id]
     if missing:
         raise DataError(f"{layout.splits}: ids not in {', '.join(map(str, roots))}: {', '.join(missing[:5])}")
     record_data(layout, data, roots)
-    return RunContext(layout, config, train, val, roots[0], by_id, report, data_roots=roots)
+    return RunContext(layout, config, train, val, roots[0], by_id, report, data_roots=roots, tune_ids=tuning)
 
 
 def _require_lesion_masks(report: DataReport, config: Config) -> None:
@@ -212,6 +213,7 @@ def _splits(layout: RunLayout, presence: dict, config: Config) -> dict:
         splits = parent.split(layout, presence, config)
         write_splits(path, splits)
         return splits
-    splits = make_splits(presence, config.data.val_fraction, config.data.n_folds, config.train.seed)
+    d = config.data
+    splits = make_splits(presence, d.val_fraction, d.n_folds, config.train.seed, d.tune_fraction)
     write_splits(path, splits)
     return splits

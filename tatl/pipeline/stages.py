@@ -57,7 +57,7 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
         return train_group(ctx, shape, None, [LESION], None, None, group_dir, train_encoder=True,
                             label=f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})")
     datasets = [stage_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
-                for samples in (ctx.train, ctx.val)]
+                for samples in (ctx.train, ctx.selection)]
     return train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1",
                         monitor=THRESHOLD_JACCARD)
 
@@ -68,8 +68,9 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
     Under torchrun each rank predicts its share of the images; boxes and scores are then put together on every rank.
     """
     cfg = ctx.config
-    samples = ctx.train + ctx.val
+    samples = ctx.train + ctx.tune + ctx.val
     train_ids = {s.image_id for s in ctx.train}
+    val_ids = {s.image_id for s in ctx.val}
     mine = distributed.my_share(samples)
     images = distributed.my_share(load_images(samples, cfg.data.stage1_size, None, ctx.cache_dir))
     probabilities = predict_probabilities(segment_net, images, ctx.device, cfg.train.batch_size)[LESION]
@@ -95,7 +96,7 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
     scores: dict = {}
     if any(s.lesion_mask_path for s in ctx.val):  # the same on every rank; data without lesion masks has no score
         # the validation images with a lesion mask (all of them, unless the Segment-Net came from another run)
-        is_val = np.array([s.image_id not in train_ids and s.lesion_mask_path is not None for s in mine], dtype=bool)
+        is_val = np.array([s.image_id in val_ids and s.lesion_mask_path is not None for s in mine], dtype=bool)
         scores = score_lesions(probabilities[is_val], [s for s, v in zip(mine, is_val, strict=True) if v],
                                ctx.report.sizes, cfg.pipeline.threshold, cfg.data.binarize_threshold,
                                across_ranks=True)
@@ -110,7 +111,7 @@ def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -
     kind = "crops" if boxes else "full"
     datasets = [None, None] if "stage2" in ctx.config.pipeline.init_copied else [  # copied from the parent run
         stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
-        for samples in (ctx.train, ctx.val)]
+        for samples in (ctx.train, ctx.selection)]
     return train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
                         train_encoder=True, label=f"stage 2 ({kind}, {shape})")
 
@@ -131,7 +132,7 @@ def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, B
     train_set = val_set = None  # no data for the copied heads, which need none (nor have masks in new data)
     if trained:
         train_set = stage_dataset(ctx, ctx.train, trained, cfg.data.image_size, boxes, augment=True, strong=augmented)
-        val_set = stage_dataset(ctx, ctx.val, trained, cfg.data.image_size, boxes, augment=False)
+        val_set = stage_dataset(ctx, ctx.selection, trained, cfg.data.image_size, boxes, augment=False)
     start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
     shape_dir = ctx.layout.stage3(variant, shape)
     heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in attributes}
@@ -164,7 +165,7 @@ def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Bo
         return None, configured if configured not in (None, "none") else "imagenet"
     if init == "context-restoration":
         kind = "crops" if boxes else "full"
-        images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.val)]
+        images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.selection)]
         state = train_context_restoration(shape, cfg.model.encoder_name, configured, *images, cfg.train,
                                           ctx.layout.pretext(kind, shape))
         return state, None
@@ -183,21 +184,30 @@ def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSe
                      boxes: dict[str, Box] | None) -> tuple[dict, dict]:
     """Official scores at original size for each shape and the U+Link ensemble, and the thresholds used."""
     cfg = ctx.config
-    # Under torchrun each rank predicts and scores its share of the images; the scores' sums are added up.
-    images = distributed.my_share(load_images(ctx.val, cfg.data.image_size, boxes, ctx.cache_dir))
-    per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
-    if len(per_shape) > 1:
-        per_shape[ENSEMBLE] = average_probabilities(list(per_shape.values()))
+    per_shape = _shape_probabilities(ctx, variant_models, boxes, ctx.val)
     where = (distributed.my_share(ctx.val), boxes, ctx.report.sizes)
+    tuning = (_shape_probabilities(ctx, variant_models, boxes, ctx.tune), distributed.my_share(ctx.tune), boxes,
+              ctx.report.sizes) if ctx.tune else (per_shape, *where)  # no tuning split: validation (optimistic)
     scores, thresholds = {}, {}
     for name, probabilities in per_shape.items():
         thresholds[name] = dict.fromkeys(probabilities, cfg.pipeline.threshold)
-        if cfg.pipeline.tune_thresholds:  # tuned and scored on validation: optimistic, and labelled so
-            thresholds[name] = tune_thresholds(probabilities, *where, binarize_threshold=cfg.data.binarize_threshold,
-                                               across_ranks=True)
+        if cfg.pipeline.tune_thresholds:
+            thresholds[name] = tune_thresholds(tuning[0][name], *tuning[1:],
+                                               binarize_threshold=cfg.data.binarize_threshold, across_ranks=True)
         scores[name] = score_attributes(probabilities, *where, thresholds[name], cfg.data.binarize_threshold,
                                         across_ranks=True)
     return scores, thresholds
+
+
+def _shape_probabilities(ctx: RunContext, variant_models: dict[str, list[MultiHeadSegmenter]],
+                         boxes: dict[str, Box] | None, samples: list) -> dict[str, dict[str, np.ndarray]]:
+    """{shape or ensemble: {attribute: probabilities}} of this rank's share of `samples` (under torchrun each rank
+    predicts and scores its share; the scores' sums are added up)."""
+    images = distributed.my_share(load_images(samples, ctx.config.data.image_size, boxes, ctx.cache_dir))
+    per_shape = {shape: predict_targets(ctx, model, images) for shape, model in variant_models.items()}
+    if len(per_shape) > 1:
+        per_shape[ENSEMBLE] = average_probabilities(list(per_shape.values()))
+    return per_shape
 
 
 # ----------------------------------------------------------------------------------------------------- the run
@@ -235,8 +245,9 @@ def run_pipeline(ctx: RunContext) -> dict:
             metrics[f"stage2-{kind}"], stage2_thresholds[kind] = evaluate_variant(ctx, stage2_models, variant_boxes)
         metrics[f"variant {variant}"], thresholds[variant] = evaluate_variant(ctx, models, variant_boxes)
         _log_variant(variant, metrics[f"variant {variant}"])
-    write_json(ctx.layout.thresholds, {"tuned": cfg.pipeline.tune_thresholds, "variants": thresholds,
-                                                 "stage2": stage2_thresholds})
+    tuned_on = ("tuning split" if ctx.tune else "validation") if cfg.pipeline.tune_thresholds else None
+    write_json(ctx.layout.thresholds, {"tuned": cfg.pipeline.tune_thresholds, "tuned_on": tuned_on,
+                                       "variants": thresholds, "stage2": stage2_thresholds})
     return metrics
 
 

@@ -90,7 +90,8 @@ def _optional(build: Callable, default):
 def tuned_note(config) -> list[Block]:
     from tatl.reporting.summary import TUNED_NOTE
 
-    return [Text(TUNED_NOTE)] if config.pipeline.tune_thresholds else []
+    optimistic = config.pipeline.tune_thresholds and not config.data.tune_fraction  # tuned on validation itself
+    return [Text(TUNED_NOTE)] if optimistic else []
 
 
 def config_table(run_dir: Path) -> Table:

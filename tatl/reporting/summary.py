@@ -23,7 +23,8 @@ MICRO_NOTE = ("Average (macro) = unweighted mean over attributes, the scale of t
               "attributes' confusion matrices summed: the ISIC 2018 leaderboard's 'overall', not comparable with them.")
 TUNED_NOTE = (
     "Thresholds tuned on this validation split (pipeline.tune_thresholds, RUN/thresholds.json): these scores are "
-    "optimistic, measured on the images the thresholds were picked on."
+    "optimistic, measured on the images the thresholds were picked on (data.tune_fraction > 0 tunes them on a split "
+    "of their own)."
 )
 
 

@@ -42,7 +42,7 @@ from tatl.errors import TatlError
 from tatl.layout import BEST, LAST
 from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer
 from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
-from tatl.training import parallel
+from tatl.training import parallel, schedule
 from tatl.training.head_progress import THRESHOLD_JACCARD, HeadProgress, resume_head, save_epoch, update_progress
 from tatl.training.losses import TatlLoss
 
@@ -180,9 +180,7 @@ def _loader(dataset, cfg: TrainConfig, epoch: int | None, device: torch.device) 
         mine = distributed.my_share(list(range(len(dataset))))
         batches = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
     else:  # the order depends on (seed, epoch) only, so a resumed run replays the same batches
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(dataset), generator=generator).tolist()
-        batches = distributed.rank_batches(order, cfg.batch_size)
+        batches = distributed.rank_batches(schedule.epoch_order(dataset, cfg, epoch), cfg.batch_size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
                                        pin_memory=device.type == "cuda")
 
@@ -227,8 +225,10 @@ def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.util
         dataset.set_epoch(epoch)
     totals = {n: 0.0 for n in active}
     seen = 0
-    bar = logs.progress(_loader(dataset, cfg, epoch, device), f"{label} {epoch + 1}", unit="batch")
+    loader = _loader(dataset, cfg, epoch, device)
+    bar = logs.progress(loader, f"{label} {epoch + 1}", unit="batch")
     for batch_index, (x, y) in enumerate(bar):
+        schedule.set_learning_rate(optimizers, schedule.learning_rate(cfg, epoch, batch_index, len(loader)))
         x, y = _to_device(x, y, device, cfg)
         for n in active:
             optimizers[n].zero_grad(set_to_none=True)

@@ -9,6 +9,10 @@ blind to them teaches the network to paint every image.
 A caveat of Eq. 1 itself, kept as the paper has it: on an empty mask the loss is about 1 - alpha / P (P = the sum
 of predicted probabilities), so its gradient, about alpha / P^2, is tiny unless the prediction is almost empty
 already. Such images are scored, but the updates come from the images that show the attribute.
+
+Beyond the paper (train.loss): `PooledLoss` sums the pixels of the whole batch before the same two distances, as
+the official metric pools an attribute's pixels over all images, so an empty mask's false positives count against
+the batch's true positives; `bce=True` adds a pixel-wise binary cross-entropy, a gradient on every pixel.
 """
 
 from __future__ import annotations
@@ -72,3 +76,36 @@ class TatlLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dice_weight={self.dice_weight}, jaccard_weight={self.jaccard_weight}, alpha={self.alpha}"
+
+
+class PooledLoss(nn.Module):
+    """Soft Dice + Jaccard distances (weights 0.5 each) over every pixel of the batch at once, plus, with `bce`,
+    the mean pixel-wise binary cross-entropy. Same inputs as TatlLoss; float32 even under autocast."""
+
+    def __init__(self, bce: bool = False, alpha: float = ALPHA) -> None:
+        super().__init__()
+        self.bce = bce
+        self.alpha = alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits, target = logits.float(), target.float()
+            probs = torch.sigmoid(logits)
+            pooled_probs, pooled_target = probs.reshape(1, -1), target.reshape(1, -1)  # one "sample": the batch
+            loss = 0.5 * dice_distance(pooled_probs, pooled_target, self.alpha)[0] + 0.5 * (
+                jaccard_distance(pooled_probs, pooled_target, self.alpha)[0]
+            )
+            if self.bce:
+                loss = loss + nn.functional.binary_cross_entropy_with_logits(logits.reshape(target.shape), target)
+            return loss
+
+    def extra_repr(self) -> str:
+        return f"bce={self.bce}, alpha={self.alpha}"
+
+
+def build_loss(name: str) -> nn.Module:
+    """The loss train.loss names: "paper" (Eq. 1), "pooled" or "pooled_bce"."""
+    losses = {"paper": TatlLoss, "pooled": PooledLoss, "pooled_bce": lambda: PooledLoss(bce=True)}
+    if name not in losses:
+        raise ValueError(f"unknown loss {name!r} (one of {', '.join(losses)})")
+    return losses[name]()
