@@ -99,15 +99,20 @@ def test_the_real_data_presets_train_without_augmentation_and_the_demo_keeps_it(
         "paper": False, "isic-cpu": False, "demo": True}  # the demo's README scores were measured with it
 
 
-def test_the_isic_cpu_preset_starts_from_lite0_and_runs_both_shapes_and_the_crop_variants():
+def test_the_isic_cpu_preset_starts_from_lite0_runs_full_tatl_and_names_what_it_adds_beyond_the_paper():
     from tatl.models.weights import LITE0_ENCODER, check_lite0_fits
 
     config = load_config("isic-cpu")
-    m, p = config.model, config.pipeline
+    m, p, t = config.model, config.pipeline, config.train
     assert (m.encoder_name, m.encoder_weights) == (LITE0_ENCODER, "lite0")
     check_lite0_fits(m.encoder_name)
-    assert m.shapes == ["unet", "linknet"] and {"3", "1,2,3"} <= set(p.variants)
+    assert "unet" in m.shapes and "1,2,3" in p.variants
     assert p.init == "tatl" and p.encoder_mode == "frozen"
+    assert config.data.tune_fraction > 0 and p.tune_thresholds  # thresholds never tuned on the reported split
+    text = (PRESETS_DIR / "isic-cpu.yaml").read_text()
+    for key in ("train.loss", "train.sampling", "train.schedule", "data.tune_fraction"):
+        assert key in text, key  # the comment names each addition
+    assert (t.loss, t.sampling, t.schedule) != ("paper", "uniform", "constant")
     values = yaml.safe_load((PRESETS_DIR / "isic-cpu.yaml").read_text())
     assert "segment_net" not in values["pipeline"]  # the run names its Segment-Net: --segment-net
 
