@@ -5,6 +5,7 @@ the server's is aborted and fails the test; screenshots are kept in tests/artifa
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -159,7 +160,7 @@ def test_gallery_layers_and_a_brush_stroke_saved_exactly_where_drawn(served, con
     screenshot(page, "gallery.png")
     image_id = page.locator(".card").first.get_attribute("data-id")
     open_image(page, image_id)
-    assert page.locator("#stage-correction canvas.layer-canvas").count() == 4  # abnormal, 2 attributes, lesion
+    assert page.locator("#stage-correction canvas.layer-canvas[data-layer]").count() == 4  # abnormal, 2 attr., lesion
     globules = page.locator("#stage-prediction canvas[data-layer=globules]")
     page.check("input[name=mode][value=both]")
     page.uncheck("#layers .layer[data-layer=globules] input")
@@ -167,19 +168,22 @@ def test_gallery_layers_and_a_brush_stroke_saved_exactly_where_drawn(served, con
     page.check("#layers .layer[data-layer=globules] input")
     assert globules.is_visible()
     page.click("#layers .layer[data-layer=pigment_network] button")
+    edited = page.locator("#stage-correction canvas[data-layer=pigment_network]")
+    page.uncheck("#layers .layer[data-layer=pigment_network] input")
+    assert edited.is_hidden(), "unchecking the edited layer hides it"
+    page.check("#layers .layer[data-layer=pigment_network] input")
+    z = "name => getComputedStyle(document.querySelector(`#stage-correction canvas[data-layer=${name}]`)).zIndex"
+    assert int(page.evaluate(z, "pigment_network")) > int(page.evaluate(z, "globules")), "the edited layer on top"
     page.click("#absent")
     page.click("#save")
     page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+    assert "correction version 1 (pigment network)" in page.inner_text("#image-state"), "the heading follows a save"
     before = official(served.folder, image_id, "pigment_network")
     assert before.shape == (48, 64) and not before.any()
-    page.eval_on_selector("#brush-size", "e => { e.value = 6; e.dispatchEvent(new Event('input')); }")
+    assert not (served.folder / "corrections" / f"{image_id}_attribute_globules.png").exists(), \
+        "saving one attribute wrote another"
     size, start, end = (64, 48), (10, 24), (40, 20)
-    page.mouse.move(*pixel_to_screen(page, "pigment_network", *start, size))
-    page.mouse.down()
-    for step in range(1, 11):
-        x, y = start[0] + (end[0] - start[0]) * step / 10, start[1] + (end[1] - start[1]) * step / 10
-        page.mouse.move(*pixel_to_screen(page, "pigment_network", x, y, size))
-    page.mouse.up()
+    stroke(page, "pigment_network", start, end, size)
     page.wait_for_function("document.getElementById('edit-status').textContent.includes('draft autosaved')")
     assert (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").is_file()
     screenshot(page, "viewer.png")
@@ -192,7 +196,7 @@ def test_gallery_layers_and_a_brush_stroke_saved_exactly_where_drawn(served, con
     radius = 3
     assert not (changed & (distance > radius + 1)).any(), "pixels changed away from the stroke"
     assert changed[distance < radius - 1].all(), "pixels under the stroke did not change"
-    assert official(served.folder, image_id, "globules").shape == (48, 64)  # every attribute its own mask
+    assert not (served.folder / "corrections" / f"{image_id}_attribute_globules.png").exists()
     assert not (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").exists()
 
 
@@ -236,18 +240,70 @@ def test_an_uploaded_image_is_predicted_and_shown(served, context, tmp_path):
     page.wait_for_function("document.getElementById('banner').textContent.includes('not an image')")
 
 
-def test_two_tabs_saving_the_same_image_show_a_conflict(served, context):
+def stroke(page, attribute: str, start, end, size: tuple[int, int], brush: int = 6) -> None:
+    """A brush (or eraser) stroke from display pixel `start` to `end`, in ten pointer moves."""
+    page.eval_on_selector("#brush-size", f"e => {{ e.value = {brush}; e.dispatchEvent(new Event('input')); }}")
+    page.mouse.move(*pixel_to_screen(page, attribute, *start, size))
+    page.mouse.down()
+    for step in range(1, 11):
+        x, y = start[0] + (end[0] - start[0]) * step / 10, start[1] + (end[1] - start[1]) * step / 10
+        page.mouse.move(*pixel_to_screen(page, attribute, x, y, size))
+    page.mouse.up()
+
+
+def saved_version(page, n: int) -> None:
+    page.wait_for_function(f"document.getElementById('edit-status').textContent.startsWith('saved version {n}')")
+
+
+def test_a_conflict_keeps_both_peoples_strokes_when_the_second_applies_hers_on_top(served, context):
+    """Tab A saves a stroke; tab B's stroke elsewhere, started from the same version, is refused (409). B's page
+    then shows A's version and offers B's edits, after a reload too; applied on top, the saved mask holds both."""
+    first, second = open_page(context, served.url), open_page(context, served.url)
+    image_id = first.locator(".card").first.get_attribute("data-id")
+    open_image(first, image_id)
+    open_image(second, image_id)
+    size = (64, 48)
+    for page in (first, second):
+        page.click("#layers .layer[data-layer=globules] button")
+    first.keyboard.press("x")  # A: absent first, so both strokes are easy to find in the mask A saves
+    stroke(first, "globules", (5, 10), (25, 10), size)
+    first.click("#save")
+    saved_version(first, 1)
+    stroke(second, "globules", (5, 38), (25, 38), size)
+    second.click("#save")
+    second.wait_for_function("document.getElementById('banner').textContent.includes('saved elsewhere')")
+    second.wait_for_selector("#conflict:not([hidden])")
+    theirs = official(served.folder, image_id, "globules")
+    assert theirs[10, 15] and not theirs[38, 15], "the refused save changed nothing"
+    screenshot(second, "conflict.png")
+    second.on("dialog", lambda dialog: dialog.accept())
+    second.reload()
+    second.wait_for_selector("body[data-ready=viewer]")
+    second.wait_for_selector("#conflict:not([hidden])")  # the draft remembers the version it started from
+    assert "correction version 1" in second.inner_text("#image-state")
+    second.click("#conflict-apply")
+    second.click("#save")
+    saved_version(second, 2)
+    both = official(served.folder, image_id, "globules")
+    assert both[10, 15] and both[38, 15], "A's stroke and B's are both saved"
+    assert not both[24, 40], "and A's empty mask is still empty elsewhere (B's edit touched only her stroke)"
+
+
+def test_discarding_a_stale_draft_shows_the_newer_version_and_deletes_the_draft(served, context):
     first, second = open_page(context, served.url), open_page(context, served.url)
     image_id = first.locator(".card").first.get_attribute("data-id")
     open_image(first, image_id)
     open_image(second, image_id)
     first.keyboard.press("x")
     first.click("#save")
-    first.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
+    saved_version(first, 1)
+    second.keyboard.press("c")
     second.click("#save")
-    second.wait_for_function("document.getElementById('banner').textContent.includes('saved elsewhere')")
+    second.wait_for_selector("#conflict:not([hidden])")
+    second.click("#conflict-discard")
+    second.wait_for_selector("#conflict", state="hidden")
+    assert not (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").exists()
     assert not official(served.folder, image_id, "pigment_network").any()
-    screenshot(second, "conflict.png")
 
 
 FAKE_FINETUNE = """
@@ -274,6 +330,7 @@ def test_the_teach_panel_follows_a_fine_tuning_to_a_new_active_model(tiny_run, t
         page.click("#teach-start")
         page.wait_for_function("document.getElementById('banner').textContent.includes('no corrected image')")
         open_image(page, page.locator(".card").first.get_attribute("data-id"))
+        page.click("#confirm")
         page.click("#save")
         page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version 1')")
         page.click("#teach-start")
@@ -284,14 +341,16 @@ def test_the_teach_panel_follows_a_fine_tuning_to_a_new_active_model(tiny_run, t
         assert "(active)" in page.inner_text("#models tr[data-name=run_1]")
         page.click("#models tr[data-name=base] button")
         page.wait_for_function("document.getElementById('model-label').textContent.includes('model base')")
+        assert str(tiny_run.resolve()) in page.inner_text("#model-label"), "the page names the model's run"
         screenshot(page, "teach.png")
     finally:
         server.stop()
 
 
 def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded, context):
-    """The real `tatl finetune` of the tiny run on four corrected images, started and followed in the page (about
-    15 s on the 2-core development machine)."""
+    """The real `tatl finetune` of the tiny run on four corrected images, started and followed in the page: pigment
+    network confirmed on two images, globules marked absent on the two others, so each attribute's heads are
+    fine-tuned on their own two images (two steps of about 15 s on the 2-core development machine)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for n, image in enumerate(sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[:4]):
@@ -302,8 +361,13 @@ def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded,
         for n in range(4):
             page.goto(f"{server.url}#/image/clinic_{n}")
             page.wait_for_selector("body[data-ready=viewer]")
+            page.click(f"#layers .layer[data-layer={'pigment_network' if n < 2 else 'globules'}] button")
+            page.click("#confirm" if n < 2 else "#absent")
             page.click("#save")
             page.wait_for_function("document.getElementById('edit-status').textContent.startsWith('saved version')")
+        corrections = sorted(p.name for p in (folder / "corrections").glob("*.png"))
+        assert corrections == ["clinic_0_attribute_pigment_network.png", "clinic_1_attribute_pigment_network.png",
+                               "clinic_2_attribute_globules.png", "clinic_3_attribute_globules.png"]
         page.click("#teach-toggle")
         page.click("#teach-start")
         page.wait_for_selector("#teach-state[data-state=running]")
@@ -313,7 +377,13 @@ def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded,
         assert "scored" in result
         version = server.app.state.versions.version("run_1")
         assert version["status"] in ("ready", "kept aside")
-        assert (folder / ".tatl-serve" / "models" / "run_1" / "finetune.json").is_file()
+        assert page.locator("#teach-scores tbody tr").count() == 2  # before and after per attribute
+        models = folder / ".tatl-serve" / "models"
+        first = json.loads((models / "run_1.steps" / "1" / "finetune.json").read_text())
+        last = json.loads((models / "run_1" / "finetune.json").read_text())
+        assert (first["attributes_trained"], first["images"]["train"]) == (["globules"], 2)
+        assert (last["attributes_trained"], last["images"]["train"]) == (["pigment_network"], 2)
+        assert last["parent"] == str((models / "run_1.steps" / "1").resolve())
         screenshot(page, "teach-finetune.png")
     finally:
         server.stop()

@@ -1,7 +1,10 @@
 """The gallery's rows and the next image to review.
 
 state: "not predicted" (the active model has not predicted it), "predicted", "corrected" (a correction is saved),
-"approved". Sorts: "name"; "uncertainty" (most uncertain first: `tatl select`'s uncertainty score, as
+"approved". present: the attributes found, from the saved correction where there is one, else from the prediction;
+corrected: the attributes with a saved correction; draft: whether unsaved edits wait.
+
+Sorts: "name"; "uncertainty" (most uncertain first: `tatl select`'s uncertainty score, as
 tatl.serving.predictions computes it; unpredicted last); "state" (in the order above, then by name). The next
 image to review is the most uncertain predicted image nobody corrected or approved, else an unpredicted one, else
 a corrected one not approved.
@@ -17,21 +20,25 @@ STATES = ("not predicted", "predicted", "corrected", "approved")
 SORTS = ("name", "uncertainty", "state")
 
 
-def row(store: Store, model: str, image_id: str, corrected: list[str]) -> dict:
+def row(store: Store, model: str, image_id: str, corrected: list[str], drafted: bool = False) -> dict:
     record = predictions.record(store.folder, model, image_id)
     state = store.state(image_id)
     name = ("approved" if state.get("approved") else "corrected" if corrected
             else "predicted" if record is not None else "not predicted")
-    present = [a for a, d in (record or {}).get("attributes", {}).items() if d["present"]]
-    return {"id": image_id, "state": name, "present": present, "corrected": corrected,
-            "uncertainty": None if record is None else record.get("uncertainty"), "version": state["version"]}
+    predicted = {a: d["present"] for a, d in (record or {}).get("attributes", {}).items()}
+    saved = state.get("present", {})
+    found = predicted | {a: saved.get(a, True) for a in corrected}  # a state without "present": an older save
+    return {"id": image_id, "state": name, "present": [a for a, on in found.items() if on], "corrected": corrected,
+            "draft": drafted, "uncertainty": None if record is None else record.get("uncertainty"),
+            "version": state["version"]}
 
 
 def gallery(store: Store, model: str, sort: str = "name") -> list[dict]:
     if sort not in SORTS:
         raise DataError(f"sort {sort!r}: use {', '.join(SORTS)}")
-    corrected = store.corrected_index()
-    rows = [row(store, model, image_id, corrected.get(image_id, [])) for image_id in store.image_ids()]
+    corrected, drafted = store.corrected_index(), store.drafted()
+    rows = [row(store, model, image_id, corrected.get(image_id, []), image_id in drafted)
+            for image_id in store.image_ids()]
     if sort == "uncertainty":
         rows.sort(key=lambda r: (r["uncertainty"] is None, -(r["uncertainty"] or 0.0), r["id"]))
     elif sort == "state":

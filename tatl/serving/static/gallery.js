@@ -33,12 +33,20 @@ function card(row) {
   const chips = document.createElement("div");
   for (const name of row.present) {
     const chip = document.createElement("span");
-    chip.className = "chip";
+    chip.className = row.corrected.includes(name) ? "chip corrected" : "chip";
+    chip.title = row.corrected.includes(name) ? "saved by a person" : "predicted";
     chip.style.background = colours[name] || "#666";
     chip.textContent = name.replaceAll("_", " ");
     chips.append(chip);
   }
-  meta.append(id, state, chips);
+  meta.append(id, state);
+  if (row.draft) {
+    const draft = document.createElement("span");
+    draft.className = "draft";
+    draft.textContent = "unsaved draft";
+    meta.append(draft);
+  }
+  meta.append(chips);
   element.append(image, meta);
   element.addEventListener("click", () => { location.hash = `#/image/${encodeURIComponent(row.id)}`; });
   return element;

@@ -1,9 +1,9 @@
 // The page's router: #/ is the gallery, #/image/<id> the viewer and editor.
 import { get, say } from "./api.js";
-import { isDirty, resetEditor, wireEditor } from "./editor.js";
+import { isDirty, startEditing, wireEditor } from "./editor.js";
 import { nextToReview, setColours, showGallery, wireGallery } from "./gallery.js";
 import { wireTeach } from "./teach.js";
-import { openImage, view } from "./viewer.js";
+import { openImage, restoreSettings, view } from "./viewer.js";
 
 let info = null;
 let shown = location.hash;
@@ -11,7 +11,8 @@ let shown = location.hash;
 async function loadInfo() {
   info = await get("/api/info");
   setColours(info.colours);
-  document.getElementById("model-label").textContent = `model ${info.model} · ${info.folder}`;
+  const label = document.getElementById("model-label");
+  label.textContent = `model ${info.model}: ${info.model_path} · images ${info.folder}`;
 }
 
 async function route() {
@@ -25,8 +26,7 @@ async function route() {
   document.getElementById("viewer-view").hidden = !match;
   try {
     if (match) {
-      const draft = await openImage(decodeURIComponent(match[1]), info);
-      resetEditor(draft);
+      await openAndEdit(decodeURIComponent(match[1]));
     } else {
       await showGallery();
     }
@@ -34,6 +34,11 @@ async function route() {
   } catch (error) {
     say(error.message);
   }
+}
+
+async function openAndEdit(id) {
+  const draft = await openImage(id, info);
+  await startEditing(draft);
 }
 
 async function modelChanged() {
@@ -45,7 +50,8 @@ async function modelChanged() {
 async function start() {
   await loadInfo();
   wireGallery();
-  wireEditor(() => nextToReview(view.id));
+  restoreSettings();
+  wireEditor(() => nextToReview(view.id), () => openAndEdit(view.id));
   wireTeach(modelChanged);
   window.addEventListener("hashchange", route);
   await route();

@@ -8,12 +8,16 @@ export async function showTeach(onModelChange) {
   const status = await get("/api/training");
   document.getElementById("teach-state").textContent = status.state;
   document.getElementById("teach-state").dataset.state = status.state;
-  document.getElementById("teach-log").textContent = (status.log || []).join("\n");
+  const log = document.getElementById("teach-log");
+  const step = status.steps > 1 ? `step ${status.step} of ${status.steps}: ` : "";
+  log.textContent = (status.step_label ? `${step}${status.step_label}\n` : "") + (status.log || []).join("\n");
+  log.scrollTop = log.scrollHeight;  // the newest line in view
   document.getElementById("teach-stop").hidden = status.state !== "running";
   document.getElementById("teach-start").disabled = status.state === "running";
   const result = status.result;
   document.getElementById("teach-result").textContent = result
     ? `${result.name || status.name || ""} ${result.status}: ${result.reason}` : "";
+  showScores(result && result.scores);
   await showModels(onModelChange);
   clearTimeout(polling);
   if (status.state === "running") polling = setTimeout(() => showTeach(onModelChange), 1000);
@@ -22,6 +26,28 @@ export async function showTeach(onModelChange) {
     onModelChange();
   }
 }
+
+function showScores(scores) {
+  // Before and after, per attribute, on the validation split the fine-tuning was scored on.
+  const table = document.getElementById("teach-scores");
+  table.hidden = !scores || !scores.per_attribute;
+  if (table.hidden) return;
+  const trained = new Set(scores.trained || []);
+  const rows = Object.entries(scores.per_attribute).map(([name, s]) => {
+    const tr = document.createElement("tr");
+    const cells = [name.replaceAll("_", " "), fixed(s.before), fixed(s.after), trained.has(name) ? "fine-tuned" : "copied"];
+    for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
+    return tr;
+  });
+  const split = scores.images ? ` (validation split: ${scores.images.val} images, ${scores.validation}'s)` : "";
+  const caption = document.createElement("caption");
+  caption.textContent = `macro Jaccard ${fixed(scores.before)} -> ${fixed(scores.after)}${split}`;
+  table.querySelector("caption")?.remove();
+  table.prepend(caption);
+  table.querySelector("tbody").replaceChildren(...rows);
+}
+
+function fixed(value) { return value == null ? "-" : Number(value).toFixed(4); }
 
 async function showModels(onModelChange) {
   const listing = await get("/api/models");
