@@ -441,3 +441,124 @@ def test_an_edit_at_the_display_size_keeps_the_full_size_detail_it_did_not_touch
     np.testing.assert_array_equal(official_mask[~touched], fine[~touched])
     upscaled = np.repeat(np.repeat(edited[10:12, 20:24], 2, axis=0), 2, axis=1)
     np.testing.assert_array_equal(official_mask[touched], upscaled.ravel())
+
+
+def test_a_save_writes_only_the_edited_and_confirmed_attributes(client, folder):
+    """Defect: saving one attribute wrote all of them, the unedited ones as the model's prediction."""
+    image_id = first_id(client)
+    client.post(f"/api/images/{image_id}/predict")
+    edited = np.zeros((48, 64), bool)
+    edited[5:9, 5:9] = True
+    response = client.put(f"/api/images/{image_id}/masks", json={"version": 0, "masks": {
+        "pigment_network": png_base64(edited)}})
+    assert response.status_code == 200 and response.json()["attributes"] == ["pigment_network"]
+    assert sorted(p.name for p in (folder / "corrections").glob("*.png")) == [
+        f"{image_id}_attribute_pigment_network.png"]
+    confirmed = client.put(f"/api/images/{image_id}/masks", json={"version": 1, "confirmed": ["globules"]}).json()
+    assert confirmed["attributes"] == ["globules"] and confirmed["confirmed"] == ["globules"]
+    predicted = folder / ".tatl-serve" / "predictions" / "base" / f"{image_id}_attribute_globules.png"
+    np.testing.assert_array_equal(read_png(folder / "corrections" / f"{image_id}_attribute_globules.png") > 127,
+                                  read_png(predicted) > 127)  # confirmed: the mask the person saw
+    records = client.get(f"/api/images/{image_id}/masks").json()["versions"]
+    assert [(r["edited"], r["confirmed"]) for r in records] == [(["pigment_network"], []), ([], ["globules"])]
+    nothing = client.put(f"/api/images/{image_id}/masks", json={"version": 2})
+    assert nothing.status_code == 400 and "nothing to save" in nothing.json()["detail"]
+    stray = client.put(f"/api/images/{image_id}/masks", json={"version": 2, "touched": {
+        "globules": png_base64(edited)}})
+    assert stray.status_code == 400 and "without its mask" in stray.json()["detail"]
+
+
+def test_touched_pixels_change_at_full_size_and_nothing_else_does(client, folder, monkeypatch):
+    """With `touched` (where the tools went), a display-size edit changes every full-size pixel under the touched
+    display pixels, specks the display copy cannot show included, and no other."""
+    image_id = first_id(client)
+    specks = np.zeros((48, 64), bool)
+    specks[::2, ::2] = True  # a 2x nearest-neighbour display copy (odd pixels) shows none of them
+    assert save(client, image_id, 0, {"globules": specks}).status_code == 200
+    monkeypatch.setattr(store_module, "DISPLAY_SIDE", 32)
+    erased = np.zeros((24, 32), bool)  # the eraser on a mask that looks empty: the edited mask is empty
+    touched = np.zeros((24, 32), bool)
+    touched[4:10, 6:20] = True
+    body = {"version": 1, "masks": {"globules": png_base64(erased)}, "touched": {"globules": png_base64(touched)}}
+    assert client.put(f"/api/images/{image_id}/masks", json=body).status_code == 200
+    saved = read_png(folder / "corrections" / f"{image_id}_attribute_globules.png") > 127
+    under = np.zeros((48, 64), bool)
+    under[8:20, 12:40] = True
+    assert not saved[under].any()
+    np.testing.assert_array_equal(saved[~under], specks[~under])
+    absent = {"version": 2, "masks": {"globules": png_base64(erased)}, "touched": {"globules": png_base64(~erased)}}
+    assert client.put(f"/api/images/{image_id}/masks", json=absent).status_code == 200
+    assert not (read_png(folder / "corrections" / f"{image_id}_attribute_globules.png") > 0).any()
+
+
+def test_the_served_model_is_the_run_named_not_the_folders_last_active_one(tiny_run, folder, loaded, tmp_path):
+    """Defect: a folder served before kept serving its last active version and ignored RUN."""
+    other = tmp_path / "other-run"
+    shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("synthetic-data", "cache"))
+    first = ModelVersions(folder, tiny_run, load=lambda path: loaded)
+    first.add("run_1", other, "ready", None, "fine-tuned")
+    first.activate("run_1")
+    again = ModelVersions(folder, tiny_run, load=lambda path: loaded)
+    assert again.active == "base" and again.path("base") == tiny_run.resolve()
+    assert [v["name"] for v in again.listing()["versions"]] == ["base", "run_1"]  # still there to switch to
+
+
+def test_a_version_that_does_not_load_is_never_made_active(tiny_run, folder, loaded, tmp_path):
+    from tatl.errors import CheckpointError
+
+    def load(path):
+        if path != Path(tiny_run).resolve():
+            raise CheckpointError(f"{path}/config.yaml: missing")
+        return loaded
+
+    client = TestClient(create_app(ServerSettings(tiny_run, folder), ModelVersions(folder, tiny_run, load=load)),
+                        base_url="http://127.0.0.1")
+    client.app.state.versions.add("run_1", tmp_path / "broken", "ready", None, "fine-tuned")
+    refused = client.post("/api/models/run_1/activate")
+    assert refused.status_code == 400 and "cannot be served" in refused.json()["detail"]
+    assert client.get("/api/models").json()["active"] == "base"
+    assert client.get("/api/info").json()["model"] == "base"
+
+
+def test_a_second_server_on_the_same_folder_is_refused_on_one_line(folder):
+    from tatl.errors import DataError
+    from tatl.serving.server import folder_lock
+
+    with folder_lock(folder, "http://127.0.0.1:8000/"):
+        with pytest.raises(DataError, match=r"already served by tatl serve \(process \d+\) at http://127.0.0.1:8000/"):
+            with folder_lock(folder, "http://127.0.0.1:8001/"):
+                pass
+    with folder_lock(folder, "http://127.0.0.1:8001/"):  # released when the first server stops
+        pass
+
+
+def test_tatl_serve_on_a_port_in_use_says_so_on_one_line_and_prints_no_address(tiny_run, folder):
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {**__import__("os").environ, "PYTHONPATH": str(Path(tatl.__file__).parents[1])}
+        result = subprocess.run([sys.executable, "-m", "tatl", "serve", str(tiny_run), "--data", str(folder),
+                                 "--port", str(port)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert "http://" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--port {port}: already in use" in lines[0], result.stderr
+
+
+def test_tatl_serve_refuses_a_folder_that_is_not_a_run_naming_it(folder, tmp_path, capsys):
+    import socket
+
+    from tatl.cli import main
+
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", str(empty), "--data", str(folder), "--port", str(port)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(empty) in error[0], error

@@ -27,6 +27,7 @@ from tatl.data.isic import INPUT_DIR  # noqa: E402
 from tatl.serving.app import create_app  # noqa: E402
 from tatl.serving.models import ModelVersions  # noqa: E402
 from tatl.serving.security import ServerSettings  # noqa: E402
+from tatl.serving.store import DISPLAY_SIDE, scaled_size  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -304,6 +305,68 @@ def test_discarding_a_stale_draft_shows_the_newer_version_and_deletes_the_draft(
     second.wait_for_selector("#conflict", state="hidden")
     assert not (served.folder / ".tatl-serve" / "drafts" / f"{image_id}.json").exists()
     assert not official(served.folder, image_id, "pigment_network").any()
+
+
+def specks(size: tuple[int, int]) -> np.ndarray:
+    """One-pixel specks at even coordinates: a 2x nearest-neighbour display copy (odd coordinates) shows none."""
+    mask = np.zeros((size[1], size[0]), bool)
+    mask[::4, ::4] = True
+    return mask
+
+
+def big_image_served(tiny_run, tmp_path, loaded, image_ids: list[str], size=(4100, 3072)) -> Served:
+    """A folder of photos over 2048 px, predicted, each with a predicted pigment network of specks only."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    source = Image.open(sorted((tiny_run / "synthetic-data" / INPUT_DIR).glob("*.jpg"))[0]).convert("RGB")
+    for image_id in image_ids:
+        source.resize(size).save(folder / f"{image_id}.jpg", quality=80)
+    server = Served(tiny_run, folder, loaded)
+    for image_id in image_ids:
+        server.app.state.services.predict(image_id)
+        predicted = folder / ".tatl-serve" / "predictions" / "base" / f"{image_id}_attribute_pigment_network.png"
+        Image.fromarray(specks(size).astype(np.uint8) * 255).save(predicted)
+    return server
+
+
+def test_on_a_large_photo_absent_and_the_eraser_clear_every_full_size_pixel(tiny_run, tmp_path, loaded, context):
+    """Defect: specks too small for the 2048 px display copy survived Absent and the eraser at full size."""
+    size = (4100, 3072)
+    server = big_image_served(tiny_run, tmp_path, loaded, ["big_0", "big_1"], size)
+    try:
+        page = open_page(context, server.url)
+        open_image(page, "big_0")
+        display = tuple(page.evaluate("() => { const c = document.querySelector("
+                                      "'#stage-correction canvas[data-layer=pigment_network]'); "
+                                      "return [c.width, c.height]; }"))
+        assert display == scaled_size(size, DISPLAY_SIDE) and display[0] < size[0] / 2  # over 2x smaller
+        page.click("#layers .layer[data-layer=pigment_network] button")
+        page.click("#absent")
+        page.click("#save")
+        saved_version(page, 1)
+        cleared = official(server.folder, "big_0", "pigment_network")
+        assert cleared.shape == (3072, 4100) and not cleared.any(), f"{np.count_nonzero(cleared)} pixels left"
+        page.goto(f"{server.url}#/image/big_1")
+        page.wait_for_selector("body[data-ready=viewer]")
+        page.wait_for_function("document.getElementById('image-title').textContent === 'big_1'")
+        page.click("#layers .layer[data-layer=pigment_network] button")
+        page.click("[data-tool=eraser]")
+        start, end, brush = (300, 700), (1500, 760), 60
+        stroke(page, "pigment_network", start, end, display, brush=brush)
+        page.click("#save")
+        saved_version(page, 1)
+        after = official(server.folder, "big_1", "pigment_network") > 0
+        # every full-size pixel's display pixel (nearest neighbour), and that display pixel's distance to the stroke
+        ys = ((np.arange(size[1]) + 0.5) * display[1] / size[1]).astype(int)
+        xs = ((np.arange(size[0]) + 0.5) * display[0] / size[0]).astype(int)
+        distance = distance_to_segment((display[1], display[0]), (start[0] + 0.5, start[1] + 0.5),
+                                       (end[0] + 0.5, end[1] + 0.5))[np.ix_(ys, xs)]
+        under, away = distance < brush / 2 - 2, distance > brush / 2 + 2
+        assert not after[under].any(), f"{np.count_nonzero(after[under])} full-size pixels left under the eraser"
+        assert (after[away] == specks(size)[away]).all(), "pixels away from the stroke changed"
+        assert not (server.folder / "corrections" / "big_1_attribute_globules.png").exists()
+    finally:
+        server.stop()
 
 
 FAKE_FINETUNE = """

@@ -37,8 +37,8 @@ class VersionConflict(Exception):
     """Another save of the same image came first."""
 
     def __init__(self, current: int, given: int):
-        super().__init__(f"this image was saved elsewhere meanwhile (version {current}; this page had version "
-                         f"{given}): reload it to see that version, then redo the change")
+        super().__init__(f"this image was saved elsewhere meanwhile (version {current}; this edit started from "
+                         f"version {given}): nothing was written; load version {current} and apply the edit on top")
         self.current = current
 
 
