@@ -365,8 +365,55 @@ def test_on_a_large_photo_absent_and_the_eraser_clear_every_full_size_pixel(tiny
         assert not after[under].any(), f"{np.count_nonzero(after[under])} full-size pixels left under the eraser"
         assert (after[away] == specks(size)[away]).all(), "pixels away from the stroke changed"
         assert not (server.folder / "corrections" / "big_1_attribute_globules.png").exists()
+        for _ in range(6):  # past 100% of the 2048 px copy: the original's pixels are shown
+            page.keyboard.press("+")
+        page.wait_for_function("document.querySelector('#stage-correction img.picture').src.includes('size=original')")
     finally:
         server.stop()
+
+
+def test_layers_a_person_can_read_and_a_page_that_stays_current(served, context):
+    """Only the edited attribute, the others outlined, the brush circle, settings kept over a reload, the gallery's
+    chips from the saved correction and its unsaved drafts marked."""
+    page = open_page(context, served.url)
+    image_id = page.locator(".card").first.get_attribute("data-id")
+    open_image(page, image_id)
+    page.click("#layers .layer[data-layer=globules] button")
+    visible = "sel => [...document.querySelectorAll(sel)].filter(c => !c.hidden).length"
+    page.check("#only-editing")
+    assert page.evaluate(visible, "#stage-correction canvas[data-layer=pigment_network]") == 0
+    assert page.evaluate(visible, "#stage-correction canvas[data-layer=globules]") == 1
+    page.uncheck("#only-editing")
+    page.select_option("#layer-style", "outline")
+    assert page.evaluate(visible, "#stage-correction canvas[data-layer=pigment_network]") == 0
+    assert page.evaluate(visible, "#stage-correction canvas[data-outline=pigment_network]") == 1
+    assert page.evaluate(visible, "#stage-correction canvas[data-layer=globules]") == 1  # the edited one: filled
+    page.uncheck("#layers .layer[data-layer=lesion] input")
+    page.eval_on_selector("#opacity", "e => { e.value = 70; e.dispatchEvent(new Event('input')); }")
+    stage = page.locator("#stage-correction").bounding_box()
+    page.mouse.move(stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2)
+    cursor = page.locator("#stage-correction .brush-cursor")
+    assert cursor.is_visible() and cursor.bounding_box()["width"] > 10
+    page.keyboard.press("x")  # a draft, then a reload: the settings and the draft are both kept
+    page.wait_for_function("document.getElementById('edit-status').textContent.includes('draft autosaved')")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.reload()
+    page.wait_for_selector("body[data-ready=viewer]")
+    assert page.inner_text("#edit-attribute") == "globules"
+    assert page.input_value("#layer-style") == "outline" and page.input_value("#opacity") == "70"
+    assert not page.is_checked("#layers .layer[data-layer=lesion] input")
+    page.click("#home")
+    page.wait_for_selector("body[data-ready=gallery]")
+    assert page.locator(f".card[data-id='{image_id}'] .draft").count() == 1
+    open_image(page, image_id)
+    page.click("#save")
+    saved_version(page, 1)
+    page.click("#home")
+    page.wait_for_selector("body[data-ready=gallery]")
+    card = page.locator(f".card[data-id='{image_id}']")
+    assert card.get_attribute("data-state") == "corrected" and card.locator(".draft").count() == 0
+    assert "globules" not in card.locator(".chip").all_inner_texts()  # absent, as saved: not as predicted
+    screenshot(page, "gallery-after.png")
 
 
 FAKE_FINETUNE = """

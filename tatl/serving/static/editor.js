@@ -132,12 +132,15 @@ function restore(from, to) {
 
 function toggle(set, name, on) { if (on) set.add(name); else set.delete(name); }
 
+function pending() {
+  return [editor.edited.size ? `edited: ${names(editor.edited)}` : "",
+    editor.confirmed.size ? `confirmed: ${names(editor.confirmed)}` : ""].filter(Boolean).join("; ");
+}
+
 function changed() {
   editor.dirty = editor.edited.size > 0 || editor.confirmed.size > 0;
   refreshOutline(view.editing);
-  const parts = [editor.edited.size ? `edited: ${names(editor.edited)}` : "",
-    editor.confirmed.size ? `confirmed: ${names(editor.confirmed)}` : ""].filter(Boolean).join("; ");
-  status(editor.dirty ? `unsaved changes (${parts}; a draft is autosaved)` : "no unsaved changes");
+  status(editor.dirty ? `unsaved changes (${pending()}; a draft is autosaved)` : "no unsaved changes");
   clearTimeout(editor.draftTimer);
   editor.draftTimer = setTimeout(saveDraft, DRAFT_DELAY_MS);
 }
@@ -259,7 +262,7 @@ async function saveDraft() {
     if (!editor.dirty) { await del(`/api/images/${encodeURIComponent(id)}/draft`); return; }
     await put(`/api/images/${encodeURIComponent(id)}/draft`,
       { version: view.detail.state.version, time: new Date().toLocaleTimeString(), ...edits() });
-    if (id === view.id && editor.dirty) status("unsaved changes · draft autosaved");
+    if (id === view.id && editor.dirty) status(`unsaved changes (${pending()}) · draft autosaved`);
   } catch (error) { say(`draft not saved: ${error.message}`); }
 }
 
