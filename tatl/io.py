@@ -12,6 +12,7 @@ other ranks these functions do nothing.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import itertools
 import json
@@ -20,7 +21,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from tatl.errors import DataError
 
@@ -137,3 +138,30 @@ def remove_stale_temporaries(folder: Path) -> None:
     """Temporary files a killed writer left in `folder` (a scorer reading every *.png would see them)."""
     for stale in Path(folder).glob(TEMPORARY_GLOB):
         stale.unlink(missing_ok=True)
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is what it wrote into the lock file."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold_lock(path: Path, holder: str) -> IO[str]:
+    """An exclusive flock on `path`, held while the returned file stays open (a killed process leaves no stale
+    lock), with `holder` written into it for whoever is refused; LockHeld(what the holder wrote) when taken. The
+    lock file is not written through atomic_write: it must stay the one open file that holds the lock."""
+    handle = open(path, "a+")  # noqa: SIM115 - held open for as long as the lock is held
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        taken_by = handle.read().strip() or "another process"
+        handle.close()
+        raise LockHeld(taken_by) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(holder)
+    handle.flush()
+    return handle

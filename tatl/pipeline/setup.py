@@ -7,7 +7,6 @@ reading every mask header now.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
+from tatl.io import LockHeld, hold_lock
 from tatl.layout import RunLayout, variant_stages
 from tatl.pipeline import parent
 from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids, tune_ids
@@ -61,21 +61,12 @@ def lock_run_dir(run_dir: Path) -> None:
     if run_dir.resolve() in _held_locks:
         return  # this process already holds it (e.g. a resume called from the same Python session)
     try:
-        handle = open(RunLayout(run_dir).lock, "a+")  # noqa: SIM115 - held open for the life of the process
+        handle = hold_lock(RunLayout(run_dir).lock, f"pid {os.getpid()}\n")
+    except LockHeld as held:
+        raise DataError(f"{run_dir}: another tatl process ({held.holder}) is writing this run folder; wait for it "
+                        "or stop it first") from None
     except OSError as error:
         raise DataError(f"{run_dir}: cannot write in the run folder ({error.strerror or error})") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise DataError(f"{run_dir}: another tatl process ({owner}) is writing this run folder; wait for it "
-                        "or stop it first") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
     _held_locks[run_dir.resolve()] = handle
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tatl.errors import DataError
+from tatl.io import LockHeld, hold_lock
 from tatl.serving.folder import ServedFolder
 from tatl.serving.security import ServerSettings, is_loopback, new_token
 
@@ -65,20 +65,12 @@ def folder_lock(folder: Path, address: str) -> Iterator[None]:
     """Held while this process serves `folder`; DataError when another server holds it."""
     path = ServedFolder(Path(folder).resolve()).lock
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # the lock lives as long as this open file: not written through tatl.io
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise DataError(f"--data {folder}: already served by {holder}; stop that server first (one server per "
+        handle = hold_lock(path, f"tatl serve (process {os.getpid()}) at {address.split('?')[0]}")
+    except LockHeld as held:
+        raise DataError(f"--data {folder}: already served by {held.holder}; stop that server first (one server per "
                         "folder, so that no save or model switch is lost)") from None
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"tatl serve (process {os.getpid()}) at {address.split('?')[0]}")
-        handle.flush()
         yield
     finally:
         handle.close()  # releases the lock
