@@ -92,6 +92,10 @@ class PipelineConfig:
     init: str = "tatl"  # Stage 3 start without Stage 2: tatl (configured weights), imagenet, random, augmentation,
     #                     context-restoration (the baselines of Table 7); variants with Stage 2 always start from it
     augmentation_copies: int = 4  # init=augmentation: each attribute's training set enlarged to this many copies
+    # Beyond the paper's implementation, same updates: Stage 3 on a frozen encoder computes the encoder's features
+    # of every crop once and trains the decoders on them (tatl.training.feature_cache; memory: all features, fp32).
+    # Needs pipeline.encoder_mode frozen, train.augment false and a variant with Stage 2.
+    feature_cache: bool = False
     crop_margin: int = 40  # pixels added around the predicted lesion box, in original-image pixels (paper: 40)
     crop_source: str = "predicted"  # training crops from Stage-1 "predicted" masks (paper) or "truth" lesion masks
     min_lesion_fraction: float = 0.005  # a predicted lesion smaller than this share of the image -> whole image
@@ -313,6 +317,7 @@ def validate(config: Config) -> None:
     _require(p.init == "tatl" or not with_stage2, f"pipeline.init={p.init} replaces Stage 2, but variants "
              f"{' '.join(with_stage2)} use it: run variants 3 and/or 1,3 with this init")
     _require(p.augmentation_copies >= 1, "pipeline.augmentation_copies must be >= 1")
+    _validate_feature_cache(config)
     _require(p.crop_margin >= 0, f"pipeline.crop_margin must be >= 0, got {p.crop_margin}")
     _require(p.crop_source in ("predicted", "truth"), f"pipeline.crop_source: {p.crop_source!r}")
     _require(0 <= p.min_lesion_fraction < 1, "pipeline.min_lesion_fraction must be in [0, 1)")
@@ -320,6 +325,18 @@ def validate(config: Config) -> None:
     _validate_init_from(config)
     _require(config.synth.n >= 1, f"synth.n must be >= 1, got {config.synth.n}")
     _require(config.synth.size >= 32, f"synth.size must be >= 32, got {config.synth.size}")
+
+
+def _validate_feature_cache(config: Config) -> None:
+    p = config.pipeline
+    if not p.feature_cache:
+        return
+    _require(p.encoder_mode == "frozen", "pipeline.feature_cache: features are computed once only for a frozen "
+             "encoder; pipeline.encoder_mode=trainable changes them every step")
+    _require(not config.train.augment, "pipeline.feature_cache: augmentation changes every epoch's images, so their "
+             "features too: set train.augment=false")
+    _require(any(2 in variant_stages(v) for v in p.variants), "pipeline.feature_cache: only Stage 3 after Stage 2 "
+             f"has a frozen encoder; variants {' '.join(p.variants)} have none (use 2,3 or 1,2,3)")
 
 
 def _validate_init_from(config: Config) -> None:

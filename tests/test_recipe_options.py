@@ -183,3 +183,55 @@ def test_a_tiny_run_with_every_option_tunes_thresholds_on_the_tuning_split(tmp_p
     assert thresholds["tuned_on"] == "tuning split"
     assert set(thresholds["variants"]["1,2,3"]["unet"].values()) <= set(THRESHOLD_GRID)
     assert "optimistic" not in (run / "summary.md").read_text()
+
+
+def test_cached_features_give_the_same_decoders_as_the_frozen_encoder_pass(tmp_path, one_torch_thread):
+    from tatl.data.dataset import SegmentationDataset
+    from tatl.models.multihead import MultiHeadSegmenter
+    from tatl.models.networks import build_model
+    from tatl.training.engine import fit
+    from tatl.training.feature_cache import FeatureDataset, cache_features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    masks = (rng.random((6, 2, 32, 32)) > 0.8).astype(np.uint8)
+    names = ["pigment_network", "globules"]
+    torch.manual_seed(0)
+    base = build_model("unet", "tu-resnet10t")
+    trained = {}
+    for cached in (False, True):
+        group = MultiHeadSegmenter.from_model(build_model("unet", "tu-resnet10t"), names)
+        group.load_state_dict(MultiHeadSegmenter.from_model(base, names).state_dict())
+        train_set, val_set = (SegmentationDataset(images[i], masks[i], targets=names) for i in (slice(4), slice(4, 6)))
+        if cached:
+            train_set, val_set = (cache_features(group.encoder, d, torch.device("cpu")) for d in (train_set, val_set))
+            assert isinstance(train_set, FeatureDataset) and len(train_set) == 4
+        cfg = TrainConfig(epochs=2, batch_size=2, device="cpu", augment=False)
+        fit(group, train_set, val_set, cfg, {n: tmp_path / str(cached) / n for n in names}, False, "t")
+        trained[cached] = group.state_dict()
+    for key, value in trained[False].items():
+        assert torch.allclose(value.float(), trained[True][key].float(), atol=1e-5), key
+
+
+def test_features_of_augmented_images_are_not_cached():
+    from tatl.data.dataset import SegmentationDataset
+    from tatl.training.feature_cache import cache_features
+
+    augmented = SegmentationDataset(np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 1, 32, 32), np.uint8), True)
+    with pytest.raises(ValueError, match="without augmentation"):
+        cache_features(torch.nn.Identity(), augmented, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["pipeline.feature_cache=true", "train.augment=true"], "set train.augment=false"),
+        (["pipeline.feature_cache=true", "train.augment=false", "pipeline.encoder_mode=trainable"],
+         "pipeline.encoder_mode=trainable changes them every step"),
+        (["pipeline.feature_cache=true", "train.augment=false", "pipeline.variants=[3]"], "use 2,3 or 1,2,3"),
+    ],
+)
+def test_a_feature_cache_with_augmentation_or_a_trainable_encoder_is_refused(overrides, needle):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert needle in str(error.value) and "\n" not in str(error.value)

@@ -29,6 +29,7 @@ from tatl.models.weights import transfer_weights
 from tatl.pipeline import parent, reuse
 from tatl.pipeline.context import RunContext
 from tatl.training.engine import Objective, fit
+from tatl.training.feature_cache import cache_features
 from tatl.training.losses import build_loss
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
     if cfg.pipeline.init_from:
         parent.start_heads(cfg, ctx.layout, group, head_dirs, train_encoder, label)
     started = time.perf_counter()
+    if cfg.pipeline.feature_cache and not train_encoder:  # Stage 3, frozen encoder: its features once
+        train_set, val_set = (cache_features(group.encoder, data, ctx.device, cfg.train.batch_size,
+                                             cfg.train.channels_last) for data in (train_set, val_set))
+        log.info(f"{label}: encoder features cached in {time.perf_counter() - started:.0f} s")
     progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
                    to_dict(cfg), cfg.pipeline.threshold, Objective(build_loss(cfg.train.loss)))
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}

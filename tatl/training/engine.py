@@ -185,9 +185,12 @@ def _loader(dataset, cfg: TrainConfig, epoch: int | None, device: torch.device) 
                                        pin_memory=device.type == "cuda")
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, cfg: TrainConfig):
+def _to_device(x: torch.Tensor | list[torch.Tensor], y: torch.Tensor, device: torch.device, cfg: TrainConfig):
+    """x: images, or a list of cached encoder features (tatl.training.feature_cache)."""
+    if isinstance(x, list):
+        return [_to_device(level, y, device, cfg)[0] for level in x], y.to(device, non_blocking=True)
     x = x.to(device, non_blocking=True)
-    if cfg.channels_last:
+    if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
 
@@ -252,8 +255,8 @@ def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.util
             scaler.step(optimizers[n])
         scaler.update()
         for n in active:
-            totals[n] += losses[n].item() * len(x)
-        seen += len(x)
+            totals[n] += losses[n].item() * len(y)
+        seen += len(y)
         bar.set_postfix(loss=f"{sum(losses.values()).item() / len(losses):.4f}")
     return distributed.per_image_means(totals, seen)
 
@@ -267,7 +270,7 @@ def _backward_head_by_head(step_model: TrainingForward, x: torch.Tensor, targets
     and on a CPU 1.24x (U) and 1.46x (Link) faster with five heads at 256 px, no faster at 128 px
     (benchmarks/RESULTS.md, Stage 3)."""
     with _autocast(device, amp_dtype):
-        features = step_model.features(x)
+        features = x if isinstance(x, list) else step_model.features(x)  # a list: cached features
     losses = {}
     for name, target in targets.items():
         with _autocast(device, amp_dtype):
@@ -297,17 +300,17 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
     for x, y in _loader(dataset, cfg, None, device):
         x, y = _to_device(x, y, device, cfg)
         with _autocast(device, amp_dtype):
-            features = model.encoder(x)
+            features = x if isinstance(x, list) else model.encoder(x)  # a list: cached features
             for n in active:
                 logits = model.heads[n](features).float()
                 truth = y[:, channel[n]]
-                loss_sums[n] += loss_fn(logits, truth).item() * len(x)
+                loss_sums[n] += loss_fn(logits, truth).item() * len(y)
                 if scorer is not None:
                     predicted = torch.sigmoid(logits[:, 0]) > threshold
                     scorer.update(n, truth > 0.5, predicted)
                     if n in per_image:
                         per_image[n].update(truth > 0.5, predicted)
-        seen += len(x)
+        seen += len(y)
     losses = distributed.per_image_means(loss_sums, seen)
     # each rank scored its share of the images: the sums added up
     scores = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {n: {} for n in active}
