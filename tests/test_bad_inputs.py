@@ -426,6 +426,7 @@ def test_output_path_that_is_a_file_or_below_one(data, tmp_path, capsys):
     assert target.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_resume_starts_a_new_run_and_takes_only_its_own_config(finished_run, tmp_path, capsys):
     """One command line starts a long run and continues it after a stop (nnU-Net's --c): --resume on a folder
     that does not exist yet starts the run; --config then must say what the run was started with."""

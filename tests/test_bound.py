@@ -81,6 +81,7 @@ def test_bound_is_undefined_when_gamma_minus_is_not_positive():
     assert terms.gamma_minus < 0 and terms.bound is None
 
 
+@pytest.mark.slow
 def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny_run: Path):
     assert main(["bound", str(tiny_run), "--iterations", "2", "--max-samples", "1", "--device", "cpu"]) == 0
     for name in ("bound.json", "bound.md", "bound.png"):
@@ -101,6 +102,7 @@ def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny
     assert "| attribute | initialisation | m | R_S | mean Hessian norm | gamma | bound x100 |" in table
 
 
+@pytest.mark.slow
 def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_run: Path):
     from tatl.checkpoints import load_checkpoint
 
@@ -113,6 +115,7 @@ def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_ru
     assert list(initialisations(RunContext.open(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
 
 
+@pytest.mark.slow
 def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains_on(tiny_run: Path, tmp_path: Path):
     """Figure 4's Augmentation bar: the ImageNet start, on pipeline.augmentation_copies strongly augmented copies of
     every training image; the ImageNet bar: the same start on the training images as they are."""
@@ -136,6 +139,7 @@ def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains
         assert augmented["risk"] != imagenet["risk"] and augmented["bound"] != imagenet["bound"]
 
 
+@pytest.mark.slow
 def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
     for name in ("config.yaml", "splits.json"):
         shutil.copy(tiny_run / name, tmp_path / name)
@@ -145,6 +149,7 @@ def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
     assert given.train_ids == RunContext.open(tiny_run).train_ids and given.train == RunContext.open(tiny_run).train
 
 
+@pytest.mark.slow
 def test_a_finished_run_records_the_data_it_was_trained_on(tiny_run: Path):
     record = json.loads((tiny_run / "data.json").read_text())
     assert record == {"data": "synthetic", "folder": str((tiny_run / "synthetic-data").resolve()),

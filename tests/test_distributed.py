@@ -285,6 +285,7 @@ def test_sync_batchnorm_keeps_every_weight_and_outside_torchrun_computes_the_sam
 
 
 # ------------------------------------------------------------------------------------------ failures and misuse
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_evenly_is_refused_before_anything_is_written(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tatl",
@@ -315,6 +316,7 @@ print(f"rank {distributed.rank()}: went on", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_an_error_on_another_rank_after_rank_0_stops_every_rank(tmp_path):
     """Rank 0 has done its part; rank 1 fails reading what rank 0 wrote: rank 0 must stop too, not wait forever."""
     script = tmp_path / "failing_rank.py"

@@ -46,6 +46,7 @@ def datasets(images, masks, cfg):
             SegmentationDataset(images, masks, augment=False))
 
 
+@pytest.mark.slow
 def test_shared_frozen_encoder_equals_one_at_a_time(tmp_path: Path):
     images, masks = tiny_data()
     cfg = config()
@@ -111,6 +112,7 @@ def test_frozen_encoder_weights_and_batchnorm_stats_stay_bit_identical(tmp_path:
     assert any(not torch.equal(v, model.heads["a"].state_dict()[k]) for k, v in head_before.items())
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path):
     images, masks = tiny_data()
     straight = MultiHeadSegmenter.from_model(tiny_model(), ["a"])
@@ -158,6 +160,7 @@ def test_nan_loss_stops_with_stage_epoch_and_batch_and_keeps_last_good_checkpoin
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == good["epoch"]
 
 
+@pytest.mark.slow
 def test_heads_left_at_different_epochs_by_a_kill_resume_to_the_same_result(tmp_path: Path):
     """A kill between two heads' last.pt writes leaves one head an epoch behind; it catches up alone."""
     import shutil
@@ -184,6 +187,7 @@ def test_heads_left_at_different_epochs_by_a_kill_resume_to_the_same_result(tmp_
             torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_a_single_head_learns_its_own_channel_of_a_named_multi_channel_dataset(tmp_path: Path):
     """TATL-NF trains one network per attribute on the shared dataset: each must read its own mask channel."""
     images, masks = tiny_data()
@@ -206,6 +210,7 @@ def test_a_single_head_learns_its_own_channel_of_a_named_multi_channel_dataset(t
             train_encoder=True, label="d")
 
 
+@pytest.mark.slow
 def test_a_frozen_encoder_head_that_cannot_improve_stops_alone_while_the_others_train_on(tmp_path: Path):
     """Head "c" has an all-zero target and a head biased to predict nothing: its validation loss is exactly 0 from
     the first epoch on (empty truth, empty prediction) and its gradient is exactly 0, so it can never improve and
@@ -245,6 +250,7 @@ def test_a_frozen_encoder_head_that_cannot_improve_stops_alone_while_the_others_
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.slow
 def test_the_mixed_precision_path_trains_in_low_precision_and_keeps_fp32_weights(tmp_path: Path, monkeypatch, dtype):
     """The CUDA path (autocast; fp16 with a gradient scaler) run on the CPU, where tatl itself stays fp32: the
     forward is in `dtype`, fp16 steps go through an enabled scaler, losses stay finite, weights move and are saved
@@ -285,6 +291,7 @@ def test_the_mixed_precision_path_trains_in_low_precision_and_keeps_fp32_weights
     assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("heads.a.") for k in moved)
 
 
+@pytest.mark.slow
 def test_dataloader_workers_give_the_same_training_as_the_main_process(tmp_path: Path):
     """train.num_workers > 0 (worth it on a GPU, where augmenting in the main process can starve it): augmentation
     depends on (seed, epoch, index) only, so worker processes produce the very batches the main process would."""

@@ -87,6 +87,7 @@ def test_a_run_writes_only_inside_its_output_folder(first_run):
     assert (first_run["run"] / "metrics.json").is_file() and (first_run["run"] / "cache").is_dir()
 
 
+@pytest.mark.slow
 def test_the_same_config_and_seed_give_bit_identical_metrics(first_run):
     """A second, separate process with the same arguments (another --out) writes the same metrics.json bytes."""
     again = first_run["base"] / "again"
@@ -174,6 +175,7 @@ VALIDATION_NAN_MESSAGE = re.compile(
     r"lower rate, e\.g\. --set train\.lr=\S+")
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_naming_stage_epoch_and_batch_and_resume_with_a_lower_rate_finishes(
         first_run, tmp_path, capsys):
     """lr 1e30 (the config accepts any finite rate; 1e6 is not enough, the loss stays bounded): the first SGD step
@@ -198,6 +200,7 @@ def test_a_nan_loss_stops_the_run_naming_stage_epoch_and_batch_and_resume_with_a
     assert len(rows) == 2 and all(math.isfinite(float(row.split(",")[1])) for row in rows)  # both epochs, finite
 
 
+@pytest.mark.slow
 def test_resume_after_a_nan_at_the_start_of_an_epoch_continues_from_a_good_checkpoint(first_run, tmp_path, capsys):
     """One batch per epoch: the one step of epoch 1 poisons the weights, epoch 2's first loss is NaN."""
     run = tmp_path / "run"
@@ -211,6 +214,7 @@ def test_resume_after_a_nan_at_the_start_of_an_epoch_continues_from_a_good_check
 # --- one run, one writer -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_being_trained_is_refused_and_the_first_finishes_intact(first_run, tmp_path, capsys):
     data, run = first_run["data"], tmp_path / "run"
     log_csv = run / NETWORK_DIR / "log.csv"

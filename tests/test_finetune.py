@@ -96,6 +96,7 @@ def partial(parent, tmp_path_factory) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- starts and copies
+@pytest.mark.slow
 def test_every_network_starts_from_the_parents_best_weights(parent, full):
     run, run2, starts = parent["run"], full["run"], full["starts"]
     assert set(starts) == {"stage 1", "stage 2 (crops, unet)", "stage 3 (variant 1,2,3, unet, frozen encoder)",
@@ -119,6 +120,7 @@ def test_every_network_starts_from_the_parents_best_weights(parent, full):
                            load_checkpoint(run / "stage2-crops/unet/best.pt")["model"]["encoder.model.conv1.0.weight"])
 
 
+@pytest.mark.slow
 def test_the_first_training_loss_is_the_parents_on_the_same_batch(parent, full):
     """The Stage-2 network as fit received it computes, on one batch, the very loss of the parent's network."""
     from tatl.models.multihead import MultiHeadSegmenter
@@ -136,10 +138,12 @@ def test_the_first_training_loss_is_the_parents_on_the_same_batch(parent, full):
     assert loss_of(full["starts"]["stage 2 (crops, unet)"]["union"]).item() == loss_of(parent_state).item()
 
 
+@pytest.mark.slow
 def test_the_parent_is_never_changed(parent, full, partial, with_original):
     assert _files_hash(parent["run"]) == parent["hashes"]
 
 
+@pytest.mark.slow
 def test_partial_labels_train_only_those_heads_and_copy_the_rest_bit_for_bit(parent, partial):
     run, run2 = parent["run"], partial["run"]
     record = json.loads((run2 / "finetune.json").read_text())
@@ -159,6 +163,7 @@ def test_partial_labels_train_only_those_heads_and_copy_the_rest_bit_for_bit(par
     assert after["jaccard"] == pytest.approx(before["jaccard"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_predicts_like_any_run(partial, tmp_path):
     image = sorted(partial["new"].glob("*.jpg"))[0]
     out = tmp_path / "predicted"
@@ -168,6 +173,7 @@ def test_a_finetuned_run_predicts_like_any_run(partial, tmp_path):
 
 
 # --------------------------------------------------------------------------------------- data, split, record
+@pytest.mark.slow
 def test_validation_is_the_parents_split_and_the_new_images_train(parent, full):
     splits = json.loads((full["run"] / "splits.json").read_text())
     assert splits["val"] == json.loads((parent["run"] / "splits.json").read_text())["val"]
@@ -176,6 +182,7 @@ def test_validation_is_the_parents_split_and_the_new_images_train(parent, full):
     assert data["data"] == str(full["new"]) and data["folder_in_run"] == "finetune-data"
 
 
+@pytest.mark.slow
 def test_the_record_holds_the_parent_the_data_and_the_scores_before_and_after(parent, full):
     record = json.loads((full["run"] / "finetune.json").read_text())
     assert record["parent"] == str(parent["run"].resolve()) and record["new_data"] == str(full["new"].resolve())
@@ -202,6 +209,7 @@ def with_original(parent, partial, tmp_path_factory) -> Path:
     return run2
 
 
+@pytest.mark.slow
 def test_with_original_the_parents_training_images_train_too(parent, partial, with_original):
     splits, parents = (json.loads((run / "splits.json").read_text()) for run in (with_original, parent["run"]))
     assert splits["val"] == parents["val"]
@@ -210,6 +218,7 @@ def test_with_original_the_parents_training_images_train_too(parent, partial, wi
     assert json.loads((with_original / "finetune.json").read_text())["with_original"] is True
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_finetuning_trains_nothing_again(parent, partial, tmp_path, capsys):
     before = _metrics(partial["run"])
     assert main(["finetune", str(parent["run"]), str(partial["new"]), "--out", str(partial["run"]), "--resume"]) == 0
@@ -245,6 +254,7 @@ def test_an_interrupted_finetuning_resumes_where_it_stopped(parent, partial, tmp
     assert json.loads((run2 / "finetune.json").read_text())["attributes_trained"] == ["pigment_network"]
 
 
+@pytest.mark.slow
 def test_an_image_of_the_parents_validation_split_is_scored_not_trained(partial):
     splits = json.loads((partial["run"] / "splits.json").read_text())
     val_id = partial["val_id"]
@@ -290,6 +300,7 @@ def test_without_the_parents_images_validation_is_a_split_of_the_new_data(parent
 
 @pytest.mark.parametrize("case", ["no run", "unfinished", "no data", "shapes", "encoder", "attributes", "some masks",
                                   "no masks", "out is run", "original unreachable", "partial unreachable"])
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors_before_anything_is_written(case, parent, full, partial, tmp_path, capsys):
     run, new, out, extra = parent["run"], full["new"], tmp_path / "run2", []
     if case == "no run":
@@ -329,6 +340,7 @@ def test_bad_inputs_are_one_line_errors_before_anything_is_written(case, parent,
     assert case == "out is run" or not out.exists()
 
 
+@pytest.mark.slow
 def test_the_library_raises_the_error_classes(parent, full, tmp_path):
     with pytest.raises(ConfigError, match="keeps its parent's networks"):
         tatl.finetune(parent["run"], full["new"], tmp_path / "a", overrides={"pipeline.encoder_mode": "trainable"})

@@ -89,6 +89,7 @@ def squared_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 
 @pytest.mark.parametrize("init", ["random", "augmentation", "context-restoration"])
+@pytest.mark.slow
 def test_each_strategy_trains(init: str, data: Path, tmp_path: Path, encoder_file: Path):
     run = tmp_path / "run"
     # An ImageNet start needs weights: a local file stands in for them here.
@@ -104,6 +105,7 @@ def test_each_strategy_trains(init: str, data: Path, tmp_path: Path, encoder_fil
     assert len(log) == 2
 
 
+@pytest.mark.slow
 def test_imagenet_init_starts_every_target_from_the_weights_file(data: Path, tmp_path: Path, encoder_file: Path,
                                                                   fits: list[dict], capsys):
     run = tmp_path / "run"
@@ -128,6 +130,7 @@ def test_imagenet_init_starts_every_target_from_the_weights_file(data: Path, tmp
         assert squared_distance(trained, saved) < 1e-3 * squared_distance(trained, fresh), attribute
 
 
+@pytest.mark.slow
 def test_trainable_encoder_trains_one_network_per_attribute_from_stage2(data: Path, tmp_path: Path,
                                                                         fits: list[dict]):
     """TATL-NF; the frozen side (every target keeps Stage 2's encoder) is tests/test_pipeline.py's."""
@@ -187,6 +190,7 @@ def test_strong_copies_enlarge_the_set_with_distinct_augmented_images():
     assert unchanged < 0.05 * len(many)
 
 
+@pytest.mark.slow
 def test_augmentation_init_trains_on_copies_of_every_training_image(data: Path, tmp_path: Path, encoder_file: Path,
                                                                    fits: list[dict], monkeypatch):
     import albumentations as A
@@ -273,6 +277,7 @@ def train_pretext(out: Path, **changes) -> dict[str, torch.Tensor]:
                                      TrainConfig(**{**values, **changes}), out)
 
 
+@pytest.mark.slow
 def test_the_pretext_resumes_from_last_pt_after_an_interruption(tmp_path: Path, monkeypatch):
     """Killed in its second epoch, the pretext continues from last.pt at that epoch (not from the start) and ends
     where an uninterrupted run ends; its best.pt is the network Stage 3 loads (keys of the 3-channel network)."""

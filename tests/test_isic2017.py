@@ -296,6 +296,7 @@ def test_synth_command_writes_the_2017_layout(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_tiny_run_on_2017_data_scores_the_four_features(synthetic2017, tmp_path):
     data = tmp_path / "data"
     write_synthetic_isic2017(data, n=10, size=48, seed=0)

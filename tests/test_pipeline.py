@@ -29,6 +29,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_run_writes_every_file(tiny_run: Path):
     import yaml
 
@@ -60,6 +61,7 @@ def test_run_writes_every_file(tiny_run: Path):
         assert state["config"] == resolved, path
 
 
+@pytest.mark.slow
 def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert {"stage1", "variant 3", "variant 2,3", "variant 1,3", "variant 1,2,3"} <= metrics.keys()
@@ -74,6 +76,7 @@ def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
     assert "| **Average (macro)** |" in summary and "stages 1,2,3 Jaccard" in summary
 
 
+@pytest.mark.slow
 def test_frozen_stage3_shares_the_stage2_encoder(tiny_run: Path):
     import torch
 
@@ -86,6 +89,7 @@ def test_frozen_stage3_shares_the_stage2_encoder(tiny_run: Path):
         assert encoder_keys and all(torch.equal(stage2[k], target[k]) for k in encoder_keys)
 
 
+@pytest.mark.slow
 def test_stage1_keeps_the_epoch_of_the_best_thresholded_jaccard_the_other_stages_of_train_monitor(tiny_run: Path):
     import csv
 
@@ -101,6 +105,7 @@ def test_stage1_keeps_the_epoch_of_the_best_thresholded_jaccard_the_other_stages
     assert stage2["best_score"] == pytest.approx(float(log_of("stage2-crops/unet")[0]["jaccard"]))
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_refused_without_resume(tiny_run: Path, capsys):
     before = (tiny_run / "metrics.json").read_bytes()
     assert main(["run", "synthetic", "--out", str(tiny_run), *TINY]) == 2
@@ -108,6 +113,7 @@ def test_existing_run_folder_is_refused_without_resume(tiny_run: Path, capsys):
     assert (tiny_run / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_retrains_nothing_and_gives_the_same_metrics(tiny_run: Path, capsys):
     before = json.loads((tiny_run / "metrics.json").read_text())
     assert main(["run", "synthetic", "--out", str(tiny_run), "--resume"]) == 0
@@ -122,6 +128,7 @@ def test_output_path_that_is_a_file_is_refused(tmp_path: Path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stage1_alone_on_a_lesion_only_dataset(tmp_path: Path, capsys):
     from tatl.data.synth import write_synthetic_dataset
 
@@ -136,6 +143,7 @@ def test_stage1_alone_on_a_lesion_only_dataset(tmp_path: Path, capsys):
     assert "thresholded Jaccard" in (run / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_real_isic_sample_with_pigment_network_only(isic_sample: Path, tmp_path: Path):
     run = tmp_path / "run"
     args = ["run", str(isic_sample), "--out", str(run), *TINY[2:], "--set", "data.attributes=[pigment_network]",
@@ -145,6 +153,7 @@ def test_real_isic_sample_with_pigment_network_only(isic_sample: Path, tmp_path:
     assert set(metrics["variant 1,2,3"]["unet"]) == {"pigment_network", "micro_average", "macro_average"}
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
@@ -169,6 +178,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path
     prepare_run_dir(run, resume=True)  # the dead holder's lock is gone with it
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_in_the_run_is_a_clear_error(tiny_run: Path, tmp_path: Path, capsys):
     import shutil
 
@@ -226,6 +236,7 @@ def _truth_box(ctx, sample):
     return lesion_box(full_size_target(sample, LESION, size), size, p.crop_margin, p.min_lesion_fraction)[0]
 
 
+@pytest.mark.slow
 def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: Path, capsys):
     from tatl.pipeline.scoring import score_attributes
 
@@ -247,6 +258,7 @@ def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: P
     assert metrics["ensemble"] != metrics["unet"] and metrics["ensemble"] != metrics["linknet"]
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(tuned_run: Path):
     from tatl.pipeline.scoring import THRESHOLD_GRID, score_attributes, tune_thresholds
 
@@ -282,6 +294,7 @@ def test_tuned_thresholds_are_stored_per_variant_shape_and_attribute_and_scored(
     assert gained > 0  # the stored scores are not the 0.5 ones
 
 
+@pytest.mark.slow
 def test_truth_crop_source_crops_training_images_at_their_lesion_masks(tuned_run: Path):
     from tatl.constants import LESION
     from tatl.data.crops import lesion_box
@@ -309,6 +322,7 @@ def test_truth_crop_source_crops_training_images_at_their_lesion_masks(tuned_run
     assert any(truth[s.image_id] != predicted[s.image_id] for s in ctx.val)
 
 
+@pytest.mark.slow
 def test_stage2_trains_on_every_training_image_including_those_with_an_empty_union(tuned_run: Path, monkeypatch):
     from tatl.constants import UNION
     from tatl.data.dataset import full_size_target
@@ -337,6 +351,7 @@ def test_stage2_trains_on_every_training_image_including_those_with_an_empty_uni
     assert not all_zero_mask.any()
 
 
+@pytest.mark.slow
 def test_strict_transfer_from_the_three_class_pretext_head_logs_its_reinitialisation(tmp_path: Path, capsys):
     from tatl.checkpoints import load_checkpoint
 
@@ -353,6 +368,7 @@ def test_strict_transfer_from_the_three_class_pretext_head_logs_its_reinitialisa
     assert pretext.keys() == target.keys()  # every other tensor was transferred, strictly
 
 
+@pytest.mark.slow
 def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_process(tuned_run, monkeypatch):
     """Under torchrun each rank predicts and scores only its share of the images (tuned thresholds included) and
     every rank ends with the boxes and scores one process computes."""

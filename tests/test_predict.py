@@ -80,6 +80,7 @@ def read_png(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
+@pytest.mark.slow
 def test_isic_sample_masks_are_scored_by_the_official_scorer(run_dir, isic_sample, tmp_path, capsys):
     task2 = pytest.importorskip("isic_challenge_scoring.task2")
     images = isic_sample / "ISIC2018_Task1-2_Training_Input"
@@ -111,6 +112,7 @@ def test_isic_sample_masks_are_scored_by_the_official_scorer(run_dir, isic_sampl
             assert summary["present"] == (summary["max_probability"] > 0.5)
 
 
+@pytest.mark.slow
 def test_bad_files_are_named_and_skipped(run_dir, tmp_path, capsys):
     folder = tmp_path / "in"
     good = synthetic_images(run_dir, folder, 2, ".jpg")
@@ -131,6 +133,7 @@ def test_bad_files_are_named_and_skipped(run_dir, tmp_path, capsys):
     assert not list(out.glob(".*.tmp")) and not (out / "truncated_attribute_globules.png").exists()
 
 
+@pytest.mark.slow
 def test_no_image_is_a_clear_error(run_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["predict", str(run_dir), str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
@@ -144,6 +147,7 @@ def test_no_image_is_a_clear_error(run_dir, tmp_path, capsys):
     assert "trained variant(s) 1,2,3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_frozen_encoder_fast_path_equals_separate_networks(run_dir, predictor, tmp_path):
     image = synthetic_images(run_dir, tmp_path, 1)[0]
     shared = predictor
@@ -164,6 +168,7 @@ def test_frozen_encoder_fast_path_equals_separate_networks(run_dir, predictor, t
     np.testing.assert_allclose(shared.networks.targets["unet"][0](x)["globules"][0], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_flip_tta_is_flip_equivariant(run_dir, predictor, tmp_path):
     image = synthetic_images(run_dir, tmp_path, 1)[0]
     flipped = tmp_path / "flipped.png"
@@ -178,6 +183,7 @@ def test_flip_tta_is_flip_equivariant(run_dir, predictor, tmp_path):
         np.testing.assert_allclose(mirrored.maps[name], original.maps[name][:, ::-1], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_onnx_export_agrees_with_torch(run_dir, predictor, onnx_export, tmp_path, capsys):
     export = onnx_export
     manifest = json.loads((export / "manifest.json").read_text())
@@ -217,6 +223,7 @@ def assert_engines_agree(torch_predictor: Predictor, onnx_predictor: Predictor, 
         assert (ours > threshold).any() or name != "lesion"  # a real comparison: Stage 1 finds a lesion
 
 
+@pytest.mark.slow
 def test_onnx_networks_take_an_input_size_other_than_the_training_size(predictor, onnx_export):
     """Dynamic axes: a batch of 3 at 64x96 (trained at 32x32) gives the PyTorch probabilities within 1e-4."""
     onnx_predictor = load_predictor(onnx_export)
@@ -233,6 +240,7 @@ def test_onnx_networks_take_an_input_size_other_than_the_training_size(predictor
             np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, err_msg=f"{ours.shape} {name}")
 
 
+@pytest.mark.slow
 def test_onnx_predicts_an_odd_sized_image_as_torch_does(run_dir, predictor, onnx_export, tmp_path):
     image = tmp_path / "odd.png"  # 333x251: neither the 64x48 training images nor a multiple of 32
     source = synthetic_images(run_dir, tmp_path / "in", 1)[0]
@@ -240,6 +248,7 @@ def test_onnx_predicts_an_odd_sized_image_as_torch_does(run_dir, predictor, onnx
     assert_engines_agree(predictor, load_predictor(onnx_export), image)
 
 
+@pytest.mark.slow
 def test_onnx_on_real_1022x767_images_writes_the_masks_torch_writes(run_dir, predictor, onnx_export, isic_sample,
                                                                     tmp_path):
     images = sorted((isic_sample / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))[:2]
@@ -355,6 +364,7 @@ def test_overlay_pixels_show_truth_green_prediction_red_and_every_attribute_in_t
     assert "globules: Jaccard 0.00" in texts and any(t.startswith("lesion 7: whole image") for t in texts)
 
 
+@pytest.mark.slow
 def test_a_folder_is_streamed_one_image_at_a_time(run_dir, tmp_path, monkeypatch):
     """No image's prediction or full-size map outlives it: when image k is read, every array of image k-1 is freed
     (garbage collected) and its masks are already written. What bounds memory on a folder of thousands of large
@@ -417,6 +427,7 @@ def test_area_fraction_is_the_share_of_the_lesion():
     assert describe(np.zeros((4, 4), bool), 0.2, lesion)["present"] is False
 
 
+@pytest.mark.slow
 def test_variant_without_stages_1_and_2_writes_attributes_only(run_dir, predictor, tmp_path):
     """The code path of variant 3 (no lesion, no abnormal region): the whole image goes to the Stage-3 networks."""
     full = predictor
@@ -430,6 +441,7 @@ def test_variant_without_stages_1_and_2_writes_attributes_only(run_dir, predicto
     assert (out / "overlays" / f"{image.stem}.png").is_file()
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_of_the_ensemble_are_used(run_dir):
     config = load_config(run_dir / "config.yaml")
     tuned = {"tuned": True, "variants": {"1,2,3": {"unet": {"globules": 0.9}, "ensemble": {"globules": 0.3}}}}

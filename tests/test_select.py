@@ -142,6 +142,7 @@ def predictor(run_dir) -> Predictor:
     return load_predictor(run_dir)
 
 
+@pytest.mark.slow
 def test_members_average_to_the_prediction_and_predict_is_unchanged(predictor, pool):
     image = sorted(pool.glob("*.jpg"))[0]
     plain = predictor.predict(image)
@@ -156,6 +157,7 @@ def test_members_average_to_the_prediction_and_predict_is_unchanged(predictor, p
     assert len(flips.predict(image, keep_members=True).members) == 8  # 2 shapes x 4 flips
 
 
+@pytest.mark.slow
 def test_the_selected_images_are_exactly_the_k_highest_scoring(predictor, pool, run_dir):
     weights = attribute_weights(predictor)
     assert set(weights) == set(ATTRIBUTES) and sum(weights.values()) == pytest.approx(1.0)
@@ -175,6 +177,7 @@ def test_the_selected_images_are_exactly_the_k_highest_scoring(predictor, pool, 
         predictor, path, weights, "disagreement") != score_prediction(predictor, path, weights, "uncertainty")
 
 
+@pytest.mark.slow
 def test_uncertainty_is_the_entropy_of_the_ensemble_map_inside_the_lesion(predictor, pool):
     """From the ensemble maps `predict` gives (no members), the lesion sampled on the crop's grid."""
     weights = {"pigment_network": 0.25, "streaks": 0.75}
@@ -187,6 +190,7 @@ def test_uncertainty_is_the_entropy_of_the_ensemble_map_inside_the_lesion(predic
         assert score_prediction(predictor, path, weights, "uncertainty").score == pytest.approx(direct, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_training_prevalence_weights_and_the_equal_fallback(run_dir, tmp_path, caplog):
     train = json.loads((run_dir / "splits.json").read_text())["train"]
     masks = run_dir / "synthetic-data" / "ISIC2018_Task2_Training_GroundTruth_v3"
@@ -199,6 +203,7 @@ def test_training_prevalence_weights_and_the_equal_fallback(run_dir, tmp_path, c
     assert "equal attribute weights" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_writes_the_k_best_as_csv(run_dir, pool, tmp_path, capsys):
     out = tmp_path / "ranked.csv"
     assert cli.main(["select", str(run_dir), str(pool), "--n", "3", "--out", str(out)]) == 0
@@ -216,6 +221,7 @@ def test_cli_writes_the_k_best_as_csv(run_dir, pool, tmp_path, capsys):
     assert [line.split("\t")[0] for line in printed[1:]] == [r["image_id"] for r in rows]
 
 
+@pytest.mark.slow
 def test_cli_random_is_reproducible_and_seeded(run_dir, pool, tmp_path):
     def ranking(seed: int, name: str) -> list[str]:
         out = tmp_path / name
@@ -237,6 +243,7 @@ def one_line_error(capsys, argv: list, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors_before_any_scoring(run_dir, pool, tmp_path, capsys):
     out = tmp_path / "ranked.csv"
     one_line_error(capsys, ["select", run_dir, tmp_path / "nowhere", "--n", 2, "--out", out], "nowhere")

@@ -147,6 +147,7 @@ def test_a_segment_net_alone_refuses_an_attribute_variant(segment_net_run):
         tatl.load(segment_net_run, variant="1,2,3")
 
 
+@pytest.mark.slow
 def test_resume_of_a_segment_net_alone_stays_stage_1_only(segment_net_run, lesion_data, capsys):
     before = json.loads((segment_net_run / "metrics.json").read_text())
     assert main(["run", *map(str, lesion_data), "--out", str(segment_net_run), "--resume"]) == 0
@@ -193,6 +194,7 @@ def test_variants_without_stage1_accept_data_without_lesion_masks(attribute_data
     assert not check_dataset(attribute_data).errors()  # `tatl check-data DATA` asks no lesion mask either
 
 
+@pytest.mark.slow
 def test_a_segment_net_run_trains_every_stage_and_records_where_stage1_came_from(cropped_run, segment_net_run):
     import yaml
 
@@ -217,6 +219,7 @@ def test_a_segment_net_run_trains_every_stage_and_records_where_stage1_came_from
         assert "No lesion masks in this run's data" in text
 
 
+@pytest.mark.slow
 def test_a_segment_net_run_predicts_without_the_run_it_came_from(cropped_run, segment_net_run, attribute_data,
                                                                   tmp_path):
     image = sorted(attribute_data.glob("*.jpg"))[0]
@@ -228,6 +231,7 @@ def test_a_segment_net_run_predicts_without_the_run_it_came_from(cropped_run, se
     np.testing.assert_array_equal(lesion, tatl.load(segment_net_run).predict(image).masks["lesion"])
 
 
+@pytest.mark.slow
 def test_a_segment_net_run_resumes_without_the_run_it_came_from(cropped_run, attribute_data, capsys):
     before = json.loads((cropped_run / "metrics.json").read_text())
     assert main(["run", str(attribute_data), "--out", str(cropped_run), "--resume"]) == 0
@@ -264,6 +268,7 @@ def test_a_segment_net_of_another_encoder_is_refused(segment_net_run, attribute_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_segment_net_run_on_data_with_lesion_masks_scores_stage1_on_it(segment_net_run, tmp_path):
     run = tmp_path / "run"
     assert main(["run", str(shared_data_path("isic2018-sample")), "--out", str(run), "--segment-net",

@@ -196,6 +196,7 @@ def test_each_texture_is_drawn_only_inside_its_mask_and_changes_it_its_way(rende
     assert all(np.percentile(lines, 95) < 0.45 and lines.mean() < 0.25 for _, lines in streaks)
 
 
+@pytest.mark.slow
 def test_attribute_frequencies_match_isic_2018():
     # Presence is drawn first from the image's own stream, so it does not depend on the size (tested below) and
     # hairs use another stream: 8 px images without hairs give the same presence at ~2 ms each.
