@@ -562,3 +562,53 @@ def test_tatl_serve_refuses_a_folder_that_is_not_a_run_naming_it(folder, tmp_pat
     assert main(["serve", str(empty), "--data", str(folder), "--port", str(port)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and str(empty) in error[0], error
+
+
+STEP_FINETUNE = """
+import json, shutil, sys
+from pathlib import Path
+run, data, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+out.mkdir(parents=True)
+masks = sorted(p.name for p in (data / "corrections").glob("*.png"))
+trained = sorted({m.rsplit("_attribute_", 1)[1][:-4] for m in masks})
+scores = lambda j: {"macro_average": {"jaccard": j}, "per_attribute": {"globules": {"jaccard": j},
+                                                                        "pigment_network": {"jaccard": j}}}
+json.dump({"parent": str(run), "attributes_trained": trained, "images": {"train": len(masks), "val": 3},
+           "validation": "parent", "before": scores(0.5), "after": scores(0.5 + 0.01 * len(masks)),
+           "data": masks}, open(out / "finetune.json", "w"))
+"""
+
+
+def test_teach_trains_each_attribute_on_the_images_where_it_was_corrected_and_nowhere_else(tiny_run, folder, loaded):
+    """Pigment network corrected on one image and globules confirmed on two others: two steps, each on its own
+    images and masks only, the second starting from the first; the scores compared are the first's before and the
+    last's after."""
+    command = lambda run, data, out: [sys.executable, "-c", STEP_FINETUNE, str(run), str(data), str(out)]  # noqa: E731
+    client = client_for(tiny_run, folder, loaded, teacher_command=command)
+    ids = [row["id"] for row in client.get("/api/images").json()]
+    mask = np.zeros((48, 64), bool)
+    mask[4:9, 4:9] = True
+    assert save(client, ids[0], 0, {"pigment_network": mask}).status_code == 200
+    for image_id in ids[1:]:
+        client.post(f"/api/images/{image_id}/predict")
+        assert client.put(f"/api/images/{image_id}/masks", json={"version": 0, "confirmed": ["globules"]}).status_code \
+            == 200
+    status = client.post("/api/training").json()
+    assert status["steps"] == 2
+    client.app.state.teacher.job.wait(60)
+    models = folder / ".tatl-serve" / "models"
+    first = json.loads((models / "run_1.steps" / "1" / "finetune.json").read_text())
+    last = json.loads((models / "run_1" / "finetune.json").read_text())
+    assert first["data"] == [f"{i}_attribute_globules.png" for i in ids[1:]]
+    assert last["data"] == [f"{ids[0]}_attribute_pigment_network.png"]
+    assert first["parent"] == str(tiny_run.resolve()) and last["parent"] == str(models / "run_1.steps" / "1")
+    result = client.get("/api/training").json()["result"]
+    assert result["status"] == "ready" and result["scores"]["trained"] == ["globules", "pigment_network"]
+    assert (result["scores"]["before"], result["scores"]["after"]) == (0.5, 0.51)  # first's before, last's after
+
+
+def test_scores_are_shown_with_the_decimals_that_tell_them_apart():
+    from tatl.serving.training import both
+
+    assert both(0.51, 0.5) == ("0.5100", "0.5000")
+    assert both(0.018957, 0.018966) == ("0.01896", "0.01897")

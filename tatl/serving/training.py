@@ -146,20 +146,29 @@ def read_scores(run: Path) -> dict:
         raise DataError(f"{path}: no scores before and after ({type(error).__name__}: {error})") from error
 
 
-def compared(first: dict, last: dict) -> dict:
-    """Before (the first step's parent) and after (the last step's run), the macro score and per attribute."""
+def compared(records: Sequence[dict]) -> dict:
+    """Before (the first step's parent) and after (the last step's run), the macro score and per attribute, and
+    every attribute a step fine-tuned."""
     def score(record: dict) -> float:
         for key in SCORE_PATH:
             record = record[key]
         return float(record)
 
-    before, after = first["before"], last["after"]
+    before, after = records[0]["before"], records[-1]["after"]
     attributes = sorted(set(before.get("per_attribute", {})) & set(after.get("per_attribute", {})))
     return {"before": score(before), "after": score(after),
             "per_attribute": {a: {"before": before["per_attribute"][a].get("jaccard"),
                                   "after": after["per_attribute"][a].get("jaccard")} for a in attributes},
-            "trained": sorted({a for r in (first, last) for a in r.get("attributes_trained", [])}),
-            "validation": last.get("validation"), "images": last.get("images")}
+            "trained": sorted({a for r in records for a in r.get("attributes_trained", [])}),
+            "validation": records[-1].get("validation"), "images": records[-1].get("images")}
+
+
+def both(after: float, before: float) -> tuple[str, str]:
+    """The two scores with as many decimals (4 at least) as it takes to tell them apart."""
+    for decimals in range(4, 9):
+        if f"{after:.{decimals}f}" != f"{before:.{decimals}f}":
+            break
+    return f"{after:.{decimals}f}", f"{before:.{decimals}f}"
 
 
 class Teacher:
@@ -203,16 +212,16 @@ class Teacher:
             job.result = self.versions.add(self.name, out, FAILED, None, message)
             return
         try:
-            scores = compared(read_scores(outs[0]), read_scores(out))
+            scores = compared([read_scores(run) for run in outs])
         except DataError as error:  # finished, but without the scores that decide: never activated
             job.result = self.versions.add(self.name, out, FAILED, None, str(error))
             return
-        before, after = scores["before"], scores["after"]
-        if after < before:
-            reason = f"scored {after:.4f} on validation, lower than {before:.4f} of {base}: kept aside"
+        after, before = both(scores["after"], scores["before"])
+        if scores["after"] < scores["before"]:
+            reason = f"scored {after} on validation, lower than {before} of {base}: kept aside"
             job.result = self.versions.add(self.name, out, KEPT_ASIDE, scores, reason)
             return
-        reason = f"scored {after:.4f} on validation ({before:.4f} before, with {base})"
+        reason = f"scored {after} on validation ({before} before, with {base})"
         job.result = self.versions.add(self.name, out, READY, scores, reason)
         self.versions.activate(self.name)
 
