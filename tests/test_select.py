@@ -15,8 +15,8 @@ from PIL import Image
 
 from tatl import cli
 from tatl.errors import ConfigError, DataError
+from tatl.experiments.ranking import attribute_weights, rank_pool, score_prediction
 from tatl.inference.predictor import Predictor, load_predictor
-from tatl.inference.ranking import attribute_weights, rank_pool, score_prediction
 from tatl.inference.selection import (
     ImageScore,
     binary_entropy,

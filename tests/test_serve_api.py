@@ -411,7 +411,7 @@ def test_tatl_serve_refuses_a_missing_run_on_one_line(folder, tmp_path, capsys):
 
 
 def test_the_uncertainty_is_tatl_selects_score_of_the_prediction(client, folder, loaded):
-    from tatl.inference.ranking import attribute_weights
+    from tatl.experiments.ranking import attribute_weights
     from tatl.inference.selection import score_image
 
     image_id = first_id(client)

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tatl.experiments.ranking import rank_pool, write_ranked_csv
     from tatl.inference.predictor import load_predictor
-    from tatl.inference.ranking import rank_pool, write_ranked_csv
     from tatl.inference.selection import RANDOM, equal_weights
 
     if args.out.is_dir():

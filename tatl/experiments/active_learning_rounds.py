@@ -3,7 +3,7 @@ rounds (select B images with the previous round's model, label them from DATA's 
 
 Training is tatl.pipeline.train (the initial model, with the experiment's split written into its run folder
 before it starts, so it validates on the fixed validation split) and tatl.pipeline.finetune (each round, from
-the previous round's best weights); selection is tatl.inference.ranking.rank_pool. After every round the run's
+the previous round's best weights); selection is tatl.experiments.ranking.rank_pool. After every round the run's
 own split is checked against the experiment's: training on exactly the labelled images, validating on exactly
 the fixed validation split, so a score on the curve is never one of a leaked or mismatched split.
 """
@@ -187,7 +187,7 @@ def _selection(exp: Experiment, previous: RoundState, number: int) -> list[str]:
 
 def select_images(run_dir: Path, pool: list[Sample], strategy: str, n: int, seed: int) -> list[str]:
     """The ids of the n images of `pool` that `strategy` ranks first with the run's model, best first."""
-    from tatl.inference.ranking import rank_pool
+    from tatl.experiments.ranking import rank_pool
 
     ranked = rank_pool(run_dir, {s.image_id: s.image_path for s in pool}, strategy, n=n, seed=seed)
     return [score.image_id for score in ranked]

@@ -119,7 +119,7 @@ class ModelVersions:
     def weights(self, name: str, predictor: Predictor) -> dict[str, float]:
         """The attribute weights of `tatl select`'s score for a version (its training masks read once)."""
         if name not in self._weights:
-            from tatl.inference.ranking import attribute_weights
+            from tatl.experiments.ranking import attribute_weights
 
             self._weights[name] = attribute_weights(predictor) if predictor.settings.attributes else {}
         return self._weights[name]

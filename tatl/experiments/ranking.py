@@ -1,6 +1,6 @@
 """Rank a pool of unlabelled images for labelling with a trained run: what `tatl select` does, callable without it.
 
-    from tatl.inference.ranking import attribute_weights, rank_pool, write_ranked_csv
+    from tatl.experiments.ranking import attribute_weights, rank_pool, write_ranked_csv
     model = tatl.load("runs/pn")
     weights = attribute_weights(model)                      # once: reads the run's training masks
     ranked = rank_pool(model, "pool/", "uncertainty", n=50, weights=weights)   # best first, list[ImageScore]
