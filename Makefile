@@ -35,8 +35,9 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 	touch $(DOCS_STAMP)
 
 # --strict: a broken link, a missing page or a docstring mkdocstrings cannot read fails the build. No network needed.
+# Not --quiet: it hides the warnings that --strict counts.
 docs: $(DOCS_STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py

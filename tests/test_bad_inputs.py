@@ -629,6 +629,7 @@ def test_debug_shows_the_traceback(data, tmp_path):
             main(debug)
 
 
+@pytest.mark.slow  # four interpreters started at once: seconds of start-up, nothing trained
 def test_no_traceback_reaches_the_terminal(data, tmp_path):
     """Real processes, as a user runs them; started together to share the interpreter start-up time."""
     truth, predictions = data / ATTRIBUTE_DIR, tmp_path / "predictions"
