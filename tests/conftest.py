@@ -85,9 +85,30 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished run of the whole pipeline (variant 1,2,3) on tiny synthetic data, trained once per session."""
+def tiny_run_factory(tmp_path_factory):
+    """Finished runs on tiny synthetic data, each trained once per session: `tiny_run_factory(variants, overrides)`
+    trains `TINY_RUN_SETTINGS` changed by `overrides` (the demo preset below them) and returns its run folder; every
+    module asking for the same variants and settings gets the same folder. Read-only: a test that changes a run
+    copies it first."""
+    import json
+
     import tatl
 
-    return tatl.train("synthetic", tmp_path_factory.mktemp("tiny") / "run", config="demo", variants=["1,2,3"],
-                      overrides=TINY_RUN_SETTINGS).run_dir
+    runs: dict[str, Path] = {}
+
+    def make(variants: tuple[str, ...] | list[str] = ("1,2,3",), overrides: dict | None = None) -> Path:
+        settings = {**TINY_RUN_SETTINGS, **(overrides or {})}
+        key = json.dumps([list(variants), settings], sort_keys=True)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("tiny") / "run"
+            runs[key] = tatl.train("synthetic", out, config="demo", variants=list(variants), overrides=settings).run_dir
+        return runs[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_factory) -> Path:
+    """A finished run of the whole pipeline (variant 1,2,3) on tiny synthetic data (`TINY_RUN_SETTINGS`), trained once
+    per session."""
+    return tiny_run_factory()

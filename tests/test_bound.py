@@ -4,40 +4,24 @@ and `tatl bound` on a tiny trained run."""
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tatl.cli import main
+from tatl.constants import ATTRIBUTES_2018
 from tatl.errors import DataError
 from tatl.evaluation.bound import generalization_bound, hessian_spectral_norm, initialisations
 from tatl.layout import RunLayout
 from tatl.pipeline.context import RunContext
 
-TINY_RUN = [
-    "run", "synthetic", "--config", "demo", "--set", "synth.n=16", "--set", "synth.size=64",
-    "--set", "data.stage1_size=32", "--set", "data.image_size=32", "--set", "train.epochs=1",
-    "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]", "--variants", "1,2,3",
-]
-
-
-def tiny_trained_run(tmp_path_factory) -> Path:
-    """One tiny trained run per test session, shared by the modules that need one (train once, ~30 s)."""
-    run = tmp_path_factory.getbasetemp() / "tiny-trained-run"
-    if not (run / "metrics.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        assert main([*TINY_RUN[:2], "--out", str(run), *TINY_RUN[2:]]) == 0
-    return run
-
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    started = time.perf_counter()
-    run = tiny_trained_run(tmp_path_factory)
-    print(f"tiny run ready in {time.perf_counter() - started:.0f} s")
-    return run
+def bound_run(tiny_run_factory) -> Path:
+    """The session's tiny settings on 16 images with all five attributes, trained once per session (only the slow
+    tests here use it)."""
+    return tiny_run_factory(overrides={"synth.n": 16, "data.attributes": list(ATTRIBUTES_2018)})
 
 
 def test_power_iteration_finds_the_largest_magnitude_eigenvalue_of_a_quadratic():
@@ -82,13 +66,13 @@ def test_bound_is_undefined_when_gamma_minus_is_not_positive():
 
 
 @pytest.mark.slow
-def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny_run: Path):
-    assert main(["bound", str(tiny_run), "--iterations", "2", "--max-samples", "1", "--device", "cpu"]) == 0
+def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(bound_run: Path):
+    assert main(["bound", str(bound_run), "--iterations", "2", "--max-samples", "1", "--device", "cpu"]) == 0
     for name in ("bound.json", "bound.md", "bound.png"):
-        assert (tiny_run / "bound" / name).is_file(), name
-    result = json.loads((tiny_run / "bound" / "bound.json").read_text())
+        assert (bound_run / "bound" / name).is_file(), name
+    result = json.loads((bound_run / "bound" / "bound.json").read_text())
     assert result["initialisations"] == ["tatl", "random"]
-    finished = RunContext.open(tiny_run)
+    finished = RunContext.open(bound_run)
     _, masks = finished.stage_inputs(finished.train, finished.boxes())
     present = masks.reshape(*masks.shape[:2], -1).any(axis=2).sum(axis=0)
     for index, (attribute, per_init) in enumerate(result["attributes"].items()):
@@ -98,25 +82,25 @@ def test_tatl_bound_on_a_tiny_run_gives_finite_numbers_and_writes_its_files(tiny
                 values = [terms[k] for k in ("risk", "hessian_norm", "gamma", "bound")]
                 assert all(math.isfinite(v) for v in values), (attribute, terms)
                 assert 0 <= terms["risk"] <= 1 and terms["estimated_on"] == 1
-    table = (tiny_run / "bound" / "bound.md").read_text()
+    table = (bound_run / "bound" / "bound.md").read_text()
     assert "| attribute | initialisation | m | R_S | mean Hessian norm | gamma | bound x100 |" in table
 
 
 @pytest.mark.slow
-def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(tiny_run: Path):
+def test_initialisations_are_stage2_weights_and_the_seeded_fresh_network(bound_run: Path):
     from tatl.checkpoints import load_checkpoint
 
-    inits = initialisations(RunContext.open(tiny_run), "unet", "1,2,3")
-    stage2 = load_checkpoint(tiny_run / "stage2-crops" / "unet" / "best.pt")["model"]
+    inits = initialisations(RunContext.open(bound_run), "unet", "1,2,3")
+    stage2 = load_checkpoint(bound_run / "stage2-crops" / "unet" / "best.pt")["model"]
     assert all(torch.equal(inits["tatl"]()[k], v) for k, v in stage2.items())
     first, second = inits["random"](), inits["random"]()  # seeded: the same start Stage 3 of variant 1,3 gets
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["decoder.blocks.0.conv1.0.weight"], stage2["decoder.blocks.0.conv1.0.weight"])
-    assert list(initialisations(RunContext.open(tiny_run), "unet", "3")) == ["random"]  # no stage2-full in this run
+    assert list(initialisations(RunContext.open(bound_run), "unet", "3")) == ["random"]  # no stage2-full in this run
 
 
 @pytest.mark.slow
-def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains_on(tiny_run: Path, tmp_path: Path):
+def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains_on(bound_run: Path, tmp_path: Path):
     """Figure 4's Augmentation bar: the ImageNet start, on pipeline.augmentation_copies strongly augmented copies of
     every training image; the ImageNet bar: the same start on the training images as they are."""
     from tatl.evaluation.bound import BoundSettings, estimate_bounds
@@ -125,7 +109,7 @@ def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains
     torch.manual_seed(5)
     stand_in = tmp_path / "imagenet-stand-in.pt"  # offline: an encoder file in place of the ImageNet download
     torch.save(build_model("unet", "tu-resnet10t").encoder.state_dict(), stand_in)
-    run = RunContext.open(tiny_run)
+    run = RunContext.open(bound_run)
     run.config.model.encoder_weights = str(stand_in)
     run.config.pipeline.init, run.config.pipeline.variants = "augmentation", ["1,3"]
     result = estimate_bounds(run, BoundSettings(variant="1,3", iterations=2, max_samples=1, device="cpu"))
@@ -140,19 +124,19 @@ def test_the_augmentation_case_is_judged_on_the_augmented_training_set_it_trains
 
 
 @pytest.mark.slow
-def test_a_run_without_its_data_asks_for_data(tiny_run: Path, tmp_path: Path):
+def test_a_run_without_its_data_asks_for_data(bound_run: Path, tmp_path: Path):
     for name in ("config.yaml", "splits.json"):
-        shutil.copy(tiny_run / name, tmp_path / name)
+        shutil.copy(bound_run / name, tmp_path / name)
     with pytest.raises(DataError, match="--data"):
         RunContext.open(tmp_path)
-    given = RunContext.open(tmp_path, tiny_run / "synthetic-data")  # --data
-    assert given.train_ids == RunContext.open(tiny_run).train_ids and given.train == RunContext.open(tiny_run).train
+    given = RunContext.open(tmp_path, bound_run / "synthetic-data")  # --data
+    assert given.train_ids == RunContext.open(bound_run).train_ids and given.train == RunContext.open(bound_run).train
 
 
 @pytest.mark.slow
-def test_a_finished_run_records_the_data_it_was_trained_on(tiny_run: Path):
-    record = json.loads((tiny_run / "data.json").read_text())
-    assert record == {"data": "synthetic", "folder": str((tiny_run / "synthetic-data").resolve()),
+def test_a_finished_run_records_the_data_it_was_trained_on(bound_run: Path):
+    record = json.loads((bound_run / "data.json").read_text())
+    assert record == {"data": "synthetic", "folder": str((bound_run / "synthetic-data").resolve()),
                       "folder_in_run": "synthetic-data"}
 
 

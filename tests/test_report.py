@@ -7,7 +7,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_bound import tiny_trained_run
 
 from tatl.cli import main
 from tatl.errors import DataError
@@ -67,8 +66,9 @@ class PageParser(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def reported_run(tmp_path_factory) -> Path:
-    run = tiny_trained_run(tmp_path_factory)
+def reported_run(tiny_run) -> Path:
+    """The session's tiny run (conftest), with its bound estimated and its report rewritten with two overlays."""
+    run = tiny_run
     if not (run / "bound" / "bound.json").is_file():
         assert main(["bound", str(run), "--iterations", "1", "--max-samples", "1", "--device", "cpu"]) == 0
     assert main(["report", str(run), "--overlays", "2"]) == 0
