@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_RUN_SETTINGS
 
 import tatl
 from tatl.checkpoints import load_checkpoint
@@ -19,10 +20,9 @@ from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
 from tatl.data.synth import write_synthetic_dataset
 from tatl.errors import ConfigError, DataError
 
-ATTRIBUTES = ["pigment_network", "globules"]
-TINY = {"data.image_size": 32, "data.stage1_size": 32, "train.epochs": 1, "train.batch_size": 4,
-        "model.encoder_name": "tu-resnet10t", "model.shapes": ["unet"], "data.attributes": ATTRIBUTES,
-        "pipeline.variants": ["3", "1,2,3"]}
+ATTRIBUTES = TINY_RUN_SETTINGS["data.attributes"]  # pigment_network, globules
+# The session's tiny settings (the synth.* keys do not apply: the data is written here), batches of 4, two variants.
+TINY = {**TINY_RUN_SETTINGS, "train.batch_size": 4, "pipeline.variants": ["3", "1,2,3"]}
 
 
 def _files_hash(folder: Path) -> dict[str, str]:

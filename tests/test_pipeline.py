@@ -23,32 +23,34 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def cli_run(tmp_path_factory) -> Path:
+    """`tatl run` as a user types it: all four variants, U and Link, five attributes (not the session's `tiny_run`,
+    which is one shape and one variant, trained through the API)."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(["run", "synthetic", "--out", str(run), *TINY]) == 0
     return run
 
 
 @pytest.mark.slow
-def test_run_writes_every_file(tiny_run: Path):
+def test_run_writes_every_file(cli_run: Path):
     import yaml
 
     from tatl.checkpoints import load_checkpoint
 
     for name in ("config.yaml", "splits.json", "metrics.json", "summary.md", "stage1/boxes.json"):
-        assert (tiny_run / name).is_file(), name
+        assert (cli_run / name).is_file(), name
     for group in ("stage1/unet", "stage2-crops/unet", "stage2-full/linknet"):
         for name in ("best.pt", "last.pt", "log.csv", "done.json"):
-            assert (tiny_run / group / name).is_file(), f"{group}/{name}"
+            assert (cli_run / group / name).is_file(), f"{group}/{name}"
     for variant in ("v3", "v23", "v13", "v123"):
         for shape in ("unet", "linknet"):
             for attribute in ATTRIBUTES_2018:
                 for name in ("best.pt", "last.pt", "log.csv"):
-                    assert (tiny_run / f"stage3-{variant}" / shape / attribute / name).is_file()
+                    assert (cli_run / f"stage3-{variant}" / shape / attribute / name).is_file()
     # Every checkpoint holds model, optimizer, epoch, best score and the full resolved config of config.yaml.
-    resolved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    resolved = yaml.safe_load((cli_run / "config.yaml").read_text())
     assert resolved["train"]["epochs"] == 1 and resolved["model"]["encoder_name"] == "tu-resnet10t"
-    checkpoints = sorted(p for p in tiny_run.rglob("*.pt") if p.name in ("best.pt", "last.pt"))
+    checkpoints = sorted(p for p in cli_run.rglob("*.pt") if p.name in ("best.pt", "last.pt"))
     assert len(checkpoints) == 2 * (1 + 4 + 4 * 2 * len(ATTRIBUTES_2018))  # stage 1, 2 x 2 stage 2, stage 3
     for path in checkpoints:
         state = load_checkpoint(path)
@@ -62,8 +64,8 @@ def test_run_writes_every_file(tiny_run: Path):
 
 
 @pytest.mark.slow
-def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+def test_metrics_have_every_variant_shape_and_the_ensemble(cli_run: Path):
+    metrics = json.loads((cli_run / "metrics.json").read_text())
     assert {"stage1", "variant 3", "variant 2,3", "variant 1,3", "variant 1,2,3"} <= metrics.keys()
     assert {"jaccard", "threshold_jaccard", "dice"} <= metrics["stage1"].keys()
     for variant in ("variant 3", "variant 2,3", "variant 1,3", "variant 1,2,3"):
@@ -72,53 +74,53 @@ def test_metrics_have_every_variant_shape_and_the_ensemble(tiny_run: Path):
             assert set(scores) == {*ATTRIBUTES_2018, "micro_average", "macro_average"}
             for value in scores.values():
                 assert 0.0 <= value["jaccard"] <= value["dice"] <= 1.0
-    summary = (tiny_run / "summary.md").read_text()
+    summary = (cli_run / "summary.md").read_text()
     assert "| **Average (macro)** |" in summary and "stages 1,2,3 Jaccard" in summary
 
 
 @pytest.mark.slow
-def test_frozen_stage3_shares_the_stage2_encoder(tiny_run: Path):
+def test_frozen_stage3_shares_the_stage2_encoder(cli_run: Path):
     import torch
 
     from tatl.checkpoints import load_checkpoint
 
-    stage2 = load_checkpoint(tiny_run / "stage2-crops/unet/best.pt")["model"]
+    stage2 = load_checkpoint(cli_run / "stage2-crops/unet/best.pt")["model"]
     for attribute in ATTRIBUTES_2018:
-        target = load_checkpoint(tiny_run / f"stage3-v123/unet/{attribute}/best.pt")["model"]
+        target = load_checkpoint(cli_run / f"stage3-v123/unet/{attribute}/best.pt")["model"]
         encoder_keys = [k for k in stage2 if k.startswith("encoder.")]
         assert encoder_keys and all(torch.equal(stage2[k], target[k]) for k in encoder_keys)
 
 
 @pytest.mark.slow
-def test_stage1_keeps_the_epoch_of_the_best_thresholded_jaccard_the_other_stages_of_train_monitor(tiny_run: Path):
+def test_stage1_keeps_the_epoch_of_the_best_thresholded_jaccard_the_other_stages_of_train_monitor(cli_run: Path):
     import csv
 
     from tatl.checkpoints import load_checkpoint
 
     def log_of(group: str) -> list[dict]:
-        return list(csv.DictReader((tiny_run / group / "log.csv").read_text().splitlines()))
+        return list(csv.DictReader((cli_run / group / "log.csv").read_text().splitlines()))
 
-    stage1 = load_checkpoint(tiny_run / "stage1" / "unet" / "best.pt")
+    stage1 = load_checkpoint(cli_run / "stage1" / "unet" / "best.pt")
     assert stage1["best_score"] == pytest.approx(float(log_of("stage1/unet")[0]["threshold_jaccard"]))
     assert "threshold_jaccard" not in log_of("stage2-crops/unet")[0]
-    stage2 = load_checkpoint(tiny_run / "stage2-crops" / "unet" / "best.pt")
+    stage2 = load_checkpoint(cli_run / "stage2-crops" / "unet" / "best.pt")
     assert stage2["best_score"] == pytest.approx(float(log_of("stage2-crops/unet")[0]["jaccard"]))
 
 
 @pytest.mark.slow
-def test_existing_run_folder_is_refused_without_resume(tiny_run: Path, capsys):
-    before = (tiny_run / "metrics.json").read_bytes()
-    assert main(["run", "synthetic", "--out", str(tiny_run), *TINY]) == 2
+def test_existing_run_folder_is_refused_without_resume(cli_run: Path, capsys):
+    before = (cli_run / "metrics.json").read_bytes()
+    assert main(["run", "synthetic", "--out", str(cli_run), *TINY]) == 2
     assert "use --resume" in capsys.readouterr().err
-    assert (tiny_run / "metrics.json").read_bytes() == before
+    assert (cli_run / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.slow
-def test_resume_of_a_finished_run_retrains_nothing_and_gives_the_same_metrics(tiny_run: Path, capsys):
-    before = json.loads((tiny_run / "metrics.json").read_text())
-    assert main(["run", "synthetic", "--out", str(tiny_run), "--resume"]) == 0
+def test_resume_of_a_finished_run_retrains_nothing_and_gives_the_same_metrics(cli_run: Path, capsys):
+    before = json.loads((cli_run / "metrics.json").read_text())
+    assert main(["run", "synthetic", "--out", str(cli_run), "--resume"]) == 0
     assert "already trained" in capsys.readouterr().err
-    assert json.loads((tiny_run / "metrics.json").read_text()) == before
+    assert json.loads((cli_run / "metrics.json").read_text()) == before
 
 
 def test_output_path_that_is_a_file_is_refused(tmp_path: Path, capsys):
@@ -179,11 +181,11 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_architecture_in_the_run_is_a_clear_error(tiny_run: Path, tmp_path: Path, capsys):
+def test_a_checkpoint_of_another_architecture_in_the_run_is_a_clear_error(cli_run: Path, tmp_path: Path, capsys):
     import shutil
 
     run = tmp_path / "copy"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(cli_run, run, ignore=shutil.ignore_patterns(".lock"))
     foreign = run / "stage3-v123" / "linknet" / "globules" / "best.pt"  # a Link decoder where a U decoder belongs
     shutil.copy(foreign, run / "stage3-v123" / "unet" / "globules" / "best.pt")
     assert main(["run", "synthetic", "--out", str(run), "--resume"]) == 2
@@ -237,14 +239,14 @@ def _truth_box(ctx, sample):
 
 
 @pytest.mark.slow
-def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(tiny_run: Path, capsys):
+def test_the_ensemble_scores_are_those_of_the_mean_of_the_two_shapes(cli_run: Path, capsys):
     from tatl.pipeline.scoring import score_attributes
 
-    stored = json.loads((tiny_run / "thresholds.json").read_text())
+    stored = json.loads((cli_run / "thresholds.json").read_text())
     assert stored["tuned"] is False
     assert {t for shapes in stored["variants"].values() for per in shapes.values() for t in per.values()} == {0.5}
-    metrics = json.loads((tiny_run / "metrics.json").read_text())["variant 1,2,3"]
-    ctx, boxes = _context(tiny_run), _boxes(tiny_run)
+    metrics = json.loads((cli_run / "metrics.json").read_text())["variant 1,2,3"]
+    ctx, boxes = _context(cli_run), _boxes(cli_run)
     probabilities = _validation_probabilities(ctx, "1,2,3", boxes)
     err = capsys.readouterr().err
     assert "already trained" in err and "epoch 1/" not in err
