@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tatl.cli import main
-from tatl.config import Config
+from tatl.config import Config, load_config
 from tatl.constants import ATTRIBUTES_2017
 from tatl.data.checks import check_dataset
 from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, find_samples
@@ -33,6 +33,7 @@ from tatl.data.isic2017 import (
 from tatl.data.synth import ISIC2017_DIRS, render_sample, write_synthetic_isic2017
 from tatl.errors import ConfigError, DataError
 from tatl.metrics.isic2017 import pooled_scores, predictions_to_features, score_isic2017
+from tatl.pipeline.context import attributes_for_data
 from tatl.pipeline.setup import resolve_data
 
 IMAGES, LESIONS, FEATURES = ISIC2017_DIRS
@@ -202,10 +203,11 @@ def test_conversion_is_redone_when_inputs_change_and_refuses_foreign_folders(dat
 
 
 def test_resolve_data_converts_and_switches_to_the_2017_features(synthetic2017, tmp_path, capsys):
-    config = Config()
+    config = attributes_for_data(str(synthetic2017), Config())  # while the config is resolved, before it is saved
+    assert config.data.attributes == list(ATTRIBUTES_2017) and "data.attributes set" in capsys.readouterr().err
     root = resolve_data(str(synthetic2017), tmp_path / "run", config)
     assert root == tmp_path / "run" / "isic2017-converted" and (root / CONVERSION_STAMP).exists()
-    assert config.data.attributes == list(ATTRIBUTES_2017) and "data.attributes set" in capsys.readouterr().err
+    assert config.data.attributes == list(ATTRIBUTES_2017)  # resolving the data changes no config value
     config.data.attributes = ["globules", "streaks"]
     with pytest.raises(ConfigError, match="globules"):
         resolve_data(str(synthetic2017), tmp_path / "run", config)
@@ -308,6 +310,7 @@ def test_tiny_run_on_2017_data_scores_the_four_features(synthetic2017, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     scores = metrics["variant 1,2,3"]["unet"]
     assert set(scores) - {"micro_average", "macro_average"} == set(ATTRIBUTES_2017)
+    assert load_config(run / "config.yaml").data.attributes == list(ATTRIBUTES_2017)  # saved once, resolved
     # predict writes the 2017 submission format next to the 2018 masks, and the 2017 scorer reads it
     from tatl.metrics.isic2017 import score_isic2017
 

@@ -137,9 +137,6 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
         root = Path(data)
         if not is_isic2017(root):
             return root
-        if tuple(config.data.attributes) == ATTRIBUTES_2018:  # the default names globules, which 2017 lacks
-            log.warning(f"ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
-            config.data.attributes = list(ATTRIBUTES_2017)
         unknown = sorted(set(config.data.attributes) - set(ATTRIBUTES_2017))
         if unknown:
             raise ConfigError(f"data.attributes: {root} is ISIC 2017 data, with the features "
@@ -154,6 +151,19 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
         log.info(f"generating {s.n} synthetic images ({s.size} px wide, seed {s.seed}) in {root}")
         write_synthetic_dataset(root, n=s.n, size=s.size, seed=s.seed)
     return root
+
+
+def attributes_for_data(data: Data, config: Config) -> Config:
+    """The config with data.attributes fitted to DATA, while the config is resolved (before it is saved, once): ISIC
+    2017 Part 2 data has four features and no globules, so the default (the 2018 five) becomes those four."""
+    from tatl.data.isic2017 import is_isic2017
+
+    given = data_list(data)
+    if len(given) == 1 and given[0] != SYNTHETIC and tuple(config.data.attributes) == ATTRIBUTES_2018 \
+            and is_isic2017(Path(given[0])):
+        log.warning(f"ISIC 2017 data: data.attributes set to its four features ({', '.join(ATTRIBUTES_2017)})")
+        config.data.attributes = list(ATTRIBUTES_2017)
+    return config
 
 
 def data_list(data: Data) -> list[str]:

@@ -13,6 +13,7 @@ rank 0 with the metrics, inside the run's log and before the process group is le
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -20,8 +21,23 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tatl.config import Config
+from tatl import distributed
+from tatl.config import Config, apply_override, load_config, save_config, to_dict, validate
+from tatl.errors import ConfigError, DataError
+from tatl.folders import check_output_folder
+from tatl.io import write_json
 from tatl.layout import STAGES, RunLayout
+from tatl.logs import log_to_file
+from tatl.pipeline import segment_net
+from tatl.pipeline.context import attributes_for_data, data_list, stated_stages
+from tatl.pipeline.setup import (
+    check_data_path,
+    check_model_settings,
+    check_resume_settings,
+    prepare_context,
+    prepare_run_dir,
+)
+from tatl.pipeline.stages import run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +56,6 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     stages, variants, device, compile and segment_net set pipeline.stages ("1": the Segment-Net alone; default:
     the config's, which a resumed run keeps), pipeline.variants, train.device, train.compile and
     pipeline.segment_net (a finished run whose Segment-Net crops this run's images), after the overrides."""
-    from tatl import distributed
-    from tatl.errors import ConfigError
-    from tatl.pipeline.context import data_list
-
     if stages is not None and stages not in STAGES:
         raise ConfigError(f"stages {stages!r}: use one of {', '.join(STAGES)}")
     given, out = data_list(data), Path(out)
@@ -65,8 +77,6 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
 
 def override_strings(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
     """Config values as "section.key=value" strings (what --set takes), from a mapping or a list of such strings."""
-    from tatl.errors import ConfigError
-
     if isinstance(overrides, Mapping):
         # JSON is YAML: the values are read back exactly (numbers, booleans, None, lists, strings).
         return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
@@ -97,21 +107,12 @@ def resolved_config(data: Any, out: Path, config: str | Path | None, resume: boo
                     stages: str | None = None) -> Config:
     """The run's config: defaults + config + overrides, or, when resuming, the saved one + overrides (checked).
     stages: as given (it is in `overrides` too); a run from before pipeline.stages was saved takes it as its own."""
-    import copy
-
-    from tatl.config import apply_override, load_config, validate
-    from tatl.errors import DataError
-    from tatl.folders import check_output_folder
-
     if not resume:
-        return load_config(config, overrides)
+        return attributes_for_data(data, load_config(config, overrides))
     layout = RunLayout(out)
     check_output_folder(out, "run folder")
     if not layout.config.is_file():
         raise DataError(f"{out}: nothing to resume (no config.yaml); start a new run without --resume")
-    from tatl.pipeline.context import stated_stages
-    from tatl.pipeline.setup import check_resume_settings
-
     saved = load_config(layout.config)
     saved.pipeline.stages = stated_stages(layout) or stages or saved.pipeline.stages  # a resume keeps the stages
     resolved = copy.deepcopy(saved)
@@ -134,9 +135,6 @@ def _nothing_written(out: Path) -> bool:
 
 def _check_same_config(given: Config, saved: Config, saved_path: Path) -> None:
     """--resume --config C: C (with the overrides) must give the run's own config, key for key."""
-    from tatl.config import to_dict
-    from tatl.errors import ConfigError
-
     before, after = to_dict(saved), to_dict(given)
     for section, values in before.items():
         for key, value in values.items():
@@ -148,15 +146,6 @@ def _check_same_config(given: Config, saved: Config, saved_path: Path) -> None:
 
 def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, finish: Finish | None,
                      run_log: ExitStack) -> dict:
-    from tatl import distributed
-    from tatl.config import save_config
-    from tatl.errors import DataError
-    from tatl.io import write_json
-    from tatl.logs import log_to_file
-    from tatl.pipeline import segment_net
-    from tatl.pipeline.setup import check_data_path, check_model_settings, prepare_context, prepare_run_dir
-    from tatl.pipeline.stages import run_pipeline
-
     layout = RunLayout(run_dir)
     check_model_settings(config)  # an unknown encoder or unusable weights file: named before any data is read
     check_data_path(data, config)
@@ -169,10 +158,7 @@ def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, fin
             run_log.enter_context(log_to_file(layout.log))  # appends: a resumed run's log goes on
             log.debug("%s run in %s on %s", "resumed" if resume else "new", run_dir, data)
             save_config(config, layout.config)
-        ctx = prepare_context(data, run_dir, config)  # the other ranks read rank 0's split
-        if distributed.is_main_process():
-            save_config(ctx.config, layout.config)  # again: the data may have set values (ISIC 2017 -> its features)
-        return ctx
+        return prepare_context(data, run_dir, config)  # the other ranks read rank 0's split
 
     try:
         ctx = distributed.main_process_first(prepare)
