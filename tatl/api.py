@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tatl.errors import ConfigError
+from tatl.io import write_text
+from tatl.layout import RunLayout
+
 if TYPE_CHECKING:  # heavy (torch): imported where they are used, so `import tatl` stays light
     from tatl.config import Config
     from tatl.inference.prediction_settings import PredictionSettings
@@ -64,7 +68,7 @@ def train(data: str | Path | Sequence[str | Path], out: str | Path, config: str 
     torch.compile the networks.
     segment_net: a finished run whose Segment-Net crops this run's images (pipeline.segment_net), for data without
     lesion masks; it is copied into `out`."""
-    from tatl.pipeline.train import train as train_pipeline
+    from tatl.pipeline.train import train as train_pipeline  # deferred: torch (~2 s), not on `import tatl`
 
     finish = _SummaryAndReport(Path(out))
     metrics = train_pipeline(data, out, config, resume=resume, stages=stages, variants=variants, device=device,
@@ -82,7 +86,7 @@ def finetune(run: str | Path, new_data: str | Path, out: str | Path, with_origin
 
     with_original: train on `run`'s own training images too; overrides: config values as in `train` (train.epochs,
     train.lr; not the networks' settings); resume: continue an interrupted fine-tuning in `out`."""
-    from tatl.pipeline.finetune import finetune as finetune_pipeline
+    from tatl.pipeline.finetune import finetune as finetune_pipeline  # deferred: torch, not on `import tatl`
 
     finish = _SummaryAndReport(Path(out))
     metrics = finetune_pipeline(run, new_data, out, with_original=with_original, overrides=overrides, resume=resume,
@@ -99,9 +103,7 @@ class _SummaryAndReport:
         self.summary: str | None = None  # summary.md's text, once written
 
     def __call__(self, metrics: dict, config: Config, data_root: Any) -> None:
-        from tatl.io import write_text
-        from tatl.layout import RunLayout
-        from tatl.reporting.report import write_report_or_say_why
+        from tatl.reporting.report import write_report_or_say_why  # deferred: torch, not on `import tatl`
         from tatl.reporting.summary import summary_markdown
 
         layout, run_dir = RunLayout(self.run_dir), self.run_dir
@@ -136,6 +138,7 @@ def active_learning(data: str | Path, out: str | Path, *, initial: int, per_roun
     config, overrides: as for `train`, for every run of the experiment (train.seed is set to each seed).
     workers, ray, gpus_per_job, cpus_per_job: run the strategy x seed chains in parallel, as `tatl experiment`.
     job: run this one job only (what --workers starts in each process); no results written."""
+    # deferred: torch and the experiments, not on `import tatl`
     from tatl.experiments.active_learning import Settings
     from tatl.experiments.active_learning_jobs import job_named, plan_jobs, run_job, run_jobs
     from tatl.experiments.active_learning_rounds import prepare
@@ -148,8 +151,6 @@ def active_learning(data: str | Path, out: str | Path, *, initial: int, per_roun
                         tuple(seeds), None if config is None else str(config),
                         tuple(override_strings(overrides)))
     if workers < 1 or cpus_per_job < 1 or gpus_per_job < 0:
-        from tatl.errors import ConfigError
-
         raise ConfigError("--workers and --cpus-per-job must be >= 1, --gpus-per-job >= 0")
     exp = prepare(settings, Path(out), check_data=job is None)
     if job is not None:
@@ -191,7 +192,7 @@ class Model:
 
         image: a path (str or Path), a PIL image, or an RGB uint8 numpy array (height, width, 3). A file is read as
         `tatl predict` reads it (a JPEG DCT-scaled while decoded); an image in memory is resized from its pixels."""
-        from tatl.inference.results import predict
+        from tatl.inference.results import predict  # deferred: torch, not on `import tatl`
 
         return predict(self.predictor, image)
 
@@ -206,6 +207,6 @@ def load(model: str | Path, variant: str | None = None, device: str = "auto", tt
 
     variant: which trained variant ("3", "2,3", "1,3", "1,2,3"; default 1,2,3 when trained, else the last trained);
     device: "auto", "cpu" or "cuda"; tta: average over the flips (4x the network time)."""
-    from tatl.inference.predictor import load_predictor
+    from tatl.inference.predictor import load_predictor  # deferred: torch, not on `import tatl`
 
     return Model(load_predictor(Path(model), variant, device=device, tta=tta))

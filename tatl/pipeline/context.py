@@ -32,7 +32,9 @@ from tatl.data.crops import Box
 from tatl.data.dataset import load_images, load_masks
 from tatl.data.images import image_size
 from tatl.data.isic import Sample, find_samples, join_samples
+from tatl.data.isic2017 import convert_to_isic2018_layout, is_isic2017
 from tatl.data.splits import read_splits, training_ids
+from tatl.data.synth import write_synthetic_dataset
 from tatl.device import resolve_device
 from tatl.errors import ConfigError, DataError
 from tatl.io import write_json
@@ -132,8 +134,6 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
     features), or the synthetic default generated once into the run folder."""
     layout = RunLayout(run_dir)
     if data != SYNTHETIC:
-        from tatl.data.isic2017 import convert_to_isic2018_layout, is_isic2017
-
         root = Path(data)
         if not is_isic2017(root):
             return root
@@ -143,8 +143,6 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
                               f"{', '.join(ATTRIBUTES_2017)} only, not {', '.join(unknown)}")
         log.info(f"ISIC 2017 data: superpixel labels rasterised into {layout.isic2017_converted}")
         return convert_to_isic2018_layout(root, layout.isic2017_converted, config.data.binarize_threshold)
-    from tatl.data.synth import write_synthetic_dataset
-
     root = layout.synthetic_data
     if not (root / "README.txt").exists():
         s = config.synth
@@ -156,8 +154,6 @@ def resolve_data(data: str, run_dir: Path, config: Config) -> Path:
 def attributes_for_data(data: Data, config: Config) -> Config:
     """The config with data.attributes fitted to DATA, while the config is resolved (before it is saved, once): ISIC
     2017 Part 2 data has four features and no globules, so the default (the 2018 five) becomes those four."""
-    from tatl.data.isic2017 import is_isic2017
-
     given = data_list(data)
     if len(given) == 1 and given[0] != SYNTHETIC and tuple(config.data.attributes) == ATTRIBUTES_2018 \
             and is_isic2017(Path(given[0])):

@@ -43,11 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tatl import distributed
 from tatl.config import Config, load_config
 from tatl.data.isic import Sample, attribute_names, find_samples
 from tatl.errors import ConfigError, DataError
+from tatl.io import write_json
 from tatl.layout import RunLayout, default_variant, reported_model, variant_stages
+from tatl.pipeline.context import RunContext
 from tatl.pipeline.parent import Parent, open_parent, sources
+from tatl.pipeline.rescore import scores_of
+from tatl.pipeline.reuse import data_identity
 from tatl.pipeline.train import Finish, override_list, train
 
 log = logging.getLogger(__name__)
@@ -97,11 +102,7 @@ def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_ori
     metrics = train(new_data, out, None if resume else parent.layout.config, resume=resume, overrides=settings,
                     finish=finish)
     before = parent_metrics(parent, out)
-    from tatl import distributed
-
     if distributed.is_main_process():
-        from tatl.io import write_json
-
         record = finetune_record(parent, plan, out, before, metrics, with_original)
         write_json(RunLayout(out).finetune_record, record)
     return metrics
@@ -112,9 +113,6 @@ def parent_metrics(parent: Parent, out: Path) -> dict:
     scored on it (tatl.pipeline.rescore; every rank calls this)."""
     if sources(RunLayout(out))["validation"] == "parent":
         return json.loads(parent.layout.metrics.read_text())
-    from tatl.pipeline.context import RunContext
-    from tatl.pipeline.rescore import scores_of
-
     log.info(f"scoring the networks of {parent.layout.root} on the validation split of {out}")
     return scores_of(parent.layout, RunContext.open(out), default_variant(parent.config.pipeline.variants))
 
@@ -175,9 +173,6 @@ def check_networks_kept(parent: Parent, config: Config) -> None:
 def finetune_record(parent: Parent, plan: Plan, out: Path, before: dict, metrics: dict, with_original: bool) -> dict:
     """RUN2/finetune.json (the module's docstring): `before` and `metrics` are RUN's and RUN2's metrics on RUN2's
     validation split."""
-    from tatl.pipeline.context import RunContext
-    from tatl.pipeline.reuse import data_identity
-
     run = RunContext.open(out)
     joined = sources(run.layout)
     variant = default_variant(parent.config.pipeline.variants)

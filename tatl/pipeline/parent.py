@@ -28,19 +28,17 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tatl.checkpoints import load_checkpoint
 from tatl.config import Config, load_config
 from tatl.data.isic import Sample, find_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
 from tatl.io import link_or_copy, write_json
 from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
+from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import samples_of, split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group
-
-if TYPE_CHECKING:  # torch: imported where a network is loaded
-    from tatl.models.multihead import MultiHeadSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +172,6 @@ def start_heads(config: Config, run: RunLayout, group: MultiHeadSegmenter, head_
                 train_encoder: bool, label: str) -> None:
     """Load the parent's best.pt of every head of `group` (a MultiHeadSegmenter), strictly; with a frozen encoder,
     the decoder only (the encoder stays this run's Stage 2)."""
-    from tatl.checkpoints import load_checkpoint
-
     parent = RunLayout(Path(config.pipeline.init_from))
     for name, head_dir in head_dirs.items():
         source = parent.root / head_dir.relative_to(run.root) / BEST

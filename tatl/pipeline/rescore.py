@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tatl import distributed
+from tatl.checkpoints import load_checkpoint
 from tatl.constants import LESION
 from tatl.data.checks import DataReport
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import load_images
 from tatl.data.images import image_size
-from tatl.layout import RunLayout, variant_stages
+from tatl.layout import BEST, RunLayout, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.pipeline.context import RunContext
@@ -60,9 +61,6 @@ def _boxes(networks: RunLayout, run: RunContext) -> tuple[dict[str, Box], dict]:
 
 
 def _network(folder: Path, shape: str, name: str, encoder_name: str) -> MultiHeadSegmenter:
-    from tatl.checkpoints import load_checkpoint
-    from tatl.layout import BEST
-
     network = MultiHeadSegmenter.from_model(build_model(shape, encoder_name, None), [name])
     network.load_head_state(name, load_checkpoint(folder / BEST)["model"], folder / BEST)
     return network

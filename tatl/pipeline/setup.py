@@ -11,14 +11,20 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from tatl.config import Config
 from tatl.data.checks import DataReport, check_dataset, merge_reports, require_valid
+from tatl.data.images import set_max_image_pixels
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
+from tatl.device import resolve_device
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.io import LockHeld, hold_lock
 from tatl.layout import RunLayout, variant_stages
+from tatl.models.networks import build_model, check_encoder_name
+from tatl.models.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
 from tatl.pipeline import parent
 from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids, tune_ids
 
@@ -93,10 +99,6 @@ def check_data_path(data: Data, config: Config | None = None) -> None:
 def check_model_settings(config: Config) -> None:
     """Refuse, before any data is read, the model settings that would fail when the first network is built: an
     unknown encoder, encoder weights that are missing, unsafe or do not fit it, an unavailable device."""
-    from tatl.device import resolve_device
-    from tatl.models.networks import build_model, check_encoder_name
-    from tatl.models.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
-
     m = config.model
     check_encoder_name(m.encoder_name)
     source = parse_encoder_weights(m.encoder_weights)
@@ -104,8 +106,6 @@ def check_model_settings(config: Config) -> None:
         check_lite0_fits(m.encoder_name)
         lite0_weights_path()
     elif isinstance(source, Path):  # loaded once now: an unsafe, damaged or unfitting file is named at once
-        import torch
-
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the run's random state
             build_model(m.stage1_shape, m.encoder_name, source)
     resolve_device(config.train.device)
@@ -135,8 +135,6 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
     Segment-Net on several lesion datasets) are checked one by one, then joined. stage1_only: the Segment-Net
     alone (default: pipeline.stages)."""
     if config.data.max_image_pixels:
-        from tatl.data.images import set_max_image_pixels
-
         set_max_image_pixels(config.data.max_image_pixels)
     stage1_only = config.pipeline.stages == "1" if stage1_only is None else stage1_only
     roots = [resolve_data(name, run_dir, config) for name in data_list(data)]
