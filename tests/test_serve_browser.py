@@ -457,6 +457,7 @@ def test_the_teach_panel_follows_a_fine_tuning_to_a_new_active_model(tiny_run, t
         server.stop()
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_tatl_finetune_reaches_done(tiny_run, tmp_path, loaded, context):
     """The real `tatl finetune` of the tiny run on four corrected images, started and followed in the page: pigment
     network confirmed on two images, globules marked absent on the two others, so each attribute's heads are

@@ -86,6 +86,8 @@ def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: li
         for name in names:
             best = head_dirs[name] / BEST
             group.load_head_state(name, load_checkpoint(best)["model"], best)
+        if cfg.train.channels_last:  # the layout fit leaves a trained group in: a resumed run scores the same bits
+            group.to(memory_format=torch.channels_last)
         log.info(f"{label}: already trained, reusing {group_dir}")
         return group
     if cfg.pipeline.init_from:
