@@ -306,6 +306,7 @@ def test_decompression_bomb_limit_set_for_a_run_names_the_image_and_how_to_raise
             small.resize((128, 96), Image.Resampling.NEAREST).save(mask)
     assert cli(capsys, "check-data", data, "--need-lesion")[0] == 0  # valid under Pillow's default limit
     # 128x96 = 12288 pixels: over 10000 (our check) and over twice 5000 (Pillow's own error): both say the same.
+    default = Image.MAX_IMAGE_PIXELS
     for limit in (10000, 5000):
         run = tmp_path / f"run-{limit}"
         code, _, err = cli(capsys, "run", data, "--out", run, *TINY, "--set", f"data.max_image_pixels={limit}")
@@ -314,6 +315,7 @@ def test_decompression_bomb_limit_set_for_a_run_names_the_image_and_how_to_raise
         line = next(line for line in err.splitlines() if line.strip().startswith(str(image(data))))
         assert f"decompression-bomb limit of {limit}" in line and "data.max_image_pixels" in line, line
         assert "12288 pixels" in line and "--max-image-pixels" in line
+        assert Image.MAX_IMAGE_PIXELS == default, "a run's limit is its own: Pillow's is put back after it"
 
 
 def test_unknown_attribute_is_named_before_training_and_the_folder_can_be_reused(data, tmp_path, capsys):

@@ -63,12 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tatl.constants import ATTRIBUTES_2017, ATTRIBUTES_2018
     from tatl.data.checks import check_dataset
-    from tatl.data.images import set_max_image_pixels
+    from tatl.data.images import pixel_limit
     from tatl.data.isic2017 import check_isic2017, is_isic2017
 
-    previous = set_max_image_pixels(args.max_image_pixels) if args.max_image_pixels else None
     isic2017 = not args.lesion_only and is_isic2017(Path(args.data))  # lesion-only: the ISIC 2018 reading fits
-    try:
+    with pixel_limit(args.max_image_pixels or None):  # process-wide in Pillow: put back after (a Python caller)
         if isic2017:
             report = check_isic2017(Path(args.data), args.attributes or ATTRIBUTES_2017,
                                     need_lesion=args.need_lesion, binarize_threshold=args.binarize)
@@ -80,9 +79,6 @@ def run(args: argparse.Namespace) -> int:
                 need_attributes=not args.lesion_only,
                 binarize_threshold=args.binarize,
             )
-    finally:  # the limit is process-wide in Pillow: leave it as found when called from Python
-        if args.max_image_pixels:
-            set_max_image_pixels(previous)
     for problem in report.problems:
         print(problem)
     if report.problems:

@@ -77,6 +77,21 @@ class ImageInfo:
     notes: list[str] = field(default_factory=list)  # what was done to make it RGB, EXIF orientation
 
 
+@contextmanager
+def pixel_limit(limit: int | None) -> Iterator[None]:
+    """Pillow's decompression-bomb limit raised to `limit` pixels for the reads inside the block, and put back after
+    (None: Pillow's own, unchanged). The limit is Pillow's process-wide setting: scoped like this, a run or a loaded
+    model raises it for its own reads only, never for every later read of the process (e.g. in `tatl serve`)."""
+    if limit is None:
+        yield
+        return
+    previous = set_max_image_pixels(limit)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def set_max_image_pixels(limit: int | None) -> int | None:
     """Set Pillow's decompression-bomb limit (pixels per image; None: no limit). Returns the previous limit."""
     if limit is not None and (not isinstance(limit, int) or limit <= 0):

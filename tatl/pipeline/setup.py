@@ -15,7 +15,6 @@ import torch
 
 from tatl.config import Config
 from tatl.data.checks import DataReport, check_dataset, merge_reports, require_valid
-from tatl.data.images import set_max_image_pixels
 from tatl.data.isic import ATTRIBUTE_INFIX, attribute_names
 from tatl.data.splits import make_splits, read_splits, write_splits
 from tatl.device import resolve_device
@@ -134,8 +133,6 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
     made (or read back), and RUN/data.json written, so the finished run knows its data. Several DATA folders (a
     Segment-Net on several lesion datasets) are checked one by one, then joined. stage1_only: the Segment-Net
     alone (default: pipeline.stages)."""
-    if config.data.max_image_pixels:
-        set_max_image_pixels(config.data.max_image_pixels)
     stage1_only = config.pipeline.stages == "1" if stage1_only is None else stage1_only
     roots = [resolve_data(name, run_dir, config) for name in data_list(data)]
     if config.pipeline.init_from:  # a fine-tuned run: the new data and the parent's validation images, joined

@@ -23,6 +23,7 @@ from typing import Any
 
 from tatl import distributed
 from tatl.config import Config, apply_override, load_config, save_config, to_dict, validate
+from tatl.data.images import pixel_limit
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.io import write_json
@@ -161,10 +162,11 @@ def _train_and_score(data: Any, run_dir: Path, config: Config, resume: bool, fin
         return prepare_context(data, run_dir, config)  # the other ranks read rank 0's split
 
     try:
-        ctx = distributed.main_process_first(prepare)
-        if not stage1_only and not ctx.train:
-            raise DataError(f"{data}: no training images left after the split")
-        metrics = run_pipeline(ctx)
+        with pixel_limit(config.data.max_image_pixels):  # this run's reads only: Pillow's limit is process-wide
+            ctx = distributed.main_process_first(prepare)
+            if not stage1_only and not ctx.train:
+                raise DataError(f"{data}: no training images left after the split")
+            metrics = run_pipeline(ctx)
     except Exception as error:  # the console shows it (tatl.cli); the log file keeps why the run stopped
         log.debug("run stopped: %s: %s", type(error).__name__, error)
         raise
