@@ -190,6 +190,11 @@ def test_drafts_approval_and_the_next_image(client):
     assert client.put(f"/api/images/{ids[0]}/draft", json=draft).status_code == 200
     elsewhere = {"masks": {"globules": "https://example.com/x.png"}}  # the page would load it
     assert client.put(f"/api/images/{ids[0]}/draft", json=elsewhere).status_code == 400
+    touched_elsewhere = {"masks": {}, "touched": {"globules": "https://example.com/x.png"}}
+    assert client.put(f"/api/images/{ids[0]}/draft", json=touched_elsewhere).status_code == 400
+    odd_names = {"masks": {}, "confirmed": ["../globules"]}
+    assert client.put(f"/api/images/{ids[0]}/draft", json=odd_names).status_code == 400
+    assert client.get(f"/api/images/{ids[0]}").json()["draft_version"] == 0  # the version the draft started from
     huge = client.put(f"/api/images/{ids[0]}/draft", content=b"{}", headers={"Content-Length": str(10**9),
                                                                             "Content-Type": "application/json"})
     assert huge.status_code == 413

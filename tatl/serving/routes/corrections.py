@@ -112,6 +112,11 @@ def put_draft(services: ServicesDep, image_id: str, body: Annotated[dict, Body()
         if not isinstance(value, dict) or not all(isinstance(v, str) and v.startswith(DRAFT_PREFIX)
                                                   for v in value.values()):
             raise DataError(f"a draft's {key} are {DRAFT_PREFIX}... data URLs")
+    confirmed = body.get("confirmed", [])
+    if not isinstance(confirmed, list) or not all(isinstance(name, str) for name in confirmed):
+        raise DataError("a draft's confirmed attributes are a list of names")
+    for name in confirmed:
+        check_name(name, "attribute")
     if not isinstance(body.get("version", 0), int):
         raise DataError("a draft's version is the correction version it started from (an integer)")
     services.store.save_draft(image_id, body)
