@@ -54,8 +54,8 @@ from tatl.data.images import read_image
 from tatl.data.isic import find_samples
 from tatl.inference.predictor import Predictor, load_predictor
 from tatl.layout import BEST, RunLayout
+from tatl.models.ensemble import average_probabilities
 from tatl.models.networks import build_model
-from tatl.pipeline.scoring import average_probabilities
 
 
 class SeparateNetwork:

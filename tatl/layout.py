@@ -25,9 +25,12 @@ with Stage 1 read crops, the others full images: `inputs_of(variant)`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from tatl.constants import UNION
 
@@ -198,3 +201,17 @@ class RunLayout(ReportFiles):
             paths[UNION] = self.stage2(inputs_of(variant), shape) / BEST
         paths.update({a: self.stage3_head(variant, shape, a) / BEST for a in attributes})
         return paths
+
+
+def stated_stages(layout: RunLayout) -> str | None:
+    """pipeline.stages of a run as RUN/config.yaml states it. Runs from before that key state none: a finished
+    Stage-1-only one is told by its metrics.json (Stage 1's scores alone) -> "1"; otherwise None (unknown)."""
+    try:
+        saved = yaml.safe_load(layout.config.read_text()) or {}
+        stages = (saved.get("pipeline") or {}).get("stages")
+        if stages is not None:
+            return str(stages)
+        metrics = json.loads(layout.metrics.read_text())
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return "1" if isinstance(metrics, dict) and set(metrics) == {"stage1"} else None

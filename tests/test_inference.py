@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from tatl.data.isic import Sample
-from tatl.pipeline.scoring import THRESHOLD_GRID, average_probabilities, score_attributes, tune_thresholds
+from tatl.models.ensemble import average_probabilities
+from tatl.pipeline.scoring import THRESHOLD_GRID, score_attributes, tune_thresholds
 
 SIZE = 16  # probabilities at the original size: pasting back is the identity, so the hand-made values are scored
 

@@ -83,6 +83,17 @@ def test_no_module_imports_from_a_higher_layer():
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
+FORBIDDEN = [("tatl.inference", "tatl.pipeline")]  # prediction needs the weights, not the training pipeline
+
+
+def test_prediction_does_not_import_the_training_pipeline():
+    """A layer above may import a lower one, but inference loads finished networks: it needs nothing of the
+    pipeline that trains them (what both need lives below both: data.crops, models.ensemble, layout)."""
+    wrong = [f"{name} imports {target}" for name, targets in graph().items() for target in sorted(targets)
+             for upper, lower in FORBIDDEN if name.startswith(upper) and target.startswith(lower)]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_sibling_packages_of_one_layer_stay_apart_and_leaves_import_only_leaves():
     """Within one layer, a package imports only itself (inference and evaluation know nothing of each other)."""
     def top(name: str) -> str:

@@ -68,3 +68,8 @@ def paste_back(probabilities: torch.Tensor, box: Box, original_size: tuple[int, 
     canvas = torch.zeros(*probabilities.shape[:-2], height, width, dtype=resized.dtype, device=resized.device)
     canvas[..., top:bottom, left:right] = resized
     return canvas
+
+
+def full_size_probabilities(probabilities: np.ndarray, box: Box, original_size: tuple[int, int]) -> np.ndarray:
+    """Paste one (S, S) probability map back into an all-zero (H, W) map at its box."""
+    return paste_back(torch.from_numpy(np.asarray(probabilities, dtype=np.float32)), box, original_size).numpy()

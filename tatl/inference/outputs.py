@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tatl.constants import ATTRIBUTES_2017, LESION, UNION
+from tatl.data.images import pixel_limit
 from tatl.data.isic2017 import read_superpixels, superpixel_means, write_features_json
 from tatl.errors import DataError
 from tatl.inference.overlays import OverlayView
@@ -107,7 +108,13 @@ def describe(mask, max_probability: float, reference) -> dict:
 
 def predict_image(predictor, path: Path, image_id: str, options: OutputOptions) -> dict:
     """Predict one image and write its files; returns its predictions.json record. Holds at most one full-size
-    probability map at a time, plus the full-size lesion mask."""
+    probability map at a time, plus the full-size lesion mask. The model's pixel limit holds for every read of the
+    image (the overlays read it again)."""
+    with pixel_limit(predictor.settings.max_image_pixels):
+        return _predict_image(predictor, path, image_id, options)
+
+
+def _predict_image(predictor, path: Path, image_id: str, options: OutputOptions) -> dict:
     prediction = predictor.predict(path)
     maps, out = full_size_maps(predictor, prediction), options.out
     record: dict = {"file": str(path), "width": prediction.size[0], "height": prediction.size[1]}

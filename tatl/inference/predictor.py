@@ -25,19 +25,18 @@ from torch import nn
 from tatl.checkpoints import load_checkpoint
 from tatl.config import load_config
 from tatl.constants import LESION
-from tatl.data.crops import Box, lesion_box, whole_image_box
+from tatl.data.crops import Box, full_size_probabilities, lesion_box, whole_image_box
 from tatl.data.dataset import normalize
-from tatl.data.images import set_max_image_pixels
+from tatl.data.images import pixel_limit
 from tatl.data.sources import ImageSource, image_source
 from tatl.device import resolve_device
 from tatl.errors import CheckpointError, ConfigError, DataError
 from tatl.inference.prediction_settings import PredictionSettings, settings_from_config
-from tatl.layout import BEST, RunLayout
+from tatl.layout import BEST, RunLayout, stated_stages
+from tatl.models.ensemble import average_probabilities
 from tatl.models.fusion import fold_batchnorm
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
-from tatl.pipeline.context import stated_stages
-from tatl.pipeline.scoring import average_probabilities, full_size_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,11 @@ class Predictor:
     def predict(self, image: str | Path | Image.Image | np.ndarray | ImageSource,
                 keep_members: bool = False) -> ImagePrediction:
         """keep_members: also keep each shape's (and, with TTA, each flip's) maps in `ImagePrediction.members`."""
+        with pixel_limit(self.settings.max_image_pixels):  # the model's limit for its own reads only
+            return self._predict(image, keep_members)
+
+    def _predict(self, image: str | Path | Image.Image | np.ndarray | ImageSource,
+                 keep_members: bool) -> ImagePrediction:
         s, source = self.settings, image_source(image)
         size = source.size
         box, fell_back, maps, members = whole_image_box(size), False, {}, {}
@@ -281,7 +285,5 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
         settings, networks = load_export_networks(model_dir, device)
         if variant and variant != settings.variant:
             raise ConfigError(f"--variant {variant}: {model_dir} holds variant {settings.variant} only")
-    if settings.max_image_pixels:
-        set_max_image_pixels(settings.max_image_pixels)
     return Predictor(settings, networks, engine, model_dir, tta)
 

@@ -219,22 +219,6 @@ def stored_data_folders(layout: RunLayout) -> list[Path]:
     return [folder]
 
 
-def stated_stages(layout: RunLayout) -> str | None:
-    """pipeline.stages of a run as RUN/config.yaml states it. Runs from before that key state none: a finished
-    Stage-1-only one is told by its metrics.json (Stage 1's scores alone) -> "1"; otherwise None (unknown)."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load(layout.config.read_text()) or {}
-        stages = (saved.get("pipeline") or {}).get("stages")
-        if stages is not None:
-            return str(stages)
-        metrics = json.loads(layout.metrics.read_text())
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return None
-    return "1" if isinstance(metrics, dict) and set(metrics) == {"stage1"} else None
-
-
 def split_ids(splits: dict, config: Config) -> tuple[list[str], list[str]]:
     """(training ids, validation ids) of the configured fold (data.fold), else of the train/validation split; the
     training ids leave the tuning split out (tune_ids)."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tatl import distributed, logs
-from tatl.data.crops import Box, paste_back, whole_image_box
+from tatl.data.crops import Box, full_size_probabilities, whole_image_box
 from tatl.data.dataset import SegmentationDataset, full_size_target
 from tatl.data.isic import Sample
 from tatl.metrics.isic2018 import Task1Scorer, Task2Scorer
@@ -41,17 +41,6 @@ def predict_probabilities(
             outputs[name].append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
     empty = np.zeros((0, *images.shape[1:3]), np.float32)
     return {name: np.concatenate(parts) if parts else empty for name, parts in outputs.items()}
-
-
-def average_probabilities(per_shape: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The U+Link ensemble: the mean of the shapes' probabilities (paper Section 5.3)."""
-    names = per_shape[0].keys()
-    return {name: np.mean([p[name] for p in per_shape], axis=0) for name in names}
-
-
-def full_size_probabilities(probabilities: np.ndarray, box: Box, original_size: tuple[int, int]) -> np.ndarray:
-    """Paste one (S, S) probability map back into an all-zero (H, W) map at its box."""
-    return paste_back(torch.from_numpy(np.asarray(probabilities, dtype=np.float32)), box, original_size).numpy()
 
 
 def score_attributes(

@@ -24,11 +24,11 @@ from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import full_size_target, load_images
 from tatl.io import write_json
 from tatl.layout import ENSEMBLE, inputs_of, variant_stages
+from tatl.models.ensemble import average_probabilities
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import RunContext
 from tatl.pipeline.groups import copied_heads, stage_dataset, train_group
 from tatl.pipeline.scoring import (
-    average_probabilities,
     predict_probabilities,
     score_attributes,
     score_lesions,

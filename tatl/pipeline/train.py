@@ -27,10 +27,10 @@ from tatl.data.images import pixel_limit
 from tatl.errors import ConfigError, DataError
 from tatl.folders import check_output_folder
 from tatl.io import write_json
-from tatl.layout import STAGES, RunLayout
+from tatl.layout import STAGES, RunLayout, stated_stages
 from tatl.logs import log_to_file
 from tatl.pipeline import segment_net
-from tatl.pipeline.context import attributes_for_data, data_list, stated_stages
+from tatl.pipeline.context import attributes_for_data, data_list
 from tatl.pipeline.setup import (
     check_data_path,
     check_model_settings,

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tatl.data.images import pixel_limit
 from tatl.errors import DataError
 from tatl.io import LockHeld, hold_lock
 from tatl.serving.folder import ServedFolder
@@ -87,7 +88,8 @@ def serve(settings: ServerSettings, announce: Callable[[str], object] = log.info
     with folder_lock(settings.data, address), contextlib.closing(bind(settings.host, settings.port)) as sock:
         app = create_app(settings)
         versions = app.state.versions
-        versions.predictor()  # load the networks now: a broken RUN fails here, naming it, not on the first image
+        _, predictor = versions.predictor()  # load the networks now: a broken RUN fails here, not on the first image
         announce(f"tatl serve: {address}  (model {versions.active}: {versions.path(versions.active)}; images in "
                  f"{Path(settings.data).resolve()}; Ctrl+C stops)")
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        with pixel_limit(predictor.settings.max_image_pixels):  # RUN's limit for the server's reads, until it stops
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
