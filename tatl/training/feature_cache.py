@@ -47,7 +47,7 @@ def cache_features(encoder: nn.Module, dataset: torch.utils.data.Dataset, device
         for level, feature in enumerate(encoder(x)):
             if level == len(levels):
                 levels.append([])
-            levels[level].append(feature.float().cpu())
+            levels[level].append(feature.float().cpu().contiguous())  # NCHW: an item is one block of memory
         masks.append(y)
     encoder.train(was_training)
     features = [torch.cat(level) for level in levels]
