@@ -30,6 +30,7 @@ from tatl.layout import DONE, INPUTS, RunLayout
 STAGE3_ONLY = frozenset({
     "pipeline.variants", "pipeline.encoder_mode", "pipeline.init", "pipeline.augmentation_copies",
     "pipeline.tune_thresholds", "pipeline.reuse_stages_from", "model.shapes", "pipeline.stages",
+    "pipeline.feature_cache",
 })
 
 
