@@ -93,8 +93,7 @@ class ModelVersions:
         if version["status"] != READY:
             raise DataError(f"model version {name!r} is {version['status']}: {version['reason']}")
         with self._lock:
-            if self._loaded is None or self._loaded[0] != name:
-                self._loaded = (name, self.load(name))
+            self._networks_of(name)
             data = self._read()
             data["active"] = name
             self._write(data)
@@ -112,9 +111,13 @@ class ModelVersions:
         """The active version's networks, loaded when first needed after a switch."""
         with self._lock:
             name = self._read()["active"]
-            if self._loaded is None or self._loaded[0] != name:
-                self._loaded = (name, self.load(name))
-            return name, self._loaded[1]
+            return name, self._networks_of(name)
+
+    def _networks_of(self, name: str) -> Predictor:
+        """Version `name`'s networks, loaded unless they are the ones held (one version's at a time; under _lock)."""
+        if self._loaded is None or self._loaded[0] != name:
+            self._loaded = (name, self.load(name))
+        return self._loaded[1]
 
     def weights(self, name: str, predictor: Predictor) -> dict[str, float]:
         """The attribute weights of `tatl select`'s score for a version (its training masks read once)."""

@@ -131,16 +131,20 @@ def finetune_command(run: Path, folder: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "tatl", "finetune", str(run), str(folder), "--out", str(out)]
 
 
+def score_of(scores: dict) -> float:
+    """The score compared (SCORE_PATH) in one side ("before" or "after") of a finetune.json."""
+    for key in SCORE_PATH:
+        scores = scores[key]
+    return float(scores)
+
+
 def read_scores(run: Path) -> dict:
     """The fine-tuned run's finetune.json (written when it has finished), checked to hold the score compared."""
     path = RunLayout(run).finetune_record
     try:
         record = json.loads(path.read_text())
         for side in ("before", "after"):
-            score = record[side]
-            for key in SCORE_PATH:
-                score = score[key]
-            float(score)
+            score_of(record[side])  # raises when it is missing or not a number
         return record
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path}: no scores before and after ({type(error).__name__}: {error})") from error
@@ -149,14 +153,9 @@ def read_scores(run: Path) -> dict:
 def compared(records: Sequence[dict]) -> dict:
     """Before (the first step's parent) and after (the last step's run), the macro score and per attribute, and
     every attribute a step fine-tuned."""
-    def score(record: dict) -> float:
-        for key in SCORE_PATH:
-            record = record[key]
-        return float(record)
-
     before, after = records[0]["before"], records[-1]["after"]
     attributes = sorted(set(before.get("per_attribute", {})) & set(after.get("per_attribute", {})))
-    return {"before": score(before), "after": score(after),
+    return {"before": score_of(before), "after": score_of(after),
             "per_attribute": {a: {"before": before["per_attribute"][a].get("jaccard"),
                                   "after": after["per_attribute"][a].get("jaccard")} for a in attributes},
             "trained": sorted({a for r in records for a in r.get("attributes_trained", [])}),
