@@ -104,11 +104,15 @@ async function discardStale() {
 
 function active() { return view.correction[view.editing]; }
 
-function snapshot() {
-  const name = view.editing;
+function stateOf(name) {
+  // One attribute as an undo step holds it: its mask, where the tools went, and whether it is edited or confirmed.
   const grab = (canvas) => canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-  editor.undo.push({ name, pixels: grab(view.correction[name]), touched: grab(view.touched[name]),
-    edited: editor.edited.has(name), confirmed: editor.confirmed.has(name) });
+  return { name, pixels: grab(view.correction[name]), touched: grab(view.touched[name]),
+    edited: editor.edited.has(name), confirmed: editor.confirmed.has(name) };
+}
+
+function snapshot() {
+  editor.undo.push(stateOf(view.editing));
   if (editor.undo.length > UNDO_LIMIT) editor.undo.shift();
   editor.redo = [];
 }
@@ -117,13 +121,9 @@ function restore(from, to) {
   const step = from.pop();
   if (!step) return;
   const { name } = step;
-  const correction = view.correction[name].getContext("2d");
-  const touched = view.touched[name].getContext("2d");
-  const [w, h] = view.size;
-  to.push({ name, pixels: correction.getImageData(0, 0, w, h), touched: touched.getImageData(0, 0, w, h),
-    edited: editor.edited.has(name), confirmed: editor.confirmed.has(name) });
-  correction.putImageData(step.pixels, 0, 0);
-  touched.putImageData(step.touched, 0, 0);
+  to.push(stateOf(name));
+  view.correction[name].getContext("2d").putImageData(step.pixels, 0, 0);
+  view.touched[name].getContext("2d").putImageData(step.touched, 0, 0);
   toggle(editor.edited, name, step.edited);
   toggle(editor.confirmed, name, step.confirmed);
   chooseAttribute(name);
