@@ -28,6 +28,7 @@ INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  #
 LOSSES = ("paper", "pooled", "pooled_bce")  # train.loss
 SAMPLINGS = ("uniform", "rare")  # train.sampling
 SCHEDULES = ("constant", "cosine")  # train.schedule
+OPTIMIZERS = ("sgd", "adam")  # train.optimizer
 
 
 @dataclass
@@ -60,9 +61,12 @@ class TrainConfig:
     epochs: int = 40  # maximum epochs per network (paper: 40)
     patience: int = 10  # stop a network after this many epochs without validation improvement (paper: 10)
     batch_size: int = 8  # images per optimisation step
-    lr: float = 0.01  # SGD learning rate (paper: 0.01)
-    momentum: float = 0.9  # SGD momentum (paper: 0.9)
-    weight_decay: float = 0.0  # SGD weight decay (the paper uses none)
+    lr: float = 0.01  # learning rate (paper: SGD 0.01; Adam's usual rate is 0.001)
+    momentum: float = 0.9  # SGD momentum (paper: 0.9); Adam ignores it (its betas are PyTorch's defaults)
+    weight_decay: float = 0.0  # weight decay (the paper uses none)
+    # Beyond the paper: "sgd" (the paper: momentum SGD) or "adam", which scales each weight's step by its own gradient
+    # history, so a rare attribute's head, whose gradients are small, still moves.
+    optimizer: str = "sgd"
     monitor: str = "jaccard"  # Stage 2-3 validation score that picks the best model: "jaccard", "dice" or "loss";
     #                          Stage 1 picks on ISIC Task 1's thresholded Jaccard (the score it reports)
     augment: bool = True  # random flips, 90-degree rotations and colour jitter (albumentations); the paper trains
@@ -303,7 +307,7 @@ def validate(config: Config) -> None:
              f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
     _require(t.monitor in ("jaccard", "dice", "loss"), f"train.monitor: {t.monitor!r} (jaccard, dice, loss)")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device: {t.device!r} (auto, cpu, cuda)")
-    for key, choices in (("loss", LOSSES), ("sampling", SAMPLINGS), ("schedule", SCHEDULES)):
+    for key, choices in (("loss", LOSSES), ("sampling", SAMPLINGS), ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
         _require(getattr(t, key) in choices, f"train.{key}: {getattr(t, key)!r} (one of {', '.join(choices)})")
     _require(t.num_workers >= 0, "train.num_workers must be >= 0")
     _require(p.stages in STAGES, f"pipeline.stages: {p.stages!r} (one of {', '.join(STAGES)})")

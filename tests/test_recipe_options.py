@@ -100,6 +100,20 @@ def test_cosine_schedule_anneals_from_lr_to_zero_and_constant_keeps_it():
     assert learning_rate(TrainConfig(lr=0.1, epochs=4), 3, 9, 10) == 0.1
 
 
+def test_train_optimizer_builds_sgd_with_momentum_or_adam_at_the_configured_rate():
+    from tatl.training.engine import make_optimizer
+
+    weights = [torch.nn.Parameter(torch.ones(3))]
+    sgd = make_optimizer(weights, TrainConfig(lr=0.02, momentum=0.8))
+    adam = make_optimizer(weights, TrainConfig(lr=0.001, optimizer="adam", weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.param_groups[0]["lr"], adam.param_groups[0]["weight_decay"]) == (0.001, 1e-4)
+    weights[0].grad = torch.full((3,), 1e-6)  # a tiny gradient: Adam still steps by about lr, SGD by lr * grad
+    adam.step()
+    assert torch.allclose(weights[0].detach(), torch.full((3,), 1 - 0.001), atol=1e-5)
+
+
 def _presence(n: int = 200) -> dict[str, list[str]]:
     rng = np.random.default_rng(0)
     names = ["pigment_network", "globules", "streaks"]
@@ -143,7 +157,7 @@ def test_the_threshold_grid_reaches_095():
 def test_paper_preset_keeps_the_papers_method():
     config = load_config("paper")
     assert (config.train.loss, config.train.sampling, config.train.schedule) == ("paper", "uniform", "constant")
-    assert config.data.tune_fraction == 0.0
+    assert config.train.optimizer == "sgd" and config.data.tune_fraction == 0.0
 
 
 @pytest.mark.parametrize(
@@ -152,6 +166,7 @@ def test_paper_preset_keeps_the_papers_method():
         ("train.loss=dice", "train.loss: 'dice' (one of paper, pooled, pooled_bce)"),
         ("train.sampling=balanced", "train.sampling: 'balanced' (one of uniform, rare)"),
         ("train.schedule=step", "train.schedule: 'step' (one of constant, cosine)"),
+        ("train.optimizer=adamw", "train.optimizer: 'adamw' (one of sgd, adam)"),
         ("data.tune_fraction=0.8", "data.tune_fraction must be in [0, 1 - data.val_fraction)"),
         ("data.tune_fraction=-0.1", "data.tune_fraction must be in"),
     ],
@@ -173,7 +188,7 @@ def test_a_tiny_run_with_every_option_tunes_thresholds_on_the_tuning_split(tmp_p
     import tatl
     from tests.conftest import TINY_RUN_SETTINGS
 
-    options = {"train.loss": "pooled_bce", "train.sampling": "rare", "train.schedule": "cosine",
+    options = {"train.loss": "pooled_bce", "train.sampling": "rare", "train.schedule": "cosine", "train.optimizer": "adam",
                "data.tune_fraction": 0.25, "pipeline.tune_thresholds": True}
     run = tatl.train("synthetic", tmp_path / "run", config="demo", variants=["1,2,3"],
                      overrides={**TINY_RUN_SETTINGS, **options}).run_dir

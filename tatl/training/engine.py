@@ -158,12 +158,19 @@ def _stop_if_diverged(val: dict[str, dict], label: str, epoch: int, cfg: TrainCo
         )
 
 
-def _optimizer(model: MultiHeadSegmenter, name: str, train_encoder: bool, cfg: TrainConfig) -> torch.optim.SGD:
+def _optimizer(model: MultiHeadSegmenter, name: str, train_encoder: bool, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = list(model.heads[name].parameters())
     if train_encoder:
         if len(model.heads) > 1:
             raise ValueError("a trainable encoder is trained with one head only (TATL-NF trains one network each)")
         params += list(model.encoder.parameters())
+    return make_optimizer(params, cfg)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """train.optimizer over `params`: momentum SGD (the paper) or Adam."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
