@@ -188,8 +188,8 @@ def test_a_tiny_run_with_every_option_tunes_thresholds_on_the_tuning_split(tmp_p
     import tatl
     from tests.conftest import TINY_RUN_SETTINGS
 
-    options = {"train.loss": "pooled_bce", "train.sampling": "rare", "train.schedule": "cosine", "train.optimizer": "adam",
-               "data.tune_fraction": 0.25, "pipeline.tune_thresholds": True}
+    options = {"train.loss": "pooled_bce", "train.sampling": "rare", "train.schedule": "cosine",
+               "train.optimizer": "adam", "data.tune_fraction": 0.25, "pipeline.tune_thresholds": True}
     run = tatl.train("synthetic", tmp_path / "run", config="demo", variants=["1,2,3"],
                      overrides={**TINY_RUN_SETTINGS, **options}).run_dir
     splits = json.loads((run / "splits.json").read_text())
