@@ -47,6 +47,7 @@ def summary_markdown(metrics: dict[str, Any], attributes: list[str], title: str 
     variants = [k for k in metrics if k.startswith("variant ")]
     if variants:
         lines += _table(metrics, variants, attributes)
+        lines += _shape_table(metrics, variants)
     for key in [k for k in metrics if k.startswith("stage2-")]:
         rows = [f"| {shape} | {v['union']['jaccard']:.3f} | {v['union']['dice']:.3f} |"
                 for shape, v in metrics[key].items()]
@@ -85,3 +86,21 @@ def _table(metrics: dict[str, Any], variants: list[str], attributes: list[str]) 
         cells = [f"{picked[v][1][row]['jaccard']:.3f} | {picked[v][1][row]['dice']:.3f}" for v in variants]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, "", MACRO_NOTE, ""]
+
+
+SHAPE_NAMES = {"unet": "U", "linknet": "Link", "ensemble": "U+Link ensemble"}
+
+
+def _shape_table(metrics: dict[str, Any], variants: list[str]) -> list[str]:
+    """Macro and micro Jaccard of U, Link and their ensemble per variant, so a reader sees where a gain comes from
+    (the table above shows the ensemble only); nothing when every variant has one shape."""
+    shapes = [s for s in SHAPE_NAMES if any(s in metrics[v] for v in variants)]
+    if len(shapes) < 2:
+        return []
+    lines = ["## Stage 3 by shape: macro Jaccard / micro Jaccard", "",
+             "| stages | " + " | ".join(SHAPE_NAMES[s] for s in shapes) + " |", "|---|" + "---|" * len(shapes)]
+    for v in variants:
+        cells = [f"{metrics[v][s]['macro_average']['jaccard']:.3f} / {metrics[v][s]['micro_average']['jaccard']:.3f}"
+                 if s in metrics[v] else "n/a" for s in shapes]
+        lines.append(f"| {v[8:]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
