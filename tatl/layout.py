@@ -3,6 +3,7 @@
     RUN/config.yaml                     the fully resolved config (tatl.config)
     RUN/data.json                       the data folder(s) the run was trained on, as given and resolved
     RUN/splits.json                     train/validation ids and k folds
+    RUN/plan.json                       where every network group started (tatl.pipeline.plan)
     RUN/log.txt                         everything the run logged, with timestamps
     RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json (or another run's, copied)
     RUN/stage1/boxes.json               its lesion box of every image
@@ -106,6 +107,10 @@ class RunLayout(ReportFiles):
     @property
     def splits(self) -> Path:
         return self.root / "splits.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
 
     @property
     def log(self) -> Path:

@@ -14,7 +14,6 @@ EXCEPTIONS = {  # module:function -> why it takes more parameters (each also in 
     "tatl.api:train": "the Python API mirrors `tatl run`'s options as keywords",
     "tatl.api:active_learning": "the Python API mirrors `tatl active-learning`'s options as keywords",
     "tatl.pipeline.train:train": "the options of `tatl run` as keywords, for tatl.api and the command",
-    "tatl.pipeline.groups:train_group": "six sources for a group's weights: the planner of issue 23 replaces them",
     "tatl.training.engine:fit": "the training loop's inputs: network, data, settings, where to write, objective",
 }
 

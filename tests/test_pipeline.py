@@ -37,7 +37,7 @@ def test_run_writes_every_file(cli_run: Path):
 
     from tatl.checkpoints import load_checkpoint
 
-    for name in ("config.yaml", "splits.json", "metrics.json", "summary.md", "stage1/boxes.json"):
+    for name in ("config.yaml", "splits.json", "plan.json", "metrics.json", "summary.md", "stage1/boxes.json"):
         assert (cli_run / name).is_file(), name
     for group in ("stage1/unet", "stage2-crops/unet", "stage2-full/linknet"):
         for name in ("best.pt", "last.pt", "log.csv", "done.json"):
@@ -329,16 +329,19 @@ def test_stage2_trains_on_every_training_image_including_those_with_an_empty_uni
     from tatl.constants import UNION
     from tatl.data.dataset import full_size_target
     from tatl.pipeline import stages as pipeline
+    from tatl.pipeline.plan import FRESH, GroupStart, RunPlan
 
     ctx, boxes = _context(tuned_run), _boxes(tuned_run)
     seen = {}
 
-    def capture(ctx, shape, start_state, names, train_set, val_set, *args, **kwargs):
-        seen.update(names=names, train=train_set, val=val_set)
+    def capture(ctx, spec, start, data):
+        seen.update(names=list(spec.heads), train=data[0], val=data[1])
         return "trained"
 
     monkeypatch.setattr(pipeline, "train_group", capture)
-    assert pipeline.stage2_agnostic(ctx, "unet", boxes) == "trained"
+    stage2 = ctx.layout.stage2("crops", "unet")  # planned as if not yet trained (the run has finished it)
+    untrained = RunPlan(None, {stage2: GroupStart(stage2, FRESH, (UNION,))})
+    assert pipeline.stage2_agnostic(ctx, "unet", boxes, untrained) == "trained"
     train = seen["train"]
     assert seen["names"] == [UNION] and train.targets == [UNION]
     assert len(train) == len(train.images) == len(train.masks) == len(ctx.train)

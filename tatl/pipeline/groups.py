@@ -1,13 +1,13 @@
-"""One group of networks, the unit every stage trains: heads sharing one encoder, built, started from the given
-weights and trained by tatl.training.engine.fit; reloaded when its done.json says it finished, or copied from
-another run that trained it with the same settings (pipeline.reuse_stages_from). Also the datasets a group reads.
+"""One group of networks, the unit every stage trains: heads sharing one encoder, built, started as the run's plan
+says (tatl.pipeline.plan: its own finished weights, a finished network copied, given weights, or fresh) and trained
+by tatl.training.engine.fit, or reloaded when finished. Also the datasets a group reads.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,9 @@ from tatl.layout import BEST, DONE
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
-from tatl.pipeline import parent, reuse
+from tatl.pipeline import parent, reuse, segment_net
 from tatl.pipeline.context import RunContext
+from tatl.pipeline.plan import BY_PARENT, BY_SEGMENT_NET, COPY, FRESH, OWN, WEIGHTS, GroupStart
 from tatl.training.engine import Objective, fit
 from tatl.training.feature_cache import cache_features
 from tatl.training.losses import build_loss
@@ -57,80 +58,121 @@ def training_set(images: np.ndarray, masks: np.ndarray, config: Config, targets:
                                copies=copies, strong=strong, targets=list(targets))
 
 
-def train_group(ctx: RunContext, shape: str, start_state: dict | None, names: list[str], train_set, val_set,
-                 group_dir: Path, train_encoder: bool, label: str, head_dirs: dict[str, Path] | None = None,
-                 encoder_weights: str | None = "configured", monitor: str | None = None) -> MultiHeadSegmenter:
-    """Build, initialise and train (or, if already done, reload) one group of heads sharing an encoder; `monitor`
-    replaces train.monitor (Stage 1's thresholded Jaccard). A run with a parent (pipeline.init_from) starts every
-    head from the parent's, or copies the group from it (pipeline.init_copied; tatl.pipeline.parent)."""
+@dataclass(frozen=True)
+class GroupSpec:
+    """One group of heads sharing an encoder, as a stage asks for it."""
+
+    shape: str  # the decoder: "unet" or "linknet"
+    heads: dict[str, Path]  # head name -> its folder (best.pt, last.pt, log.csv); a one-head group: the group's folder
+    train_encoder: bool  # False: the encoder stays as it starts (TATL-FE's Stage 3)
+    label: str  # how the log names the group
+    monitor: str | None = None  # replaces train.monitor (Stage 1: ISIC Task 1's thresholded Jaccard)
+
+
+Datasets = tuple[SegmentationDataset, SegmentationDataset]  # (training set, the set that picks the best epoch)
+
+
+def train_group(ctx: RunContext, spec: GroupSpec, start: GroupStart, data: Datasets | None) -> MultiHeadSegmenter:
+    """Build the group, load its planned start (tatl.pipeline.plan), and train it on `data`; a finished group (its
+    own, or one copied into its folder) is reloaded instead, and needs no data."""
+    if start.kind == COPY:
+        _copy(ctx, start, spec.label)
+    group = _built(ctx, spec, start)
+    if start.finished:
+        return _reloaded(ctx, group, spec, start)
+    if data is None:
+        raise ValueError(f"{spec.label}: {start.folder} is not finished, and no data was given to train it on")
+    return _fitted(ctx, group, spec, start, data)
+
+
+def _built(ctx: RunContext, spec: GroupSpec, start: GroupStart) -> MultiHeadSegmenter:
+    """The group's network, built (from the start's encoder weights when FRESH) and started from the start's state
+    and head weights (WEIGHTS); a finished group's weights are all loaded over it."""
     cfg = ctx.config
-    train_cfg = replace(cfg.train, monitor=monitor) if monitor else cfg.train
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
-    weights = cfg.model.encoder_weights if encoder_weights == "configured" else encoder_weights
-    if cfg.pipeline.init_from:
-        weights = None  # every weight comes from the parent run: nothing to download or read
-    model = build_model(shape, cfg.model.encoder_name, weights if start_state is None else None)
-    done = group_dir / DONE
-    if start_state is not None and not done.exists():  # a trained group reloads its own weights below
-        reinitialised = transfer_weights(start_state, model)
+    model = build_model(spec.shape, cfg.model.encoder_name, start.encoder_weights if start.kind == FRESH else None)
+    if start.kind == WEIGHTS and start.state is not None:
+        reinitialised = transfer_weights(load_checkpoint(start.state)["model"], model)
         if reinitialised:
-            log.info(f"{label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
-    group = MultiHeadSegmenter.from_model(model, names)
-    head_dirs = head_dirs or {names[0]: group_dir}
-    if not done.exists() and cfg.pipeline.reuse_stages_from:
-        copy_if_trained_elsewhere(ctx, group_dir, label)
-    if not done.exists() and parent.is_copied(cfg, ctx.layout, group_dir):
-        distributed.main_process_first(lambda: parent.copy_from_parent(cfg, ctx.layout, group_dir))
-        label += f", copied from {cfg.pipeline.init_from}"
-    if done.exists():
-        for name in names:
-            best = head_dirs[name] / BEST
-            group.load_head_state(name, load_checkpoint(best)["model"], best)
-        if cfg.train.channels_last:  # the layout fit leaves a trained group in: a resumed run scores the same bits
-            group.to(memory_format=torch.channels_last)
-        log.info(f"{label}: already trained, reusing {group_dir}")
-        return group
-    if cfg.pipeline.init_from:
-        parent.start_heads(cfg, ctx.layout, group, head_dirs, train_encoder, label)
+            log.info(f"{spec.label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
+    group = MultiHeadSegmenter.from_model(model, list(spec.heads))
+    if start.kind == WEIGHTS and start.head_starts:
+        _load_head_starts(group, start.head_starts, spec.train_encoder)
+        log.info(f"{spec.label}: starts from {', '.join(str(p.parent) for p in start.head_starts.values())}")
+    return group
+
+
+def _load_head_starts(group: MultiHeadSegmenter, head_starts: dict[str, Path], train_encoder: bool) -> None:
+    """Each head's best.pt loaded strictly; with a frozen encoder its decoder only (the encoder stays the one the
+    group was started with: TATL-FE's Stage 2)."""
+    for name, source in head_starts.items():
+        state = load_checkpoint(source)["model"]
+        if not train_encoder:
+            own = {k: v for k, v in group.head_state(name).items() if k.startswith("encoder.")}
+            state = {**{k: v for k, v in state.items() if not k.startswith("encoder.")}, **own}
+        group.load_head_state(name, state, source)
+
+
+def _reloaded(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start: GroupStart) -> MultiHeadSegmenter:
+    """A finished group's best.pt of every head, in the memory layout fit leaves a trained group in (a resumed run
+    scores the same bits)."""
+    for name, head_dir in spec.heads.items():
+        best = head_dir / BEST
+        group.load_head_state(name, load_checkpoint(best)["model"], best)
+    if ctx.config.train.channels_last:
+        group.to(memory_format=torch.channels_last)
+    if start.kind == OWN:  # a copy has said where it came from
+        log.info(f"{spec.label}: already trained, reusing {start.folder}")
+    return group
+
+
+def _fitted(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start: GroupStart,
+            data: Datasets) -> MultiHeadSegmenter:
+    """The group trained by engine.fit (frozen encoder: its features computed once when pipeline.feature_cache);
+    done.json written last."""
+    cfg = ctx.config
+    train_cfg = replace(cfg.train, monitor=spec.monitor) if spec.monitor else cfg.train
+    train_set, val_set = data
     started = time.perf_counter()
-    if cfg.pipeline.feature_cache and not train_encoder:  # Stage 3, frozen encoder: its features once
-        train_set, val_set = (cache_features(group.encoder, data, ctx.device, cfg.train.batch_size,
-                                             cfg.train.channels_last) for data in (train_set, val_set))
-        log.info(f"{label}: encoder features cached in {time.perf_counter() - started:.0f} s")
-    progress = fit(group, train_set, val_set, train_cfg, head_dirs, train_encoder, label,
+    if cfg.pipeline.feature_cache and not spec.train_encoder:  # Stage 3, frozen encoder: its features once
+        train_set, val_set = (cache_features(group.encoder, dataset, ctx.device, cfg.train.batch_size,
+                                             cfg.train.channels_last) for dataset in (train_set, val_set))
+        log.info(f"{spec.label}: encoder features cached in {time.perf_counter() - started:.0f} s")
+    progress = fit(group, train_set, val_set, train_cfg, spec.heads, spec.train_encoder, spec.label,
                    to_dict(cfg), cfg.pipeline.threshold, Objective(build_loss(cfg.train.loss)))
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
-    write_json(done, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
+    write_json(start.folder / DONE, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
     summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
-    log.info(f"{label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
+    log.info(f"{spec.label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
     return group
 
 
-def copied_heads(ctx: RunContext, shape: str, start_state: dict, names: list[str], head_dirs: dict[str, Path],
-                 label: str) -> MultiHeadSegmenter:
-    """Frozen-encoder Stage-3 heads copied unchanged from the parent run (pipeline.init_copied), on this run's Stage-2
-    encoder (then the parent's too: Stage 2 is copied with them)."""
-    model = build_model(shape, ctx.config.model.encoder_name, None)
-    transfer_weights(start_state, model)
-    group = MultiHeadSegmenter.from_model(model, names)
-    for name in names:
-        distributed.main_process_first(lambda d=head_dirs[name]: parent.copy_from_parent(ctx.config, ctx.layout, d))
-        best = head_dirs[name] / BEST
+def copied_heads(ctx: RunContext, spec: GroupSpec, starts: list[GroupStart]) -> MultiHeadSegmenter:
+    """One-head groups copied unchanged (frozen-encoder Stage-3 heads of the parent run, pipeline.init_copied), each
+    into its folder, and loaded into one network (every weight of each head's best.pt, its encoder too: the parent's
+    Stage 2, copied with them)."""
+    for start in starts:
+        if start.kind == COPY:
+            _copy(ctx, start, spec.label)
+    model = build_model(spec.shape, ctx.config.model.encoder_name, None)
+    group = MultiHeadSegmenter.from_model(model, list(spec.heads))
+    for name, head_dir in spec.heads.items():
+        best = head_dir / BEST
         group.load_head_state(name, load_checkpoint(best)["model"], best)
-    log.info(f"{label}: {', '.join(names)} copied from {ctx.config.pipeline.init_from}")
+    log.info(f"{spec.label}: {', '.join(spec.heads)} loaded unchanged from {', '.join(map(str, spec.heads.values()))}")
     return group
 
 
-def copy_if_trained_elsewhere(ctx: RunContext, group_dir: Path, label: str) -> None:
-    """Stage 1-2 of another run on the same data with the same settings and split (pipeline.reuse_stages_from):
-    copied, not trained."""
-    source = None
-    if distributed.is_main_process():
-        source = reuse.find_trained_group(ctx.layout.root, group_dir, ctx.config, ctx.data_identity)
-        if source is not None:
-            reuse.copy_group(source, group_dir)
-    source = distributed.broadcast_from_main(source)  # the other ranks wait for the copy, then read it
-    if source is not None:
-        log.info(f"{label}: copied from {source} (trained there with the same settings and split)")
+def _copy(ctx: RunContext, start: GroupStart, label: str) -> None:
+    """The finished network the plan names copied into the group's folder (once: a copy's done.json is written
+    last), on rank 0 first."""
+    cfg, layout, folder = ctx.config, ctx.layout, start.folder
+    if start.copied_by == BY_SEGMENT_NET:
+        distributed.main_process_first(lambda: segment_net.copy_into(cfg, layout))
+    elif start.copied_by == BY_PARENT:
+        distributed.main_process_first(lambda: parent.copy_from_parent(cfg, layout, folder))
+    else:  # BY_REUSE: another run trained it on the same data with the same settings and split
+        distributed.main_process_first(lambda: (folder / DONE).is_file() or reuse.copy_group(start.source, folder))
+    log.info(f"{label}: {start.describe()}")

@@ -4,20 +4,22 @@ data, its validation split, its networks as the starts of this run's, and the ne
 A run with a parent is trained by the usual pipeline (tatl.pipeline.stages, read top to bottom); this module is what
 differs, each part called from the place the usual run does the same thing:
 
-- data (`compose_data`, from setup.prepare_context): DATA holds the new training images. RUN2/finetune-data/ is one
-  flat folder of hard links (copies across file systems) to DATA's images and masks, to the parent's validation
-  images and masks when the parent's data is reachable (the folder its data.json records), and, with
-  pipeline.init_with_original, to the parent's training images too. An image of DATA whose id is in the parent's
-  validation split is left out (a warning names it): it is scored, not trained on. An id both in DATA and in the
-  parent's training images is DATA's (a corrected mask wins). finetune-data/sources.json, written last, records
-  what was joined; a resumed run reuses the folder as it is.
+- data (`joined_data`, `compose_data`, from setup.prepare_context): DATA holds the new training images.
+  RUN2/finetune-data/ is one flat folder of hard links (copies across file systems) to DATA's images and masks, to
+  the parent's validation images and masks when the parent's data is reachable (the folder its data.json records),
+  and, with pipeline.init_with_original, to the parent's training images too. An image of DATA whose id is in the
+  parent's validation split is left out (a warning names it): it is scored, not trained on. An id both in DATA and
+  in the parent's training images is DATA's (a corrected mask wins). finetune-data/sources.json, written last,
+  records what was joined; a resumed run reuses the folder as it is. `attributes_trained`: the masks it needs.
 - split (`split`, from setup): validation on the parent's validation split when its images are in the folder (so the
   scores of the parent and this run are comparable), else a stratified split of DATA; every other image trains.
-- starts (`start_heads`, from groups.train_group): every network's heads start from the parent's best.pt of the same
-  network, strictly (keys and shapes must match). A frozen-encoder Stage-3 head takes its decoder from the parent and
-  keeps this run's Stage-2 encoder, as TATL-FE does; with Stage 2 copied that encoder is the parent's.
-- copies (`copy_from_parent`, from groups): the networks of pipeline.init_copied (stage2 and attribute heads) are
-  copied from the parent (hard links), not trained; the copy's done.json adds "copied_from".
+- starts (`head_starts`, from the run's plan, tatl.pipeline.plan; loaded by groups.train_group): every network's
+  heads start from the parent's best.pt of the same network, strictly (keys and shapes must match). A
+  frozen-encoder Stage-3 head takes its decoder from the parent and keeps this run's Stage-2 encoder, as TATL-FE
+  does; with Stage 2 copied that encoder is the parent's.
+- copies (`is_copied` and `source_of`, from the plan; `copy_from_parent`, from groups): the networks of
+  pipeline.init_copied (stage2 and attribute heads) are copied from the parent (hard links), not trained; the
+  copy's done.json adds "copied_from".
 """
 
 from __future__ import annotations
@@ -29,14 +31,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tatl.checkpoints import load_checkpoint
 from tatl.config import Config, load_config
 from tatl.data.isic import Sample, find_samples
 from tatl.data.splits import make_splits, read_splits
 from tatl.errors import DataError
 from tatl.io import link_or_copy, write_json
 from tatl.layout import BEST, DONE, INPUTS, RunLayout, variant_stages
-from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import samples_of, split_ids, stored_data_folders
 from tatl.pipeline.reuse import copy_group
 
@@ -93,7 +93,23 @@ def _samples(layout: RunLayout, config: Config, ids: list[str]) -> tuple[dict[st
         return {}, str(error)
 
 
+def has_parent(config: Config) -> bool:
+    """Is this run fine-tuned from another (pipeline.init_from)?"""
+    return bool(config.pipeline.init_from)
+
+
+def attributes_trained(config: Config) -> list[str]:
+    """The attributes whose heads this run trains: all but those copied from the parent (pipeline.init_copied),
+    which need no masks in a fine-tuned run's new data."""
+    return [a for a in config.data.attributes if a not in config.pipeline.init_copied]
+
+
 # ------------------------------------------------------------------------------------------------- the data
+def joined_data(roots: list[Path], run_dir: Path, config: Config) -> list[Path]:
+    """The data folders a run reads: `roots`, or for a fine-tuned run RUN2/finetune-data/ (`compose_data`)."""
+    return [compose_data(roots[0], run_dir, config)] if has_parent(config) else roots
+
+
 def compose_data(new_data: Path, run_dir: Path, config: Config) -> Path:
     """RUN2/finetune-data/: DATA's images and the parent's validation (and, with init_with_original, training)
     images, linked into one folder (see the module's docstring); composed once, reused on resume."""
@@ -155,9 +171,12 @@ def sources(run: RunLayout) -> dict:
     return json.loads(run.finetune_sources.read_text())
 
 
-def split(run: RunLayout, presence: dict, config: Config) -> dict:
+def split(run: RunLayout, presence: dict, config: Config) -> dict | None:
     """The parent's validation split when its images were joined, else a stratified split of the new data; the
-    folds (unused: init_from needs data.fold null) of every image, so the file reads as any splits.json."""
+    folds (unused: init_from needs data.fold null) of every image, so the file reads as any splits.json. None for a
+    run without a parent."""
+    if not has_parent(config):
+        return None
     d = config.data
     splits = make_splits(presence, d.val_fraction, d.n_folds, config.train.seed)
     val_ids = sources(run)["validation_ids"]
@@ -168,19 +187,14 @@ def split(run: RunLayout, presence: dict, config: Config) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- the networks
-def start_heads(config: Config, run: RunLayout, group: MultiHeadSegmenter, head_dirs: dict[str, Path],
-                train_encoder: bool, label: str) -> None:
-    """Load the parent's best.pt of every head of `group` (a MultiHeadSegmenter), strictly; with a frozen encoder,
-    the decoder only (the encoder stays this run's Stage 2)."""
-    parent = RunLayout(Path(config.pipeline.init_from))
-    for name, head_dir in head_dirs.items():
-        source = parent.root / head_dir.relative_to(run.root) / BEST
-        state = load_checkpoint(source)["model"]
-        if not train_encoder:
-            own = {k: v for k, v in group.head_state(name).items() if k.startswith("encoder.")}
-            state = {**{k: v for k, v in state.items() if not k.startswith("encoder.")}, **own}
-        group.load_head_state(name, state, source)
-    log.info(f"{label}: starts from the networks of {parent.root}")
+def head_starts(config: Config, run: RunLayout, head_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Head name -> the parent's best.pt of the same network, which that head of this run starts from."""
+    return {name: source_of(config, run, head_dir) / BEST for name, head_dir in head_dirs.items()}
+
+
+def source_of(config: Config, run: RunLayout, folder: Path) -> Path:
+    """The parent's folder of the network in `folder` (a folder of this run)."""
+    return Path(config.pipeline.init_from) / Path(folder).relative_to(run.root)
 
 
 def is_copied(config: Config, run: RunLayout, group_dir: Path) -> bool:
@@ -198,6 +212,6 @@ def copy_from_parent(config: Config, run: RunLayout, folder: Path) -> None:
     """The parent's network folder copied into `folder` (once: its done.json, written last, marks a whole copy)."""
     if (folder / DONE).is_file():
         return
-    source = Path(config.pipeline.init_from) / folder.relative_to(run.root)
+    source = source_of(config, run, folder)
     done = json.loads((source / DONE).read_text()) if (source / DONE).is_file() else {}
     copy_group(source, folder, done={**done, "copied_from": str(source.resolve())})

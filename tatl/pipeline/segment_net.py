@@ -63,6 +63,12 @@ def copy_into(config: Config, run: RunLayout) -> Path:
     return destination
 
 
+def source_folder(config: Config) -> Path:
+    """RUN1's stage1/<shape> folder, which `copy_into` copies (checked: RUN1 must be a finished run with a trained
+    Stage 1)."""
+    return _open_source(Path(config.pipeline.segment_net))[2]
+
+
 def recorded_origin(run: RunLayout, shape: str) -> dict:
     """The origin of the Segment-Net copied into RUN/stage1/<shape> (its done.json's "segment_net")."""
     return _read_json(run.stage1(shape) / DONE).get("segment_net", {})

@@ -135,13 +135,11 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
     alone (default: pipeline.stages)."""
     stage1_only = config.pipeline.stages == "1" if stage1_only is None else stage1_only
     roots = [resolve_data(name, run_dir, config) for name in data_list(data)]
-    if config.pipeline.init_from:  # a fine-tuned run: the new data and the parent's validation images, joined
-        roots = [parent.compose_data(roots[0], run_dir, config)]
+    roots = parent.joined_data(roots, run_dir, config)  # a fine-tuned run: its parent's validation images joined
     uses_stage1 = stage1_only or any(1 in variant_stages(v) for v in config.pipeline.variants)
     own_stage1 = stage1_only or (uses_stage1 and not config.pipeline.segment_net)  # trained here on lesion masks
     needs_lesion = own_stage1 or (uses_stage1 and config.pipeline.crop_source == "truth")
-    # the masks every image needs: a fine-tuned run's copied heads (pipeline.init_copied) need none in its new data
-    needed = [] if stage1_only else [a for a in config.data.attributes if a not in config.pipeline.init_copied]
+    needed = [] if stage1_only else parent.attributes_trained(config)  # the masks every image needs
     reports = [check_dataset(root, config.data.attributes, need_lesion=needs_lesion, need_attributes=needed,
                              binarize_threshold=config.data.binarize_threshold) for root in roots]
     for report in reports:
@@ -195,11 +193,8 @@ def _splits(layout: RunLayout, presence: dict, config: Config) -> dict:
     path = layout.splits
     if path.exists():  # a resumed run keeps its split
         return read_splits(path)
-    if config.pipeline.init_from:  # a fine-tuned run validates on its parent's split (tatl.pipeline.parent)
-        splits = parent.split(layout, presence, config)
-        write_splits(path, splits)
-        return splits
     d = config.data
-    splits = make_splits(presence, d.val_fraction, d.n_folds, config.train.seed, d.tune_fraction)
+    splits = parent.split(layout, presence, config) or make_splits(  # a fine-tuned run: its parent's validation
+        presence, d.val_fraction, d.n_folds, config.train.seed, d.tune_fraction)
     write_splits(path, splits)
     return splits

@@ -23,18 +23,19 @@ from tatl.constants import LESION, UNION
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import full_size_target, load_images
 from tatl.io import write_json
-from tatl.layout import ENSEMBLE, inputs_of, variant_stages
+from tatl.layout import BEST, ENSEMBLE, inputs_of, variant_stages
 from tatl.models.ensemble import average_probabilities
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.pipeline.context import RunContext
-from tatl.pipeline.groups import copied_heads, stage_dataset, train_group
+from tatl.pipeline.groups import Datasets, GroupSpec, copied_heads, stage_dataset, train_group
+from tatl.pipeline.plan import BY_SEGMENT_NET, WEIGHTS, GroupStart, RunPlan, plan_run, write_plan
 from tatl.pipeline.scoring import (
     predict_probabilities,
     score_attributes,
     score_lesions,
     tune_thresholds,
 )
-from tatl.pipeline.segment_net import copy_into, recorded_origin, uses_segment_net
+from tatl.pipeline.segment_net import recorded_origin, uses_segment_net
 from tatl.training.head_progress import THRESHOLD_JACCARD
 from tatl.training.pretext import train_context_restoration
 
@@ -42,9 +43,10 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 1
-def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
-    """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"; or, with
-    pipeline.segment_net, copy another run's (tatl.pipeline.segment_net) and load it.
+def stage1_segment_net(ctx: RunContext, plan: RunPlan | None = None) -> MultiHeadSegmenter:
+    """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"; or reload it, finished
+    here or copied (another run's, pipeline.segment_net: tatl.pipeline.segment_net), as the run's `plan` says
+    (default: resolved now).
 
     Its early stopping and best.pt follow the score Stage 1 reports, ISIC 2018 Task 1's thresholded Jaccard, ties
     broken by the Jaccard (tatl.training.head_progress.ranking), not train.monitor; computed at stage1_size each
@@ -52,14 +54,13 @@ def stage1_segment_net(ctx: RunContext) -> MultiHeadSegmenter:
     stage1_boxes reports the original-size scores once training is done."""
     cfg = ctx.config
     size, shape, group_dir = cfg.data.stage1_size, cfg.model.stage1_shape, ctx.layout.stage1(cfg.model.stage1_shape)
-    if uses_segment_net(cfg):  # no datasets: this run's images need no lesion masks
-        distributed.main_process_first(lambda: copy_into(cfg, ctx.layout))
-        return train_group(ctx, shape, None, [LESION], None, None, group_dir, train_encoder=True,
-                            label=f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})")
-    datasets = [stage_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
-                for samples in (ctx.train, ctx.selection)]
-    return train_group(ctx, shape, None, [LESION], *datasets, group_dir, train_encoder=True, label="stage 1",
-                        monitor=THRESHOLD_JACCARD)
+    start = (plan or plan_run(ctx)).start(group_dir)
+    label = f"stage 1 (Segment-Net of {cfg.pipeline.segment_net})" if start.copied_by == BY_SEGMENT_NET else "stage 1"
+    spec = GroupSpec(shape, {LESION: group_dir}, train_encoder=True, label=label, monitor=THRESHOLD_JACCARD)
+    datasets = None if start.finished else tuple(  # a finished one needs no data (nor lesion masks)
+        stage_dataset(ctx, samples, [LESION], size, None, augment=samples is ctx.train)
+        for samples in (ctx.train, ctx.selection))
+    return train_group(ctx, spec, start, datasets)
 
 
 def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
@@ -106,70 +107,74 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 2
-def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None) -> MultiHeadSegmenter:
+def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None,
+                   plan: RunPlan | None = None) -> MultiHeadSegmenter:
     """Train the Attribute-Agnostic Segmenter on union masks (images with an empty union included)."""
     kind = "crops" if boxes else "full"
-    datasets = [None, None] if "stage2" in ctx.config.pipeline.init_copied else [  # copied from the parent run
+    group_dir = ctx.layout.stage2(kind, shape)
+    start = (plan or plan_run(ctx)).start(group_dir)
+    datasets = None if start.finished else tuple(
         stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
-        for samples in (ctx.train, ctx.selection)]
-    return train_group(ctx, shape, None, [UNION], *datasets, ctx.layout.stage2(kind, shape),
-                        train_encoder=True, label=f"stage 2 ({kind}, {shape})")
+        for samples in (ctx.train, ctx.selection))
+    spec = GroupSpec(shape, {UNION: group_dir}, train_encoder=True, label=f"stage 2 ({kind}, {shape})")
+    return train_group(ctx, spec, start, datasets)
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 3
 def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
-                   agnostic: MultiHeadSegmenter | None) -> list[MultiHeadSegmenter]:
-    """One Target-Segmenter per attribute, started from Stage 2 (or from the configured baseline, `init`).
+                   agnostic: MultiHeadSegmenter | None, plan: RunPlan | None = None) -> list[MultiHeadSegmenter]:
+    """One Target-Segmenter per attribute, started as the run's `plan` says: from Stage 2 (`agnostic`, trained or
+    reloaded before), or from pipeline.init's start (tatl.pipeline.plan.stage3_initialisation), or the parent's.
 
     Returns the trained networks: one multi-head network (frozen, shared encoder) or one network per attribute.
     """
     cfg = ctx.config
-    attributes = cfg.data.attributes
-    copied = [a for a in attributes if a in cfg.pipeline.init_copied]  # a fine-tuned run's unchanged heads
-    trained = [a for a in attributes if a not in copied]
-    init = "tatl" if agnostic is not None else cfg.pipeline.init
-    augmented = init == "augmentation"
-    train_set = val_set = None  # no data for the copied heads, which need none (nor have masks in new data)
-    if trained:
-        train_set = stage_dataset(ctx, ctx.train, trained, cfg.data.image_size, boxes, augment=True, strong=augmented)
-        val_set = stage_dataset(ctx, ctx.selection, trained, cfg.data.image_size, boxes, augment=False)
-    start, weights = _stage3_start(ctx, variant, shape, boxes, agnostic)
-    shape_dir = ctx.layout.stage3(variant, shape)
-    heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in attributes}
+    plan = plan or plan_run(ctx)
+    heads = {a: ctx.layout.stage3_head(variant, shape, a) for a in cfg.data.attributes}
     label = f"stage 3 (variant {variant}, {shape}"
     if agnostic is not None and cfg.pipeline.encoder_mode == "frozen":
         # TATL-FE: one frozen encoder pass per batch feeds every attribute's decoder.
         label += ", frozen encoder)"
-        groups = [copied_heads(ctx, shape, start, copied, heads, label)] if copied else []
-        if trained:
-            groups.insert(0, train_group(ctx, shape, start, trained, train_set, val_set, shape_dir,
-                                         train_encoder=False, label=label, head_dirs={a: heads[a] for a in trained}))
+        shape_dir = ctx.layout.stage3(variant, shape)
+        copied = [a for a in cfg.data.attributes if heads[a] in plan.groups]  # the parent's, copied unchanged
+        groups = [copied_heads(ctx, GroupSpec(shape, {a: heads[a] for a in copied}, False, label),
+                               [plan.start(heads[a]) for a in copied])] if copied else []
+        if shape_dir in plan.groups:
+            start = plan.start(shape_dir)
+            spec = GroupSpec(shape, {a: heads[a] for a in start.heads}, train_encoder=False, label=label)
+            groups.insert(0, train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong=False)))
         return groups
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
-    return [train_group(ctx, shape, start, [a], train_set, val_set, heads[a], train_encoder=True,
-                         label=f"{label}, {a})", encoder_weights=weights) for a in attributes]
+    starts = {a: plan.start(heads[a]) for a in cfg.data.attributes}
+    strong = agnostic is None and cfg.pipeline.init == "augmentation"  # Stage 2's start is never augmented
+    data = _stage3_data(ctx, list(starts.values()), boxes, strong)
+    _train_pretext(ctx, list(starts.values()), variant, shape, boxes)
+    return [train_group(ctx, GroupSpec(shape, {a: heads[a]}, True, f"{label}, {a})"), starts[a], data)
+            for a in cfg.data.attributes]
 
 
-def _stage3_start(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
-                  agnostic: MultiHeadSegmenter | None) -> tuple[dict | None, str | None]:
-    """(state to start from, or None; encoder weights for a fresh network) for the configured initialisation."""
-    cfg = ctx.config
-    if agnostic is not None:
-        return agnostic.head_state(UNION), None
-    if cfg.pipeline.init_from:  # every network starts from the parent run's (tatl.pipeline.parent)
-        return None, None
-    init, configured = cfg.pipeline.init, cfg.model.encoder_weights
-    if init == "random":
-        return None, None
-    if init in ("imagenet", "augmentation"):  # an ImageNet source: the configured one (lite0, a file) or timm's
-        return None, configured if configured not in (None, "none") else "imagenet"
-    if init == "context-restoration":
-        kind = "crops" if boxes else "full"
-        images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.selection)]
-        state = train_context_restoration(shape, cfg.model.encoder_name, configured, *images, cfg.train,
-                                          ctx.layout.pretext(kind, shape))
-        return state, None
-    return None, configured  # "tatl" without Stage 2: the paper's Stage-3-only ablation
+def _stage3_data(ctx: RunContext, starts: list[GroupStart], boxes: dict[str, Box] | None,
+                 strong: bool) -> Datasets | None:
+    """The training and selection sets of the attributes the groups of `starts` train (every such attribute's masks:
+    each group picks its own), with `strong` augmented copies (pipeline.init augmentation); None when every group is
+    finished (copied heads need no masks, nor have them in a fine-tuned run's new data)."""
+    trained = [a for start in starts if not start.finished for a in start.heads]
+    if not trained:
+        return None
+    size = ctx.config.data.image_size
+    train_set = stage_dataset(ctx, ctx.train, trained, size, boxes, augment=True, strong=strong)
+    return train_set, stage_dataset(ctx, ctx.selection, trained, size, boxes, augment=False)
+
+
+def _train_pretext(ctx: RunContext, starts: list[GroupStart], variant: str, shape: str,
+                   boxes: dict[str, Box] | None) -> None:
+    """The context-restoration pretext network (pipeline.init context-restoration), trained or reloaded when a
+    group of `starts` starts from it."""
+    cfg, pretext = ctx.config, ctx.layout.pretext(inputs_of(variant), shape)
+    if not any(start.kind == WEIGHTS and start.state == pretext / BEST for start in starts):
+        return
+    images = [load_images(s, cfg.data.image_size, boxes, ctx.cache_dir) for s in (ctx.train, ctx.selection)]
+    train_context_restoration(shape, cfg.model.encoder_name, cfg.model.encoder_weights, *images, cfg.train, pretext)
 
 
 def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: np.ndarray) -> dict[str, np.ndarray]:
@@ -213,13 +218,15 @@ def _shape_probabilities(ctx: RunContext, variant_models: dict[str, list[MultiHe
 # ----------------------------------------------------------------------------------------------------- the run
 def run_pipeline(ctx: RunContext) -> dict:
     """Train every stage the configured variants need (each once) and score every variant; return metrics.
-    pipeline.stages "1": the Segment-Net alone."""
+    pipeline.stages "1": the Segment-Net alone. Where each network starts is planned first (RUN/plan.json)."""
     cfg = ctx.config
+    plan = plan_run(ctx)
+    write_plan(ctx.layout, plan)
     metrics: dict = {}
     boxes = None
     stage1_only = cfg.pipeline.stages == "1"
     if stage1_only or any(1 in variant_stages(v) for v in cfg.pipeline.variants):
-        boxes, metrics["stage1"] = stage1_boxes(ctx, stage1_segment_net(ctx))
+        boxes, metrics["stage1"] = stage1_boxes(ctx, stage1_segment_net(ctx, plan))
         if uses_segment_net(cfg):
             metrics["stage1"]["segment_net"] = recorded_origin(ctx.layout, cfg.model.stage1_shape)
         _log_stage1(metrics["stage1"])
@@ -237,9 +244,9 @@ def run_pipeline(ctx: RunContext) -> dict:
             start = None
             if 2 in stages:
                 if (kind, shape) not in agnostic:
-                    agnostic[(kind, shape)] = stage2_agnostic(ctx, shape, variant_boxes)
+                    agnostic[(kind, shape)] = stage2_agnostic(ctx, shape, variant_boxes, plan)
                 start = agnostic[(kind, shape)]
-            models[shape] = stage3_targets(ctx, variant, shape, variant_boxes, start)
+            models[shape] = stage3_targets(ctx, variant, shape, variant_boxes, start, plan)
         if 2 in stages and f"stage2-{kind}" not in metrics:
             stage2_models = {s: [m] for (k, s), m in agnostic.items() if k == kind}
             metrics[f"stage2-{kind}"], stage2_thresholds[kind] = evaluate_variant(ctx, stage2_models, variant_boxes)
