@@ -107,7 +107,9 @@ class _SummaryAndReport:
         from tatl.reporting.summary import summary_markdown
 
         layout, run_dir = RunLayout(self.run_dir), self.run_dir
-        self.summary = summary_markdown(metrics, config.data.attributes, f"TATL run {run_dir}",
+        parent = config.pipeline.init_from  # a fine-tuned run names the run it was fine-tuned from
+        title = f"TATL run {run_dir}" + (f", fine-tuned from {parent}" if parent else "")
+        self.summary = summary_markdown(metrics, config.data.attributes, title,
                                         config.pipeline.tune_thresholds and not config.data.tune_fraction)
         write_text(layout.summary, self.summary)
         log.info("wrote %s and %s", layout.metrics, layout.summary)

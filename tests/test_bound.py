@@ -156,7 +156,7 @@ def test_the_table_says_when_the_bound_is_undefined_or_has_no_sample():
 
 
 def test_initialisations_follow_the_runs_init(tmp_path: Path):
-    """The bound is estimated at the start the run's Stage 3 really had (tatl.pipeline.stages._stage3_start)."""
+    """The bound is estimated at the start the run's Stage 3 really had (tatl.pipeline.plan.stage3_initialisation)."""
     from types import SimpleNamespace
 
     from tatl.config import load_config

@@ -157,6 +157,13 @@ def test_partial_labels_train_only_those_heads_and_copy_the_rest_bit_for_bit(par
         assert (run2 / name).read_bytes() != (run / name).read_bytes(), name
     config = yaml.safe_load((run2 / "config.yaml").read_text())
     assert config["pipeline"]["init_copied"] == ["globules", "stage2"]
+    plan = {entry["folder"]: entry for entry in json.loads((run2 / "plan.json").read_text())["groups"]}
+    assert {folder: entry["start"] for folder, entry in plan.items()} == {  # where every network started
+        "stage1/unet": "copy", "stage3-v3/unet/pigment_network": "weights", "stage3-v3/unet/globules": "copy",
+        "stage2-crops/unet": "copy", "stage3-v123/unet": "weights", "stage3-v123/unet/globules": "copy"}
+    assert plan["stage1/unet"]["source"] == str(run.resolve() / "stage1/unet")
+    assert plan["stage3-v123/unet"]["head_starts"] == {
+        "pigment_network": str(run.resolve() / "stage3-v123/unet/pigment_network/best.pt")}
     assert config["pipeline"]["segment_net"] == str(run.resolve())
     # the copied heads score on the parent's validation split what they scored in the parent (same Segment-Net)
     before, after = record["before"]["per_attribute"]["globules"], record["after"]["per_attribute"]["globules"]
@@ -194,6 +201,10 @@ def test_the_record_holds_the_parent_the_data_and_the_scores_before_and_after(pa
         assert record[when]["macro_average"] == scores["macro_average"]
         assert record[when]["per_attribute"] == {a: scores[a] for a in ATTRIBUTES}
         assert record[when]["stage1"]["jaccard"] == _metrics(run)["stage1"]["jaccard"]
+    summary = (full["run"] / "summary.md").read_text()
+    assert summary.startswith(f"# TATL run {full['run']}, fine-tuned from {parent['run'].resolve()}\n")
+    plan = json.loads((full["run"] / "plan.json").read_text())
+    assert plan["parent"] == record["parent"] and {entry["start"] for entry in plan["groups"]} == {"weights"}
     fingerprints = record["data"]
     assert len({fingerprints[k] for k in ("new_data_fingerprint", "parent_data_fingerprint",
                                           "run_data_fingerprint")}) == 3

@@ -136,8 +136,8 @@ def weights_name(encoder_weights: str | None) -> str:
 
 def initialisations(run: RunContext, shape: str, variant: str) -> dict[str, Initialisation]:
     """Name -> the Stage-3 starting weights of `variant`'s inputs: TATL (Stage 2), the context-restoration pretext
-    network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline.stages's
-    _stage3_start): ImageNet for imagenet and augmentation, random for random, else the configured encoder; with
+    network when the run trained one, and the start `pipeline.init` gives a fresh network (tatl.pipeline.plan's
+    stage3_initialisation): ImageNet for imagenet and augmentation, random for random, else the configured encoder; with
     init augmentation that ImageNet start once more as "augmentation", judged on the augmented set."""
     m, init = run.config.model, run.config.pipeline.init
     stage2 = run.layout.stage2(inputs_of(variant), shape) / BEST

@@ -64,8 +64,8 @@ class GroupStart:
                    BY_PARENT: "pipeline.init_copied"}[self.copied_by or BY_PARENT]
             return f"copied from {self.source} ({why})"
         if self.kind == WEIGHTS:
-            parts = [f"every weight from {self.state}"] if self.state else []
-            parts += [f"head {name} from {path}" for name, path in self.head_starts.items()]
+            parts = [f"{self.state} (every weight)"] if self.state else []
+            parts += [f"{path} (head {name})" for name, path in self.head_starts.items()]
             return "started from " + "; ".join(parts)
         weights = self.encoder_weights
         return "random weights" if weights in (None, "", "none") else f"encoder weights {weights}, the rest random"
