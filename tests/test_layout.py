@@ -134,3 +134,20 @@ def test_a_folder_with_only_a_lock_and_a_log_has_nothing_to_resume(tmp_path: Pat
     assert _nothing_written(run.root)
     run.splits.write_text("{}")
     assert not _nothing_written(run.root)
+
+
+def test_a_run_being_trained_and_a_finished_run_are_two_types(tmp_path: Path):
+    from tatl.pipeline.context import TrainingContext
+
+    ctx = prepared_run(tmp_path / "run", "synthetic")
+    assert isinstance(ctx, TrainingContext) and ctx.report.sizes  # the data check's report: always there
+    assert ctx.image_sizes(ctx.val) == {s.image_id: ctx.report.sizes[s.image_id] for s in ctx.val}
+    finished = RunContext.open(tmp_path / "run")
+    assert type(finished) is RunContext and not hasattr(finished, "report")  # no report to read without a guard
+    assert finished.image_sizes(finished.val) == ctx.image_sizes(ctx.val)  # read from the files instead
+    with pytest.raises(TypeError, match="report"):
+        TrainingContext(finished.layout, finished.config, finished.train_ids, finished.val_ids)  # report is required
+    bare = RunContext.open(tmp_path / "run", need_data=False)
+    with pytest.raises(ValueError, match="needs its data"):
+        TrainingContext.of(bare, ctx.report)  # a finished run opened without its data
+    assert TrainingContext.of(finished, ctx.report).val == ctx.val

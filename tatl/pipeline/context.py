@@ -48,28 +48,31 @@ Data = str | Path | Sequence[str | Path]  # DATA of `tatl run`: one dataset fold
 
 @dataclass
 class RunContext:
-    """What every stage, and every reader of a finished run, needs: where the run's files are, its config, its data
-    and its split. `train` and `val` are the split's samples (empty while the data folder is not known)."""
+    """A run read back from its folder (RunContext.open: `tatl bound`, `tatl report`, a fine-tuning's scores): where
+    its files are, its config and its split, and its data when that could be found. A run being trained is a
+    TrainingContext, whose data is always there and checked. `train`, `val` and `tune` are the split's samples
+    (empty while the data folder is not known)."""
 
     layout: RunLayout
     config: Config
     train_ids: list[str]
     val_ids: list[str]
-    data_root: Path | None = None  # None: not known (a finished run opened without its data); several: the first
-    samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_roots
-    report: DataReport | None = None  # the data check of `tatl run` (every image's size); None for a finished run
-    data_roots: list[Path] = field(default_factory=list)  # every data folder: [data_root] unless several
     tune_ids: list[str] = field(default_factory=list)  # the tuning split (data.tune_fraction), none by default
+    data_roots: list[Path] = field(default_factory=list)  # every data folder; empty: not known (opened without data)
+    samples: dict[str, Sample] = field(default_factory=dict)  # id -> sample of every image in data_roots
     train: list[Sample] = field(init=False)
     val: list[Sample] = field(init=False)
     tune: list[Sample] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.data_roots and self.data_root is not None:
-            self.data_roots = [self.data_root]
         self.train = [self.samples[i] for i in self.train_ids] if self.samples else []
         self.val = [self.samples[i] for i in self.val_ids] if self.samples else []
         self.tune = [self.samples[i] for i in self.tune_ids] if self.samples else []
+
+    @property
+    def data_root(self) -> Path | None:
+        """The data folder (the first of several); None when the run was opened without its data."""
+        return self.data_roots[0] if self.data_roots else None
 
     @property
     def selection(self) -> list[Sample]:
@@ -95,9 +98,9 @@ class RunContext:
             except DataError:
                 if need_data:
                     raise
-                return cls(layout, config, train_ids, val_ids, tune_ids=tuning)
+                return cls(layout, config, train_ids, val_ids, tuning)
         samples = samples_of(roots, config, train_ids + val_ids + tuning, hint="; wrong --data?")
-        return cls(layout, config, train_ids, val_ids, roots[0], samples, data_roots=roots, tune_ids=tuning)
+        return cls(layout, config, train_ids, val_ids, tuning, roots, samples)
 
     @property
     def cache_dir(self) -> Path | None:
@@ -119,13 +122,42 @@ class RunContext:
             raise DataError(f"{path}: missing (Stage 1 was not run); choose a variant without stage 1")
         return {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
 
+    def image_sizes(self, samples: list[Sample]) -> dict[str, tuple[int, int]]:
+        """Image id -> (width, height) at original size of `samples` (read from their files)."""
+        return {s.image_id: image_size(s.image_path) for s in samples}
+
     def stage_inputs(self, samples: list[Sample], boxes: dict[str, Box] | None) -> tuple[np.ndarray, np.ndarray]:
         """Images (N, S, S, 3) and attribute masks (N, A, S, S) at image_size, as Stage 3 reads them (cached)."""
-        sizes = self.report.sizes if self.report else {s.image_id: image_size(s.image_path) for s in samples}
+        sizes = self.image_sizes(samples)
         d = self.config.data
         images = load_images(samples, d.image_size, boxes, self.cache_dir)
         masks = load_masks(samples, d.attributes, d.image_size, boxes, sizes, self.cache_dir, d.binarize_threshold)
         return images, masks
+
+
+
+@dataclass(kw_only=True)
+class TrainingContext(RunContext):
+    """A run being trained (tatl.pipeline.setup.prepare_context), or a finished run's networks scored on checked data
+    (tatl.pipeline.rescore): its data folders are known and every image passed the data check, whose report (each
+    image's size, each attribute's presence) the stages read."""
+
+    report: DataReport  # the data check of `tatl run`: every image's size and which attributes it shows
+
+    def __post_init__(self) -> None:
+        if not self.data_roots or not self.samples:
+            raise ValueError("a TrainingContext needs its data: data_roots and samples")  # a programming error
+        super().__post_init__()
+
+    @classmethod
+    def of(cls, run: RunContext, report: DataReport) -> TrainingContext:
+        """A finished run with its data (opened with it) and the report of a check of that data."""
+        return cls(run.layout, run.config, run.train_ids, run.val_ids, run.tune_ids, run.data_roots, run.samples,
+                   report=report)
+
+    def image_sizes(self, samples: list[Sample]) -> dict[str, tuple[int, int]]:
+        """Image id -> (width, height), as the data check measured them (no file read again)."""
+        return {s.image_id: self.report.sizes[s.image_id] for s in samples}
 
 
 # ------------------------------------------------------------------------------------------- the run's data

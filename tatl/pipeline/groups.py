@@ -27,7 +27,7 @@ from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
 from tatl.models.weights import transfer_weights
 from tatl.pipeline import parent, reuse, segment_net
-from tatl.pipeline.context import RunContext
+from tatl.pipeline.context import TrainingContext
 from tatl.pipeline.plan import BY_PARENT, BY_SEGMENT_NET, COPY, FRESH, OWN, WEIGHTS, GroupStart
 from tatl.training.engine import Objective, fit
 from tatl.training.feature_cache import cache_features
@@ -36,7 +36,7 @@ from tatl.training.losses import build_loss
 log = logging.getLogger(__name__)
 
 
-def stage_dataset(ctx: RunContext, samples: list[Sample], targets: list[str], size: int,
+def stage_dataset(ctx: TrainingContext, samples: list[Sample], targets: list[str], size: int,
                   boxes: dict[str, Box] | None, augment: bool, strong: bool = False) -> SegmentationDataset:
     """The images (cropped to `boxes` when given) and `targets` masks of `samples` at `size`, decoded once into
     the cache."""
@@ -72,7 +72,7 @@ class GroupSpec:
 Datasets = tuple[SegmentationDataset, SegmentationDataset]  # (training set, the set that picks the best epoch)
 
 
-def train_group(ctx: RunContext, spec: GroupSpec, start: GroupStart, data: Datasets | None) -> MultiHeadSegmenter:
+def train_group(ctx: TrainingContext, spec: GroupSpec, start: GroupStart, data: Datasets | None) -> MultiHeadSegmenter:
     """Build the group, load its planned start (tatl.pipeline.plan), and train it on `data`; a finished group (its
     own, or one copied into its folder) is reloaded instead, and needs no data."""
     if start.kind == COPY:
@@ -85,7 +85,7 @@ def train_group(ctx: RunContext, spec: GroupSpec, start: GroupStart, data: Datas
     return _fitted(ctx, group, spec, start, data)
 
 
-def _built(ctx: RunContext, spec: GroupSpec, start: GroupStart) -> MultiHeadSegmenter:
+def _built(ctx: TrainingContext, spec: GroupSpec, start: GroupStart) -> MultiHeadSegmenter:
     """The group's network, built (from the start's encoder weights when FRESH) and started from the start's state
     and head weights (WEIGHTS); a finished group's weights are all loaded over it."""
     cfg = ctx.config
@@ -113,7 +113,8 @@ def _load_head_starts(group: MultiHeadSegmenter, head_starts: dict[str, Path], t
         group.load_head_state(name, state, source)
 
 
-def _reloaded(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start: GroupStart) -> MultiHeadSegmenter:
+def _reloaded(ctx: TrainingContext, group: MultiHeadSegmenter, spec: GroupSpec,
+              start: GroupStart) -> MultiHeadSegmenter:
     """A finished group's best.pt of every head, in the memory layout fit leaves a trained group in (a resumed run
     scores the same bits)."""
     for name, head_dir in spec.heads.items():
@@ -126,7 +127,7 @@ def _reloaded(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start
     return group
 
 
-def _fitted(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start: GroupStart,
+def _fitted(ctx: TrainingContext, group: MultiHeadSegmenter, spec: GroupSpec, start: GroupStart,
             data: Datasets) -> MultiHeadSegmenter:
     """The group trained by engine.fit (frozen encoder: its features computed once when pipeline.feature_cache);
     done.json written last."""
@@ -149,7 +150,7 @@ def _fitted(ctx: RunContext, group: MultiHeadSegmenter, spec: GroupSpec, start: 
     return group
 
 
-def copied_heads(ctx: RunContext, spec: GroupSpec, starts: list[GroupStart]) -> MultiHeadSegmenter:
+def copied_heads(ctx: TrainingContext, spec: GroupSpec, starts: list[GroupStart]) -> MultiHeadSegmenter:
     """One-head groups copied unchanged (frozen-encoder Stage-3 heads of the parent run, pipeline.init_copied), each
     into its folder, and loaded into one network (every weight of each head's best.pt, its encoder too: the parent's
     Stage 2, copied with them)."""
@@ -165,7 +166,7 @@ def copied_heads(ctx: RunContext, spec: GroupSpec, starts: list[GroupStart]) -> 
     return group
 
 
-def _copy(ctx: RunContext, start: GroupStart, label: str) -> None:
+def _copy(ctx: TrainingContext, start: GroupStart, label: str) -> None:
     """The finished network the plan names copied into the group's folder (once: a copy's done.json is written
     last), on rank 0 first."""
     cfg, layout, folder = ctx.config, ctx.layout, start.folder

@@ -31,7 +31,7 @@ from tatl.constants import LESION, UNION
 from tatl.io import write_json
 from tatl.layout import BEST, DONE, RunLayout, inputs_of, variant_stages
 from tatl.pipeline import parent, reuse, segment_net
-from tatl.pipeline.context import RunContext
+from tatl.pipeline.context import TrainingContext
 
 OWN, COPY, WEIGHTS, FRESH = "own", "copy", "weights", "fresh"  # GroupStart.kind
 BY_SEGMENT_NET, BY_REUSE, BY_PARENT = "segment_net", "reuse", "parent"  # GroupStart.copied_by
@@ -93,7 +93,7 @@ class RunPlan:
         return {"parent": self.parent, "groups": [start.as_json(root) for start in self.groups.values()]}
 
 
-def plan_run(ctx: RunContext) -> RunPlan:
+def plan_run(ctx: TrainingContext) -> RunPlan:
     """The run's plan, resolved on rank 0 (it reads other runs' folders) and the same on every rank."""
     plan = resolve_plan(ctx.config, ctx.layout, ctx.data_identity) if distributed.is_main_process() else None
     return distributed.broadcast_from_main(plan)

@@ -20,7 +20,7 @@ from tatl.data.images import image_size
 from tatl.layout import BEST, RunLayout, variant_stages
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
-from tatl.pipeline.context import RunContext
+from tatl.pipeline.context import RunContext, TrainingContext
 from tatl.pipeline.scoring import predict_probabilities, score_lesions
 from tatl.pipeline.stages import evaluate_variant
 
@@ -30,7 +30,7 @@ def scores_of(networks: RunLayout, run: RunContext, variant: str) -> dict:
     scores}} of the networks in `networks` (a run with `run`'s settings) on `run`'s validation images."""
     cfg = run.config
     sizes = {s.image_id: image_size(s.image_path) for s in run.val}
-    run.report = DataReport(run.data_root, run.val, tuple(cfg.data.attributes), sizes, {}, [], {})
+    run = TrainingContext.of(run, DataReport(run.data_root, run.val, tuple(cfg.data.attributes), sizes, {}, [], {}))
     metrics: dict = {}
     boxes = None
     if 1 in variant_stages(variant):
@@ -41,7 +41,7 @@ def scores_of(networks: RunLayout, run: RunContext, variant: str) -> dict:
     return metrics
 
 
-def _boxes(networks: RunLayout, run: RunContext) -> tuple[dict[str, Box], dict]:
+def _boxes(networks: RunLayout, run: TrainingContext) -> tuple[dict[str, Box], dict]:
     """The lesion box of every validation image from the Segment-Net in `networks`, and its Task 1 scores."""
     cfg, p = run.config, run.config.pipeline
     segment_net = _network(networks.stage1(cfg.model.stage1_shape), cfg.model.stage1_shape, LESION,

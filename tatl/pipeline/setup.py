@@ -25,7 +25,16 @@ from tatl.layout import RunLayout, variant_stages
 from tatl.models.networks import build_model, check_encoder_name
 from tatl.models.weights import check_lite0_fits, lite0_weights_path, parse_encoder_weights
 from tatl.pipeline import parent
-from tatl.pipeline.context import SYNTHETIC, Data, RunContext, data_list, record_data, resolve_data, split_ids, tune_ids
+from tatl.pipeline.context import (
+    SYNTHETIC,
+    Data,
+    TrainingContext,
+    data_list,
+    record_data,
+    resolve_data,
+    split_ids,
+    tune_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +137,7 @@ def check_resume_settings(saved: Config, config: Config, run_dir: Path, data: st
                               f"was started with {before!r}; start a new run (another --out) to change it")
 
 
-def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool | None = None) -> RunContext:
+def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool | None = None) -> TrainingContext:
     """The context of a run being trained: its data found (or generated, or converted) and checked, its split
     made (or read back), and RUN/data.json written, so the finished run knows its data. Several DATA folders (a
     Segment-Net on several lesion datasets) are checked one by one, then joined. stage1_only: the Segment-Net
@@ -158,7 +167,7 @@ def prepare_context(data: Data, run_dir: Path, config: Config, stage1_only: bool
     if missing:
         raise DataError(f"{layout.splits}: ids not in {', '.join(map(str, roots))}: {', '.join(missing[:5])}")
     record_data(layout, data, roots)
-    return RunContext(layout, config, train, val, roots[0], by_id, report, data_roots=roots, tune_ids=tuning)
+    return TrainingContext(layout, config, train, val, tuning, roots, by_id, report=report)
 
 
 def _require_lesion_masks(report: DataReport, config: Config) -> None:

@@ -26,7 +26,7 @@ from tatl.io import write_json
 from tatl.layout import BEST, ENSEMBLE, inputs_of, variant_stages
 from tatl.models.ensemble import average_probabilities
 from tatl.models.multihead import MultiHeadSegmenter
-from tatl.pipeline.context import RunContext
+from tatl.pipeline.context import RunContext, TrainingContext
 from tatl.pipeline.groups import Datasets, GroupSpec, copied_heads, stage_dataset, train_group
 from tatl.pipeline.plan import BY_SEGMENT_NET, WEIGHTS, GroupStart, RunPlan, plan_run, write_plan
 from tatl.pipeline.scoring import (
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 1
-def stage1_segment_net(ctx: RunContext, plan: RunPlan | None = None) -> MultiHeadSegmenter:
+def stage1_segment_net(ctx: TrainingContext, plan: RunPlan | None = None) -> MultiHeadSegmenter:
     """Train the Segment-Net on whole images resized to stage1_size, one head: "lesion"; or reload it, finished
     here or copied (another run's, pipeline.segment_net: tatl.pipeline.segment_net), as the run's `plan` says
     (default: resolved now).
@@ -63,7 +63,7 @@ def stage1_segment_net(ctx: RunContext, plan: RunPlan | None = None) -> MultiHea
     return train_group(ctx, spec, start, datasets)
 
 
-def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
+def stage1_boxes(ctx: TrainingContext, segment_net: MultiHeadSegmenter) -> tuple[dict[str, Box], dict]:
     """Lesion boxes for every image from the Segment-Net's predictions (or truth, for training crops, if asked).
 
     Under torchrun each rank predicts its share of the images; boxes and scores are then put together on every rank.
@@ -107,7 +107,7 @@ def stage1_boxes(ctx: RunContext, segment_net: MultiHeadSegmenter) -> tuple[dict
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 2
-def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None,
+def stage2_agnostic(ctx: TrainingContext, shape: str, boxes: dict[str, Box] | None,
                    plan: RunPlan | None = None) -> MultiHeadSegmenter:
     """Train the Attribute-Agnostic Segmenter on union masks (images with an empty union included)."""
     kind = "crops" if boxes else "full"
@@ -121,7 +121,7 @@ def stage2_agnostic(ctx: RunContext, shape: str, boxes: dict[str, Box] | None,
 
 
 # ----------------------------------------------------------------------------------------------------- Stage 3
-def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, Box] | None,
+def stage3_targets(ctx: TrainingContext, variant: str, shape: str, boxes: dict[str, Box] | None,
                    agnostic: MultiHeadSegmenter | None, plan: RunPlan | None = None) -> list[MultiHeadSegmenter]:
     """One Target-Segmenter per attribute, started as the run's `plan` says: from Stage 2 (`agnostic`, trained or
     reloaded before), or from pipeline.init's start (tatl.pipeline.plan.stage3_initialisation), or the parent's.
@@ -153,7 +153,7 @@ def stage3_targets(ctx: RunContext, variant: str, shape: str, boxes: dict[str, B
             for a in cfg.data.attributes]
 
 
-def _stage3_data(ctx: RunContext, starts: list[GroupStart], boxes: dict[str, Box] | None,
+def _stage3_data(ctx: TrainingContext, starts: list[GroupStart], boxes: dict[str, Box] | None,
                  strong: bool) -> Datasets | None:
     """The training and selection sets of the attributes the groups of `starts` train (every such attribute's masks:
     each group picks its own), with `strong` augmented copies (pipeline.init augmentation); None when every group is
@@ -166,7 +166,7 @@ def _stage3_data(ctx: RunContext, starts: list[GroupStart], boxes: dict[str, Box
     return train_set, stage_dataset(ctx, ctx.selection, trained, size, boxes, augment=False)
 
 
-def _train_pretext(ctx: RunContext, starts: list[GroupStart], variant: str, shape: str,
+def _train_pretext(ctx: TrainingContext, starts: list[GroupStart], variant: str, shape: str,
                    boxes: dict[str, Box] | None) -> None:
     """The context-restoration pretext network (pipeline.init context-restoration), trained or reloaded when a
     group of `starts` starts from it."""
@@ -185,7 +185,7 @@ def predict_targets(ctx: RunContext, models: list[MultiHeadSegmenter], images: n
     return out
 
 
-def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSegmenter]],
+def evaluate_variant(ctx: TrainingContext, variant_models: dict[str, list[MultiHeadSegmenter]],
                      boxes: dict[str, Box] | None) -> tuple[dict, dict]:
     """Official scores at original size for each shape and the U+Link ensemble, and the thresholds used."""
     cfg = ctx.config
@@ -204,7 +204,7 @@ def evaluate_variant(ctx: RunContext, variant_models: dict[str, list[MultiHeadSe
     return scores, thresholds
 
 
-def _shape_probabilities(ctx: RunContext, variant_models: dict[str, list[MultiHeadSegmenter]],
+def _shape_probabilities(ctx: TrainingContext, variant_models: dict[str, list[MultiHeadSegmenter]],
                          boxes: dict[str, Box] | None, samples: list) -> dict[str, dict[str, np.ndarray]]:
     """{shape or ensemble: {attribute: probabilities}} of this rank's share of `samples` (under torchrun each rank
     predicts and scores its share; the scores' sums are added up)."""
@@ -216,7 +216,7 @@ def _shape_probabilities(ctx: RunContext, variant_models: dict[str, list[MultiHe
 
 
 # ----------------------------------------------------------------------------------------------------- the run
-def run_pipeline(ctx: RunContext) -> dict:
+def run_pipeline(ctx: TrainingContext) -> dict:
     """Train every stage the configured variants need (each once) and score every variant; return metrics.
     pipeline.stages "1": the Segment-Net alone. Where each network starts is planned first (RUN/plan.json)."""
     cfg = ctx.config
