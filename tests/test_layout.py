@@ -147,7 +147,7 @@ def test_a_run_being_trained_and_a_finished_run_are_two_types(tmp_path: Path):
     assert finished.image_sizes(finished.val) == ctx.image_sizes(ctx.val)  # read from the files instead
     with pytest.raises(TypeError, match="report"):
         TrainingContext(finished.layout, finished.config, finished.train_ids, finished.val_ids)  # report is required
-    bare = RunContext.open(tmp_path / "run", need_data=False)
+    bare = RunContext.open(tmp_path / "run")
     with pytest.raises(ValueError, match="needs its data"):
-        TrainingContext.of(bare, ctx.report)  # a finished run opened without its data
+        TrainingContext.of(RunContext(bare.layout, bare.config, bare.train_ids, bare.val_ids), ctx.report)  # no data
     assert TrainingContext.of(finished, ctx.report).val == ctx.val

@@ -96,9 +96,12 @@ async function applyStale() {
 }
 
 async function discardStale() {
+  // The draft is deleted first: the panel goes only once it is gone, so nothing on screen says "discarded" while the
+  // draft is still on disk (a reload in between would offer it again).
+  clearTimeout(editor.draftTimer);
+  await del(`/api/images/${encodeURIComponent(view.id)}/draft`);
   editor.stale = null;
   showConflict(null);
-  await del(`/api/images/${encodeURIComponent(view.id)}/draft`);
   status(`your edits were discarded; showing version ${view.detail.state.version}`);
 }
 
