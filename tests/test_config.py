@@ -110,9 +110,9 @@ def test_the_isic_cpu_preset_starts_from_lite0_runs_full_tatl_and_names_what_it_
     assert p.init == "tatl" and p.encoder_mode == "frozen"
     assert config.data.tune_fraction > 0 and p.tune_thresholds  # thresholds never tuned on the reported split
     text = (PRESETS_DIR / "isic-cpu.yaml").read_text()
-    for key in ("train.loss", "train.sampling", "train.schedule", "data.tune_fraction"):
+    for key in ("train.optimizer", "train.loss", "train.sampling", "train.schedule", "data.tune_fraction"):
         assert key in text, key  # the comment names each addition
-    assert (t.loss, t.sampling, t.schedule) != ("paper", "uniform", "constant")
+    assert (t.optimizer, t.loss, t.sampling, t.schedule) == ("adam", "pooled_bce", "rare", "cosine")  # measured best
     values = yaml.safe_load((PRESETS_DIR / "isic-cpu.yaml").read_text())
     assert "segment_net" not in values["pipeline"]  # the run names its Segment-Net: --segment-net
 
