@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encoder", default="paper-efficientnet-lite0", help="smp/tatl encoder name")
     parser.add_argument("--weights", default="lite0", help="encoder weights: lite0 (ImageNet, offline) or none")
     parser.add_argument("--no-augment", action="store_true", help="no flips or 90-degree rotations")
+    parser.add_argument("--init-from", type=Path, help="a tatl Stage-2 best.pt (the union network, same encoder and "
+                        "shape): its encoder and decoder start the U-Net, its one output channel copied to all five "
+                        "(TATL's transfer, Stage 3 as one multi-label network); default: --weights")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser.parse_args(argv)
 
@@ -123,7 +126,10 @@ def quick_jaccard(maps: dict, masks: np.ndarray) -> float:
 
 def train(args: argparse.Namespace, train_set: SegmentationDataset, tune: tuple, device: torch.device) -> dict:
     """Epochs until the budget is spent; returns the checkpoint state (best weights included)."""
-    model = build_model("unet", args.encoder, None if args.weights == "none" else args.weights, classes=5)
+    weights = None if args.weights == "none" or args.init_from else args.weights
+    model = build_model("unet", args.encoder, weights, classes=5)
+    if args.init_from:
+        load_union_network(model, args.init_from)
     model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     path = args.out / "peer.pt"
@@ -153,6 +159,19 @@ def train(args: argparse.Namespace, train_set: SegmentationDataset, tune: tuple,
     model.load_state_dict(state.get("best_model", state["model"]))
     state["network"] = model
     return state
+
+
+def load_union_network(model: nn.Module, path: Path) -> None:
+    """Stage 2's single-channel union network into the five-channel U-Net: every weight strictly, except the last
+    convolution, whose one output channel is repeated five times (every attribute starts as the union)."""
+    state = load_checkpoint(path)["model"]
+    head = [k for k in state if k.startswith("segmentation_head.") and state[k].shape[0] == 1]
+    five = {k: v.repeat(5, *([1] * (v.dim() - 1))) if k in head else v for k, v in state.items()}
+    try:
+        model.load_state_dict(five, strict=True)
+    except RuntimeError as error:
+        raise SystemExit(f"{path}: not a Stage-2 union network of this encoder and shape: {error}") from None
+    print(f"started from {path} (output channel repeated for {len(ATTRIBUTES)} attributes)", flush=True)
 
 
 def one_epoch(model, optimizer, loss_fn, dataset, epoch: int, batch_size: int, device: torch.device) -> float:
