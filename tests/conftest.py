@@ -71,6 +71,26 @@ TINY_RUN_SETTINGS = {  # a run of seconds: 64 px synthetic images, 32 px stage i
 }
 
 
+def tiny_settings(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> list[str]:
+    """`TINY_RUN_SETTINGS` changed by `overrides`, less the keys in `drop`, as the `section.key=value` strings that
+    `--set`, a grid's `set` and `overrides=` take: a test that starts a run its own way (command line, subprocess,
+    grid) spells out only how its run differs from the session's tiny one."""
+    import yaml
+
+    def as_yaml(value) -> str:  # what a person types: 12, tu-resnet10t, [unet], and YAML reads it back as `value`
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).removesuffix("\n").removesuffix("\n...")
+
+    unknown = set(drop) - set(TINY_RUN_SETTINGS)
+    assert not unknown, f"not in TINY_RUN_SETTINGS: {sorted(unknown)}"
+    settings = {key: value for key, value in {**TINY_RUN_SETTINGS, **(overrides or {})}.items() if key not in drop}
+    return [f"{key}={as_yaml(value)}" for key, value in settings.items()]
+
+
+def tiny_cli_settings(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> list[str]:
+    """`tiny_settings(overrides, drop)` as command-line arguments: `--set key=value` for each."""
+    return [arg for setting in tiny_settings(overrides, drop) for arg in ("--set", setting)]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): 32-pixel

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_settings
 
 import tatl
 from tatl.cli import main
@@ -26,8 +27,9 @@ from tatl.io import write_json
 from tatl.layout import RunLayout
 
 ATTRIBUTE = "pigment_network"
-SETTINGS = ["model.shapes=[unet]", f"data.attributes=[{ATTRIBUTE}]", 'pipeline.variants=["3"]', "data.image_size=32",
-            "train.epochs=1", "train.batch_size=4", "data.val_fraction=0.25", "model.encoder_name=tu-resnet10t"]
+# The session's tiny settings (the synth.* keys do not apply: the data is written here), one attribute, variant 3.
+SETTINGS = tiny_settings({"data.attributes": [ATTRIBUTE], "pipeline.variants": ["3"], "train.batch_size": 4,
+                          "data.val_fraction": 0.25})
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cli_settings
 from PIL import Image
 
 from tatl.cli import main
@@ -32,11 +33,10 @@ from tatl.data.isic import ATTRIBUTE_DIR, INPUT_DIR, LESION_DIR
 from tatl.data.synth import write_synthetic_dataset
 from tatl.errors import ConfigError
 
-TINY = [
-    "--config", "demo", "--set", "data.stage1_size=32", "--set", "data.image_size=32", "--set", "train.epochs=1",
-    "--set", "model.encoder_name=tu-resnet10t",
-]  # fmt: skip
-ONE_NETWORK = [*TINY, "--set", "model.shapes=[unet]", "--set", "data.attributes=[pigment_network]", "--variants", "3"]
+# The session's tiny settings (the synth.* keys do not apply: the data is written here) with the demo preset's shapes
+# and attributes, so that every mask is read (a missing streaks mask, say); ONE_NETWORK: U-Net, one attribute.
+TINY = ["--config", "demo", *tiny_cli_settings(drop=("model.shapes", "data.attributes"))]
+ONE_NETWORK = ["--config", "demo", *tiny_cli_settings({"data.attributes": ["pigment_network"]}), "--variants", "3"]
 ID = "ISIC_0000000"
 NETWORK_DIR = Path("stage3-v3/unet/pigment_network")  # the one network of a ONE_NETWORK run
 

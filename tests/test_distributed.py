@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from compare import assert_close_numbers
+from conftest import tiny_cli_settings
 from thread_ranks import ThreadRanks
 
 from tatl import distributed
@@ -187,9 +188,9 @@ def test_two_processes_train_the_context_restoration_pretext_like_one(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-TINY = ["--config", "demo", "--set", "synth.n=24", "--set", "synth.size=64", "--set", "data.stage1_size=32",
-        "--set", "data.image_size=32", "--set", "train.epochs=2", "--set", "train.batch_size=8",
-        "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]", "--variants", "1,2,3"]
+# The session's tiny settings on 24 images in batches of 8 (4 per process), 2 epochs, all five attributes.
+TINY = ["--config", "demo", "--variants", "1,2,3",
+        *tiny_cli_settings({"synth.n": 24, "train.epochs": 2, "train.batch_size": 8}, drop=("data.attributes",))]
 
 
 @pytest.mark.slow

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_settings
 
 from tatl.cli import main
 from tatl.errors import ConfigError, TatlError
 from tatl.experiments.grid import Job, plan_jobs, read_grid, safe_name, write_tables
 
-TINY_SET = ["synth.n=16", "synth.size=64", "data.stage1_size=32", "data.image_size=32", "train.epochs=1",
-            "train.batch_size=8", "data.n_folds=2", "data.attributes=[pigment_network, globules]"]
+# The session's tiny settings on 16 images in batches of 8, two folds; encoder and shape are the grid's axes.
+TINY_SET = tiny_settings({"synth.n": 16, "train.batch_size": 8, "data.n_folds": 2},
+                         drop=("model.encoder_name", "model.shapes"))
 
 
 def write_grid(folder: Path, **changes) -> Path:

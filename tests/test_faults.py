@@ -22,16 +22,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cli_settings
 
 from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
 from tatl.data.synth import write_synthetic_dataset
 
-TINY_ONE_NETWORK = [
-    "--config", "demo", "--set", "data.stage1_size=32", "--set", "data.image_size=32", "--set", "train.epochs=1",
-    "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]",
-    "--set", "data.attributes=[pigment_network]", "--variants", "3", "--device", "cpu",
-]  # fmt: skip
+# The session's tiny settings (the synth.* keys do not apply: the data is written here): one network, on the CPU.
+TINY_ONE_NETWORK = ["--config", "demo", *tiny_cli_settings({"data.attributes": ["pigment_network"]}),
+                    "--variants", "3", "--device", "cpu"]
 NETWORK_DIR = Path("stage3-v3/unet/pigment_network")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cli_settings
 
 from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
@@ -16,13 +17,8 @@ from tatl.models.networks import build_model
 from tatl.training.pretext import RestorationDataset, swap_patches
 
 ATTRIBUTES = ["globules", "pigment_network"]
-TINY = [
-    "--config", "demo",
-    "--set", "data.stage1_size=32", "--set", "data.image_size=32",
-    "--set", "train.epochs=1", "--set", "train.batch_size=4",
-    "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]",
-    "--set", "data.attributes=[pigment_network,globules]",
-]
+# The session's tiny settings (the synth.* keys do not apply: the data is written here), batches of 4.
+TINY = ["--config", "demo", *tiny_cli_settings({"train.batch_size": 4})]
 
 
 @pytest.fixture(scope="module")

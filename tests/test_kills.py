@@ -12,16 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_cli_settings
 
 from tatl.checkpoints import load_checkpoint
 from tatl.cli import main
 
-ARGS = [
-    "run", "synthetic", "--config", "demo", "--set", "synth.n=16", "--set", "synth.size=64",
-    "--set", "data.stage1_size=32", "--set", "data.image_size=32", "--set", "train.epochs=3",
-    "--set", "train.batch_size=4", "--set", "model.encoder_name=tu-resnet10t", "--set", "model.shapes=[unet]",
-    "--variants", "1,2,3",
-]  # fmt: skip
+# The session's tiny settings on 16 images in batches of 4, with 3 epochs to be killed in and all five attributes.
+ARGS = ["run", "synthetic", "--config", "demo", "--variants", "1,2,3",
+        *tiny_cli_settings({"synth.n": 16, "train.epochs": 3, "train.batch_size": 4}, drop=("data.attributes",))]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # Runs `tatl` in a process that kills itself (SIGKILL) inside its Nth checkpoint write: after the temporary file is

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_settings
 
 from tatl.config import load_config, save_config
 from tatl.errors import DataError
@@ -20,7 +21,7 @@ from tatl.layout import (
 )
 from tatl.pipeline.context import RunContext
 
-TINY = ["synth.n=12", "synth.size=64", "data.stage1_size=32", "data.image_size=32", "data.cache=false"]
+TINY = tiny_settings({"data.cache": False})  # the session's tiny settings, without the image cache
 
 
 def test_run_layout_paths_are_those_run_folders_have(tmp_path: Path):

@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from compare import assert_close_numbers
+from conftest import tiny_cli_settings
 from thread_ranks import ThreadRanks
 
 from tatl.cli import main
 from tatl.constants import ATTRIBUTES_2018
 
-TINY = [
-    "--config", "demo",
-    "--set", "synth.n=16", "--set", "synth.size=64",
-    "--set", "data.stage1_size=32", "--set", "data.image_size=32",
-    "--set", "train.epochs=1", "--set", "train.batch_size=4",
-    "--set", "model.encoder_name=tu-resnet10t",
-]
+# The session's tiny settings on 16 images in batches of 4, with the demo preset's shapes and attributes (both, all
+# five); TINY[2:] leaves out the preset.
+TINY = ["--config", "demo",
+        *tiny_cli_settings({"synth.n": 16, "train.batch_size": 4}, drop=("model.shapes", "data.attributes"))]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN_SETTINGS, tiny_cli_settings
 from PIL import Image, ImageDraw
 
 from tatl import cli
@@ -30,7 +31,7 @@ from tatl.inference.prediction_settings import PredictionSettings, settings_from
 from tatl.inference.predictor import ImagePrediction, Networks, Predictor, load_predictor
 from tatl.models.networks import build_model
 
-ATTRIBUTES = ["pigment_network", "globules"]
+ATTRIBUTES = TINY_RUN_SETTINGS["data.attributes"]  # pigment_network, globules
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -38,10 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run_dir(tmp_path_factory) -> Path:
     """A TATL-FE run (variant 1,2,3, U + Link, two attributes) trained for one epoch on 16 tiny synthetic images."""
     run = tmp_path_factory.mktemp("predict") / "run"
-    settings = ["synth.n=16", "synth.size=64", "train.epochs=1", "train.batch_size=16", "data.stage1_size=32",
-                "data.image_size=32", "model.encoder_name=tu-resnet10t", f"data.attributes=[{','.join(ATTRIBUTES)}]"]
-    args = ["run", "synthetic", "--out", str(run), "--config", "demo", "--variants", "1,2,3"]
-    assert cli.main(args + [arg for setting in settings for arg in ("--set", setting)]) == 0
+    settings = tiny_cli_settings({"synth.n": 16, "train.batch_size": 16}, drop=("model.shapes",))  # demo's U + Link
+    assert cli.main(["run", "synthetic", "--out", str(run), "--config", "demo", "--variants", "1,2,3", *settings]) == 0
     return run
 
 

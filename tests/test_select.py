@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_cli_settings
 from PIL import Image
 
 from tatl import cli
@@ -122,10 +123,10 @@ def test_random_scores_are_seeded():
 def run_dir(tmp_path_factory) -> Path:
     """Variant 1,3 (Stage 1 crops the lesion), U + Link, two attributes, one epoch on 12 tiny synthetic images."""
     run = tmp_path_factory.mktemp("select") / "run"
-    settings = ["synth.n=12", "synth.size=48", "train.epochs=1", "train.batch_size=12", "data.stage1_size=32",
-                "data.image_size=32", "model.encoder_name=tu-resnet10t", f"data.attributes=[{','.join(ATTRIBUTES)}]"]
-    args = ["run", "synthetic", "--out", str(run), "--config", "demo", "--variants", "1,3"]
-    assert cli.main(args + [arg for setting in settings for arg in ("--set", setting)]) == 0
+    # the session's tiny settings on 48 px images in one batch, with these two attributes and demo's U + Link
+    settings = tiny_cli_settings({"synth.size": 48, "train.batch_size": 12, "data.attributes": ATTRIBUTES},
+                                 drop=("model.shapes",))
+    assert cli.main(["run", "synthetic", "--out", str(run), "--config", "demo", "--variants", "1,3", *settings]) == 0
     return run
 
 
