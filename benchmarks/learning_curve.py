@@ -1,6 +1,7 @@
 """A run's learning curve read from its RUN/log.txt: macro Jaccard of Stage 3 against minutes since the run started.
 
     python benchmarks/learning_curve.py RUN [--variant 1,2,3] [--shape unet] [--target 0.334]
+    python benchmarks/learning_curve.py PEER_OUT [--before MINUTES]     # a benchmarks/peer_unet.py folder (peer.pt)
 
 Every epoch of every network logs, with a time stamp, the official-semantics Jaccard of each attribute on the split
 that picks best epochs (the tuning split when data.tune_fraction > 0, else validation), at the stage input size and
@@ -11,6 +12,10 @@ size: the run's metrics.json has those. A straight line through the last points 
 of such curves) is extended to --target, and printed as an extrapolation, never as a measurement. With a cosine
 schedule the rate reaches 0 at the last epoch, so the late points flatten: the line is then a lower bound of the
 slope a longer schedule would have, and the minutes it predicts an upper bound.
+
+A folder of benchmarks/peer_unet.py has no log.txt: its peer.pt keeps each epoch's macro Jaccard on the tuning split
+(same threshold and size) and seconds, so the same table is read from there; --before adds the minutes spent before
+the peer started (a Stage 2 it was started from with --init-from), so curves compare at equal minutes in all.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ def stage3_points(log_text: str, variant: str, shape: str) -> tuple[list[tuple[f
     return points, attributes, stage3_start or 0.0
 
 
+def peer_points(folder: Path, before: float) -> list[tuple[float, int, float]]:
+    """[(minutes, epoch, macro Jaccard)] of a peer_unet.py run, from its peer.pt: minutes of training summed, plus
+    `before`."""
+    import torch
+
+    history = torch.load(folder / "peer.pt", map_location="cpu", weights_only=True)["history"]
+    minutes, points = before, []
+    for row in history:
+        minutes += row["seconds"] / 60
+        points.append((minutes, int(row["epoch"]), float(row["tune_jaccard"])))
+    return points
+
+
 def extrapolate(points: list[tuple[float, int, float]], stage3_start: float, target: float, last: int = 3) -> str:
     """Where a line through the last `last` points in (log Stage-3 minutes, macro) reaches `target`, in words: Stage 3
     is what more epochs would lengthen; the minutes before it are a fixed cost added back."""
@@ -63,10 +81,11 @@ def extrapolate(points: list[tuple[float, int, float]], stage3_start: float, tar
     if slope <= 0:
         return f"the last {len(tail)} points do not rise: no extrapolation to {target}"
     minutes = stage3_start + math.exp((target - intercept) / slope)
-    return (f"extrapolation (not measured): a line through the last {len(tail)} points in log(Stage-3 minutes) gains "
-            f"{slope * math.log(2):.3f} macro Jaccard per doubling of Stage 3's minutes and reaches {target} after "
+    return (f"extrapolation (not measured): a line through the last {len(tail)} points in log(minutes of training: "
+            f"Stage 3 of a run) gains {slope * math.log(2):.3f} macro Jaccard per doubling of those minutes and "
+            f"reaches {target} after "
             f"about {minutes:,.0f} minutes ({minutes / 60:,.1f} hours) of this machine in all, the "
-            f"{stage3_start:.0f} minutes before Stage 3 included")
+            f"{stage3_start:.0f} minutes before that training included")
 
 
 def main() -> None:
@@ -75,7 +94,17 @@ def main() -> None:
     parser.add_argument("--variant", default="1,2,3")
     parser.add_argument("--shape", default="unet")
     parser.add_argument("--target", type=float, default=0.334, help="macro Jaccard to extrapolate to (paper: 0.334)")
+    parser.add_argument("--before", type=float, default=0.0, help="peer folder: minutes spent before it started")
     args = parser.parse_args()
+    if (args.run / "peer.pt").is_file() and not (args.run / "log.txt").is_file():
+        points = peer_points(args.run, args.before)
+        print(f"{args.run}: peer U-Net, macro Jaccard on the tuning split, input size, threshold 0.5; "
+              f"{args.before:g} minutes before it\n")
+        print("| minutes | epoch | macro Jaccard |\n|---|---|---|")
+        for minutes, epoch, macro in points:
+            print(f"| {minutes:.1f} | {epoch} | {macro:.3f} |")
+        print("\n" + extrapolate(points, args.before, args.target))
+        return
     points, attributes, stage3_start = stage3_points((args.run / "log.txt").read_text(), args.variant, args.shape)
     if not points:
         raise SystemExit(f"{args.run / 'log.txt'}: no Stage-3 epoch of variant {args.variant}, shape {args.shape}")

@@ -42,3 +42,18 @@ def test_a_shape_or_variant_without_stage3_lines_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), "--variant", "3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no Stage-3 epoch of variant 3, shape unet" in done.stderr
+
+
+def test_a_peer_folder_is_read_from_its_checkpoint_with_the_minutes_before_it_added(tmp_path):
+    import torch
+
+    history = [{"epoch": 1, "loss": 0.9, "tune_jaccard": 0.10, "seconds": 60.0},
+               {"epoch": 2, "loss": 0.8, "tune_jaccard": 0.15, "seconds": 60.0},
+               {"epoch": 3, "loss": 0.7, "tune_jaccard": 0.20, "seconds": 120.0}]
+    torch.save({"epoch": 3, "history": history}, tmp_path / "peer.pt")
+    done = subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), "--before", "16"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "| 17.0 | 1 | 0.100 |" in done.stdout and "| 20.0 | 3 | 0.200 |" in done.stdout
+    # training minutes 1, 2, 4 against 0.10, 0.15, 0.20: +0.05 per doubling
+    assert "gains 0.050 macro Jaccard per doubling" in done.stdout
