@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--variant", default="1,2,3")
     parser.add_argument("--shape", default="unet")
     parser.add_argument("--target", type=float, default=0.334, help="macro Jaccard to extrapolate to (paper: 0.334)")
+    parser.add_argument("--last", type=int, default=3, help="points the line goes through (0: all; a noisy curve "
+                        "such as the peer's wants all)")
     parser.add_argument("--before", type=float, default=0.0, help="peer folder: minutes spent before it started")
     args = parser.parse_args()
     if (args.run / "peer.pt").is_file() and not (args.run / "log.txt").is_file():
@@ -103,7 +105,7 @@ def main() -> None:
         print("| minutes | epoch | macro Jaccard |\n|---|---|---|")
         for minutes, epoch, macro in points:
             print(f"| {minutes:.1f} | {epoch} | {macro:.3f} |")
-        print("\n" + extrapolate(points, args.before, args.target))
+        print("\n" + extrapolate(points, args.before, args.target, args.last or len(points)))
         return
     points, attributes, stage3_start = stage3_points((args.run / "log.txt").read_text(), args.variant, args.shape)
     if not points:
@@ -114,7 +116,7 @@ def main() -> None:
     print("| minutes since start | Stage-3 epoch | macro Jaccard |\n|---|---|---|")
     for minutes, epoch, macro in points:
         print(f"| {minutes:.1f} | {epoch} | {macro:.3f} |")
-    print("\n" + extrapolate(points, stage3_start, args.target))
+    print("\n" + extrapolate(points, stage3_start, args.target, args.last or len(points)))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,15 @@ def test_a_peer_folder_is_read_from_its_checkpoint_with_the_minutes_before_it_ad
     assert "| 17.0 | 1 | 0.100 |" in done.stdout and "| 20.0 | 3 | 0.200 |" in done.stdout
     # training minutes 1, 2, 4 against 0.10, 0.15, 0.20: +0.05 per doubling
     assert "gains 0.050 macro Jaccard per doubling" in done.stdout
+
+
+def test_last_zero_fits_the_line_through_every_point(tmp_path):
+    import torch
+
+    rows = [(0.30, 60.0), (0.15, 60.0), (0.20, 120.0), (0.25, 240.0)]  # minutes 1, 2, 4, 8; the first an outlier
+    history = [{"epoch": k + 1, "tune_jaccard": j, "seconds": s} for k, (j, s) in enumerate(rows)]
+    torch.save({"history": history}, tmp_path / "peer.pt")
+    outputs = [subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60).stdout for args in ([], ["--last", "0"])]
+    assert "through the last 3 points" in outputs[0] and "gains 0.050 macro Jaccard per doubling" in outputs[0]
+    assert "the last 4 points do not rise" in outputs[1]  # the outlier flattens the line through all four
