@@ -256,6 +256,7 @@ def saved_version(page, n: int) -> None:
     page.wait_for_function(f"document.getElementById('edit-status').textContent.startsWith('saved version {n}')")
 
 
+@pytest.mark.slow  # two tabs, a refused save, a reload and a second save: 16 s, the fast tier's longest test
 def test_a_conflict_keeps_both_peoples_strokes_when_the_second_applies_hers_on_top(served, context):
     """Tab A saves a stroke; tab B's stroke elsewhere, started from the same version, is refused (409). B's page
     then shows A's version and offers B's edits, after a reload too; applied on top, the saved mask holds both."""
