@@ -70,22 +70,23 @@ def peer_points(folder: Path, before: float) -> list[tuple[float, int, float]]:
     return points
 
 
-def extrapolate(points: list[tuple[float, int, float]], stage3_start: float, target: float, last: int = 3) -> str:
-    """Where a line through the last `last` points in (log Stage-3 minutes, macro) reaches `target`, in words: Stage 3
-    is what more epochs would lengthen; the minutes before it are a fixed cost added back."""
+def extrapolate(points: list[tuple[float, int, float]], training_start: float, target: float, last: int = 3) -> str:
+    """Where a line through the last `last` points in (log minutes since `training_start`, macro) reaches `target`, in
+    words: that training (Stage 3, or the peer) is what more epochs would lengthen; the minutes before it are a fixed
+    cost added back."""
     tail = points[-last:]
     if len(tail) < 2:
         return "too few points to extrapolate"
-    xs, ys = [math.log(m - stage3_start) for m, _, _ in tail], [j for _, _, j in tail]
+    xs, ys = [math.log(m - training_start) for m, _, _ in tail], [j for _, _, j in tail]
     slope, intercept = statistics.linear_regression(xs, ys)
     if slope <= 0:
         return f"the last {len(tail)} points do not rise: no extrapolation to {target}"
-    minutes = stage3_start + math.exp((target - intercept) / slope)
+    minutes = training_start + math.exp((target - intercept) / slope)
     return (f"extrapolation (not measured): a line through the last {len(tail)} points in log(minutes of training: "
             f"Stage 3 of a run) gains {slope * math.log(2):.3f} macro Jaccard per doubling of those minutes and "
             f"reaches {target} after "
             f"about {minutes:,.0f} minutes ({minutes / 60:,.1f} hours) of this machine in all, the "
-            f"{stage3_start:.0f} minutes before that training included")
+            f"{training_start:.0f} minutes before that training included")
 
 
 def main() -> None:
@@ -99,25 +100,22 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=0.0, help="peer folder: minutes spent before it started")
     args = parser.parse_args()
     if (args.run / "peer.pt").is_file() and not (args.run / "log.txt").is_file():
-        points = peer_points(args.run, args.before)
+        points, start = peer_points(args.run, args.before), args.before
         print(f"{args.run}: peer U-Net, macro Jaccard on the tuning split, input size, threshold 0.5; "
               f"{args.before:g} minutes before it\n")
-        print("| minutes | epoch | macro Jaccard |\n|---|---|---|")
-        for minutes, epoch, macro in points:
-            print(f"| {minutes:.1f} | {epoch} | {macro:.3f} |")
-        print("\n" + extrapolate(points, args.before, args.target, args.last or len(points)))
-        return
-    points, attributes, stage3_start = stage3_points((args.run / "log.txt").read_text(), args.variant, args.shape)
-    if not points:
-        raise SystemExit(f"{args.run / 'log.txt'}: no Stage-3 epoch of variant {args.variant}, shape {args.shape}")
-    print(f"{args.run}: variant {args.variant}, {args.shape}; macro Jaccard over {', '.join(attributes)} on the "
-          "selection split, stage input size, threshold 0.5\n")
-    print(f"Stage 3 started {stage3_start:.1f} minutes after the run.\n")
-    print("| minutes since start | Stage-3 epoch | macro Jaccard |\n|---|---|---|")
+        header = "| minutes | epoch | macro Jaccard |"
+    else:
+        points, attributes, start = stage3_points((args.run / "log.txt").read_text(), args.variant, args.shape)
+        if not points:
+            raise SystemExit(f"{args.run / 'log.txt'}: no Stage-3 epoch of variant {args.variant}, shape {args.shape}")
+        print(f"{args.run}: variant {args.variant}, {args.shape}; macro Jaccard over {', '.join(attributes)} on the "
+              "selection split, stage input size, threshold 0.5\n")
+        print(f"Stage 3 started {start:.1f} minutes after the run.\n")
+        header = "| minutes since start | Stage-3 epoch | macro Jaccard |"
+    print(header + "\n|---|---|---|")
     for minutes, epoch, macro in points:
         print(f"| {minutes:.1f} | {epoch} | {macro:.3f} |")
-    print("\n" + extrapolate(points, stage3_start, args.target, args.last or len(points)))
-
+    print("\n" + extrapolate(points, start, args.target, args.last or len(points)))
 
 if __name__ == "__main__":
     main()

@@ -163,10 +163,10 @@ def train(args: argparse.Namespace, train_set: SegmentationDataset, tune: tuple,
 
 def load_union_network(model: nn.Module, path: Path) -> None:
     """Stage 2's single-channel union network into the five-channel U-Net: every weight strictly, except the last
-    convolution, whose one output channel is repeated five times (every attribute starts as the union)."""
+    convolution, whose one output channel is repeated for each attribute (every attribute starts as the union)."""
     state = load_checkpoint(path)["model"]
     head = [k for k in state if k.startswith("segmentation_head.") and state[k].shape[0] == 1]
-    five = {k: v.repeat(5, *([1] * (v.dim() - 1))) if k in head else v for k, v in state.items()}
+    five = {k: v.repeat(len(ATTRIBUTES), *([1] * (v.dim() - 1))) if k in head else v for k, v in state.items()}
     try:
         model.load_state_dict(five, strict=True)
     except RuntimeError as error:

@@ -73,17 +73,15 @@ TINY_RUN_SETTINGS = {  # a run of seconds: 64 px synthetic images, 32 px stage i
 
 def tiny_settings(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> list[str]:
     """`TINY_RUN_SETTINGS` changed by `overrides`, less the keys in `drop`, as the `section.key=value` strings that
-    `--set`, a grid's `set` and `overrides=` take: a test that starts a run its own way (command line, subprocess,
-    grid) spells out only how its run differs from the session's tiny one."""
-    import yaml
-
-    def as_yaml(value) -> str:  # what a person types: 12, tu-resnet10t, [unet], and YAML reads it back as `value`
-        return yaml.safe_dump(value, default_flow_style=True, width=1000).removesuffix("\n").removesuffix("\n...")
+    `--set`, a grid's `set` and `overrides=` take (written by tatl's own override_strings, as `tatl.train` writes a
+    mapping): a test that starts a run its own way (command line, subprocess, grid) spells out only how its run
+    differs from the session's tiny one."""
+    from tatl.pipeline.train import override_strings
 
     unknown = set(drop) - set(TINY_RUN_SETTINGS)
     assert not unknown, f"not in TINY_RUN_SETTINGS: {sorted(unknown)}"
     settings = {key: value for key, value in {**TINY_RUN_SETTINGS, **(overrides or {})}.items() if key not in drop}
-    return [f"{key}={as_yaml(value)}" for key, value in settings.items()]
+    return override_strings(settings)
 
 
 def tiny_cli_settings(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> list[str]:

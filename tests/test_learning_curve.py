@@ -19,10 +19,14 @@ LOG = """\
 """
 
 
+def run_script(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(folder), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
 def curve(tmp_path: Path, *args: str) -> str:
     (tmp_path / "log.txt").write_text(LOG)
-    done = subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = run_script(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -39,8 +43,7 @@ def test_the_curve_is_the_macro_of_each_stage3_epoch_against_minutes_since_the_s
 
 def test_a_shape_or_variant_without_stage3_lines_is_one_line_error(tmp_path):
     (tmp_path / "log.txt").write_text(LOG)
-    done = subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), "--variant", "3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_script(tmp_path, "--variant", "3")
     assert done.returncode == 1 and "no Stage-3 epoch of variant 3, shape unet" in done.stderr
 
 
@@ -51,8 +54,7 @@ def test_a_peer_folder_is_read_from_its_checkpoint_with_the_minutes_before_it_ad
                {"epoch": 2, "loss": 0.8, "tune_jaccard": 0.15, "seconds": 60.0},
                {"epoch": 3, "loss": 0.7, "tune_jaccard": 0.20, "seconds": 120.0}]
     torch.save({"epoch": 3, "history": history}, tmp_path / "peer.pt")
-    done = subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), "--before", "16"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = run_script(tmp_path, "--before", "16")
     assert done.returncode == 0, done.stderr
     assert "| 17.0 | 1 | 0.100 |" in done.stdout and "| 20.0 | 3 | 0.200 |" in done.stdout
     # training minutes 1, 2, 4 against 0.10, 0.15, 0.20: +0.05 per doubling
@@ -65,7 +67,6 @@ def test_last_zero_fits_the_line_through_every_point(tmp_path):
     rows = [(0.30, 60.0), (0.15, 60.0), (0.20, 120.0), (0.25, 240.0)]  # minutes 1, 2, 4, 8; the first an outlier
     history = [{"epoch": k + 1, "tune_jaccard": j, "seconds": s} for k, (j, s) in enumerate(rows)]
     torch.save({"history": history}, tmp_path / "peer.pt")
-    outputs = [subprocess.run([sys.executable, "benchmarks/learning_curve.py", str(tmp_path), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60).stdout for args in ([], ["--last", "0"])]
+    outputs = [run_script(tmp_path, *args).stdout for args in ([], ["--last", "0"])]
     assert "through the last 3 points" in outputs[0] and "gains 0.050 macro Jaccard per doubling" in outputs[0]
     assert "the last 4 points do not rise" in outputs[1]  # the outlier flattens the line through all four
