@@ -17,6 +17,7 @@ written after every epoch and a rerun continues from it with the time already sp
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path, help="a tatl Stage-2 best.pt (the union network, same encoder and "
                         "shape): its encoder and decoder start the U-Net, its one output channel copied to all five "
                         "(TATL's transfer, Stage 3 as one multi-label network); default: --weights")
+    parser.add_argument("--boxes-from", type=Path, help="a tatl run with Stage 1 (its boxes.json): train and score on "
+                        "its lesion crops, as TATL's variants with stage 1 do; default: whole images")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser.parse_args(argv)
 
@@ -88,8 +91,21 @@ def _shows(mask_path: Path) -> bool:
     return bool(np.asarray(Image.open(mask_path)).max() > 0)
 
 
-def arrays(samples: list, size: int, sizes: dict, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    return load_images(samples, size, None, cache), load_masks(samples, ATTRIBUTES, size, None, sizes, cache)
+def arrays(samples: list, size: int, sizes: dict, cache: Path, boxes: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and the five masks at `size`: whole, or cropped to `boxes` (loaded once into the cache)."""
+    return load_images(samples, size, boxes, cache), load_masks(samples, ATTRIBUTES, size, boxes, sizes, cache)
+
+
+def read_boxes(run: Path, ids: list[str]) -> dict:
+    """A tatl run's Stage-1 boxes (RUN/boxes.json), one for each of `ids`."""
+    path = RunLayout(run).boxes
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing (that run has not finished Stage 1's boxes)")
+    boxes = {image_id: tuple(box) for image_id, box in json.loads(path.read_text()).items()}
+    missing = [i for i in ids if i not in boxes]
+    if missing:
+        raise SystemExit(f"{path}: no box for {len(missing)} image(s), e.g. {missing[0]} (a run on other data?)")
+    return boxes
 
 
 class BceDice(nn.Module):
@@ -207,17 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     parts = {name: [samples[i] for i in ids] for name, ids in
              (("train", train_ids), ("tune", tune_id_list), ("val", val_ids))}
     sizes = {s.image_id: image_size(s.image_path) for s in samples.values()}
-    data = {name: arrays(part, args.size, sizes, args.out / "cache") for name, part in parts.items()}
+    boxes = read_boxes(args.boxes_from, list(samples)) if args.boxes_from else None
+    data = {name: arrays(part, args.size, sizes, args.out / "cache", boxes) for name, part in parts.items()}
     train_set = SegmentationDataset(*data["train"], augment=not args.no_augment, targets=ATTRIBUTES)
     print(f"{len(train_ids)} training, {len(tune_id_list)} tuning, {len(val_ids)} validation images at "
-          f"{args.size} px", flush=True)
+          f"{args.size} px{', lesion crops of ' + str(args.boxes_from) if boxes else ''}", flush=True)
     state = train(args, train_set, data["tune"], device)
     model = state.pop("network")
     tune_maps = probabilities(model, data["tune"][0], device)
-    thresholds = tune_thresholds(tune_maps, parts["tune"], None, sizes)
+    thresholds = tune_thresholds(tune_maps, parts["tune"], boxes, sizes)
     val_maps = probabilities(model, data["val"][0], device)
-    scores = score_attributes(val_maps, parts["val"], None, sizes, thresholds)
-    at_half = score_attributes(val_maps, parts["val"], None, sizes, 0.5)
+    scores = score_attributes(val_maps, parts["val"], boxes, sizes, thresholds)
+    at_half = score_attributes(val_maps, parts["val"], boxes, sizes, 0.5)
     result = {"epochs": state["epoch"], "training_minutes": state["seconds"] / 60, "best_tune_jaccard":
               state["best_score"], "thresholds": thresholds, "validation": scores, "validation_at_0.5": at_half,
               "wall_minutes_this_call": (time.perf_counter() - started) / 60, "args": {k: str(v) for k, v in

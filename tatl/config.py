@@ -29,6 +29,7 @@ LOSSES = ("paper", "pooled", "pooled_bce")  # train.loss
 SAMPLINGS = ("uniform", "rare")  # train.sampling
 SCHEDULES = ("constant", "cosine")  # train.schedule
 OPTIMIZERS = ("sgd", "adam")  # train.optimizer
+ENCODER_MODES = ("frozen", "trainable", "joint")  # pipeline.encoder_mode
 
 
 @dataclass
@@ -92,7 +93,12 @@ class TrainConfig:
 class PipelineConfig:
     stages: str = "1,2,3"  # "1": train the Segment-Net alone (lesion data; it predicts lesions); "1,2,3": the variants
     variants: list[str] = field(default_factory=lambda: [DEFAULT_VARIANT])  # ablations to run: tatl.layout.VARIANTS
-    encoder_mode: str = "frozen"  # Stage 3 encoder: "frozen" (TATL-FE, shared) or "trainable" (TATL-NF)
+    # Stage 3 encoder: "frozen" (TATL-FE: one shared encoder, a decoder per attribute) or "trainable" (TATL-NF: a
+    # whole network per attribute). Beyond the paper, "joint": one network, encoder trainable, one decoder with an
+    # output channel per attribute (every weight from Stage 2, its channel repeated; each channel's loss as its own
+    # network's), saved as one network per attribute (its channel of the last convolution), which inference reads
+    # as TATL-NF's: the trainable encoder at about a fifth of TATL-NF's cost.
+    encoder_mode: str = "frozen"
     init: str = "tatl"  # Stage 3 start without Stage 2: tatl (configured weights), imagenet, random, augmentation,
     #                     context-restoration (the baselines of Table 7); variants with Stage 2 always start from it
     augmentation_copies: int = 4  # init=augmentation: each attribute's training set enlarged to this many copies
@@ -315,7 +321,10 @@ def validate(config: Config) -> None:
              "trains its own Segment-Net; drop --segment-net")
     for variant in p.variants:
         _require(variant in VARIANTS, f"pipeline.variants: unknown variant {variant!r} (one of {' '.join(VARIANTS)})")
-    _require(p.encoder_mode in ("frozen", "trainable"), f"pipeline.encoder_mode: {p.encoder_mode!r}")
+    _require(p.encoder_mode in ENCODER_MODES, f"pipeline.encoder_mode: {p.encoder_mode!r} (one of "
+             f"{', '.join(ENCODER_MODES)})")
+    _require(p.encoder_mode != "joint" or p.init_from is None, "pipeline.encoder_mode joint: a fine-tuned run "
+             "(pipeline.init_from) trains each attribute's network alone: set pipeline.encoder_mode=trainable")
     _require(p.init in INITS, f"pipeline.init: {p.init!r} (one of {', '.join(INITS)})")
     with_stage2 = [v for v in p.variants if 2 in variant_stages(v)]
     _require(p.init == "tatl" or not with_stage2, f"pipeline.init={p.init} replaces Stage 2, but variants "

@@ -10,6 +10,8 @@ ATTRIBUTES_2017 = ("milia_like_cyst", "negative_network", "pigment_network", "st
 # Head names besides the attributes: Stage 1's lesion and Stage 2's union of all attribute masks (Eq. 4).
 LESION = "lesion"
 UNION = "union"
+# The one head of a joint Stage 3 (pipeline.encoder_mode joint): one output channel per attribute.
+JOINT = "joint"
 
 # The ImageNet statistics every encoder here was trained with: images are (pixel / 255 - mean) / std.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

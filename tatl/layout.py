@@ -9,6 +9,8 @@
     RUN/stage1/boxes.json               its lesion box of every image
     RUN/stage2-<inputs>/<shape>/        the Attribute-Agnostic Segmenter on crops or full images
     RUN/stage3-v<stages>/<shape>/<attribute>/   one Target-Segmenter per attribute, per variant
+    RUN/stage3-v<stages>/<shape>/joint/         a joint Stage 3's one network (pipeline.encoder_mode joint), which
+                                        writes each attribute's folder above (its channel) when it is done
     RUN/pretext-<inputs>/<shape>/       the context-restoration pretext network (a Stage-3 start)
     RUN/metrics.json, summary.md, thresholds.json   the scores, their Markdown table, the thresholds used
     RUN/report.html, report.md, report/ the report (tatl.reporting.report) and its pictures
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from tatl.constants import UNION
+from tatl.constants import JOINT, UNION
 
 VARIANTS = ("3", "2,3", "1,3", "1,2,3")
 STAGES = ("1", "1,2,3")  # what a run trains (pipeline.stages): "1" the Segment-Net alone, "1,2,3" the variants
@@ -189,6 +191,9 @@ class RunLayout(ReportFiles):
 
     def stage3_head(self, variant: str, shape: str, attribute: str) -> Path:
         return self.stage3(variant, shape) / attribute
+
+    def stage3_joint(self, variant: str, shape: str) -> Path:
+        return self.stage3(variant, shape) / JOINT
 
     def pretext(self, inputs: str, shape: str) -> Path:
         return self.root / f"pretext-{inputs}" / shape

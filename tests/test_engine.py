@@ -319,6 +319,7 @@ class ReadsItsPrediction(torch.nn.Module):
         super().__init__()
         self.encoder = torch.nn.Identity()
         self.heads = torch.nn.ModuleDict({"lesion": RedChannel()})
+        self.channels = {"lesion": ["lesion"]}  # as MultiHeadSegmenter: one target, the head itself
 
 
 def predicted_as(truth_rows: list[int], predicted_rows: list[list[int]]) -> SegmentationDataset:

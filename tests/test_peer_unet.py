@@ -50,3 +50,17 @@ def test_a_network_of_another_shape_is_refused_naming_the_file(tmp_path):
     path, _ = _stage2_checkpoint(tmp_path, shape="linknet")
     with pytest.raises(SystemExit, match="best.pt: not a Stage-2 union network"):
         load_union_network(build_model("unet", ENCODER, None, classes=5), path)
+
+
+def test_boxes_come_from_a_runs_boxes_json_and_a_missing_image_is_named(tmp_path):
+    from peer_unet import read_boxes
+
+    from tatl.io import write_json
+    from tatl.layout import RunLayout
+
+    with pytest.raises(SystemExit, match="boxes.json: missing"):
+        read_boxes(tmp_path, ["a"])
+    write_json(RunLayout(tmp_path).boxes, {"a": [1, 2, 30, 40]})
+    assert read_boxes(tmp_path, ["a"]) == {"a": (1, 2, 30, 40)}
+    with pytest.raises(SystemExit, match="no box for 1 image.*e.g. b"):
+        read_boxes(tmp_path, ["a", "b"])

@@ -1,9 +1,11 @@
 """A segmenter with one encoder and several decoders: how TATL-FE trains every attribute on one shared encoder.
 
 Every stage's network is a MultiHeadSegmenter: Stage 1 and 2 have one head ("lesion", "union"), a frozen-encoder
-Stage 3 one head per attribute, a trainable-encoder Stage 3 one network per attribute. Each head's state reads and
-writes in the single-network key format (encoder.*, decoder.*, segmentation_head.*) of tatl.models.networks, so
-checkpoints do not depend on how the heads were grouped in training.
+Stage 3 one head per attribute, a trainable-encoder Stage 3 one network per attribute, and a joint Stage 3
+(pipeline.encoder_mode joint) one head "joint" whose last convolution has one output channel per attribute. Each
+head's state reads and writes in the single-network key format (encoder.*, decoder.*, segmentation_head.*) of
+tatl.models.networks, and so does each channel of a joint head (its slice of the last convolution), so checkpoints
+do not depend on how the heads were grouped in training.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tatl.constants import JOINT
 from tatl.errors import CheckpointError
 
 
@@ -29,11 +32,14 @@ class DecoderHead(nn.Module):
 
 
 class MultiHeadSegmenter(nn.Module):
-    """One encoder, one DecoderHead per target name. forward(x) -> {name: logits (B,1,H,W)}."""
+    """One encoder, one DecoderHead per head name. forward(x) -> {target: logits (B,1,H,W)}: one target per head,
+    or, for a head with several output channels (`channels`), one per channel."""
 
-    def __init__(self, encoder: nn.Module, heads: dict[str, DecoderHead]):
+    def __init__(self, encoder: nn.Module, heads: dict[str, DecoderHead], channels: dict[str, list[str]] | None = None):
         super().__init__()
         self.encoder, self.heads = encoder, nn.ModuleDict(heads)
+        # head name -> the targets of its output channels, in order; a head not named here predicts itself
+        self.channels = {name: list((channels or {}).get(name, [name])) for name in heads}
 
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str]) -> MultiHeadSegmenter:
@@ -41,15 +47,42 @@ class MultiHeadSegmenter(nn.Module):
         heads = {n: DecoderHead(copy.deepcopy(model.decoder), copy.deepcopy(model.segmentation_head)) for n in names}
         return cls(model.encoder, heads)
 
+    @classmethod
+    def joint(cls, model: nn.Module, names: list[str]) -> MultiHeadSegmenter:
+        """`model` (one output channel per name) as one head, JOINT, whose channels are `names`."""
+        return cls(model.encoder, {JOINT: DecoderHead(model.decoder, model.segmentation_head)}, {JOINT: list(names)})
+
+    @property
+    def targets(self) -> list[str]:
+        """What forward returns, in order: every head's channel targets."""
+        return [target for name in self.heads for target in self.channels[name]]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(x)
-        return {name: head(features) for name, head in self.heads.items()}
+        out = {}
+        for name, head in self.heads.items():
+            logits = head(features)
+            out.update({target: logits[:, c : c + 1] for c, target in enumerate(self.channels[name])})
+        return out
 
     def head_state(self, name: str) -> dict[str, torch.Tensor]:
-        """The state of one target as a single network (keys encoder.*, decoder.*, segmentation_head.*)."""
+        """The state of one head, or one channel of a joint head, as a single network (keys encoder.*, decoder.*,
+        segmentation_head.*; a channel's last convolution cut to that channel: the same logits as in the head)."""
+        head, channel = self._head_of(name)
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        state.update(self.heads[name].state_dict())
+        state.update(self.heads[head].state_dict())
+        if channel is not None:
+            state = {k: v[channel : channel + 1] if k.startswith("segmentation_head.") else v for k, v in state.items()}
         return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+    def _head_of(self, name: str) -> tuple[str, int | None]:
+        """(the head that predicts `name`, its channel there; None when the head is `name` itself)."""
+        if name in self.heads:
+            return name, None
+        for head, targets in self.channels.items():
+            if name in targets:
+                return head, targets.index(name)
+        raise KeyError(f"no head or channel {name!r} (heads: {', '.join(self.heads)})")
 
     def load_head_state(self, name: str, state: dict[str, torch.Tensor], source: Path | str = "checkpoint") -> None:
         """Load one target's single-network state; a state of another architecture is a CheckpointError."""

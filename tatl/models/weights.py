@@ -163,6 +163,16 @@ def describe_differences(differences: dict[str, list]) -> str:
     return "; ".join(parts)
 
 
+def repeat_output_channel(state: Mapping[str, torch.Tensor], classes: int) -> dict[str, torch.Tensor]:
+    """A one-output-channel network's state with its last convolution repeated `classes` times (a joint Stage 3
+    started from Stage 2: every channel predicts the union at first); other tensors unchanged. A state whose head
+    has several channels (the context-restoration network's three) is returned as it is: transfer_weights then
+    re-initialises that head."""
+    head = [key for key, value in state.items() if key.startswith(HEAD_PREFIX) and value.shape[:1] == (1,)]
+    return {key: value.repeat(classes, *([1] * (value.dim() - 1))) if key in head else value
+            for key, value in state.items()}
+
+
 def transfer_weights(
     source_state: Mapping[str, torch.Tensor], target: nn.Module, reinit_head_if_shape_differs: bool = True
 ) -> list[str]:

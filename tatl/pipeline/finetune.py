@@ -79,7 +79,8 @@ class Plan:
         return [f"pipeline.init_from={root}", f"pipeline.init_with_original={json.dumps(with_original)}",
                 f"pipeline.init_copied={json.dumps(copied)}", "pipeline.reuse_stages_from=[]", "data.fold=null",
                 f"pipeline.segment_net={root if self.segment_net == 'copied' else 'null'}",
-                "model.encoder_weights=null"]  # every weight comes from RUN
+                "model.encoder_weights=null",  # every weight comes from RUN
+                f"pipeline.encoder_mode={fine_tuned_encoder_mode(parent.config.pipeline.encoder_mode)}"]
 
 
 def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_original: bool = False,
@@ -160,11 +161,19 @@ def _all_or_none(new_data: Path, samples: list[Sample], name: str, masks: list[P
     return not lacking
 
 
+def fine_tuned_encoder_mode(parent_mode: str) -> str:
+    """A joint parent's attribute networks (its channels, saved as networks of their own) are fine-tuned one by one,
+    as TATL-NF's: "trainable"; every other mode is kept."""
+    return "trainable" if parent_mode == "joint" else parent_mode
+
+
 def check_networks_kept(parent: Parent, config: Config) -> None:
     """A ConfigError for a --set that would change the networks (FIXED) away from RUN's."""
     for key in FIXED:
         section, name = key.split(".")
         theirs, mine = getattr(getattr(parent.config, section), name), getattr(getattr(config, section), name)
+        if key == "pipeline.encoder_mode":
+            theirs = fine_tuned_encoder_mode(theirs)
         if theirs != mine:
             raise ConfigError(f"{key}: {parent.layout.root} was trained with {theirs!r}, not {mine!r}; a fine-tuned "
                               "run keeps its parent's networks (start a new run with `tatl run` to change it)")

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tatl import distributed
-from tatl.checkpoints import load_checkpoint
+from tatl.checkpoints import load_checkpoint, save_checkpoint
 from tatl.config import Config, to_dict
 from tatl.constants import LESION
 from tatl.data.crops import Box
@@ -25,7 +25,7 @@ from tatl.io import write_json
 from tatl.layout import BEST, DONE
 from tatl.models.multihead import MultiHeadSegmenter
 from tatl.models.networks import build_model
-from tatl.models.weights import transfer_weights
+from tatl.models.weights import repeat_output_channel, transfer_weights
 from tatl.pipeline import parent, reuse, segment_net
 from tatl.pipeline.context import TrainingContext
 from tatl.pipeline.plan import BY_PARENT, BY_SEGMENT_NET, COPY, FRESH, OWN, WEIGHTS, GroupStart
@@ -67,6 +67,9 @@ class GroupSpec:
     train_encoder: bool  # False: the encoder stays as it starts (TATL-FE's Stage 3)
     label: str  # how the log names the group
     monitor: str | None = None  # replaces train.monitor (Stage 1: ISIC Task 1's thresholded Jaccard)
+    # A joint Stage 3 (one head, JOINT, an output channel per attribute): attribute -> the folder its channel is
+    # written to as a network of its own (best.pt, done.json) once the group is done. Empty: one target per head.
+    channel_dirs: dict[str, Path] = field(default_factory=dict)
 
 
 Datasets = tuple[SegmentationDataset, SegmentationDataset]  # (training set, the set that picks the best epoch)
@@ -90,11 +93,18 @@ def _built(ctx: TrainingContext, spec: GroupSpec, start: GroupStart) -> MultiHea
     and head weights (WEIGHTS); a finished group's weights are all loaded over it."""
     cfg = ctx.config
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every variant that builds this network
-    model = build_model(spec.shape, cfg.model.encoder_name, start.encoder_weights if start.kind == FRESH else None)
+    classes = len(spec.channel_dirs) or 1
+    model = build_model(spec.shape, cfg.model.encoder_name, start.encoder_weights if start.kind == FRESH else None,
+                        classes=classes)
     if start.kind == WEIGHTS and start.state is not None:
-        reinitialised = transfer_weights(load_checkpoint(start.state)["model"], model)
+        state = load_checkpoint(start.state)["model"]
+        if spec.channel_dirs:  # a joint network: every attribute's channel starts as Stage 2's union channel
+            state = repeat_output_channel(state, classes)
+        reinitialised = transfer_weights(state, model)
         if reinitialised:
             log.info(f"{spec.label}: re-initialised {', '.join(reinitialised)} (shape differs from the source)")
+    if spec.channel_dirs:
+        return MultiHeadSegmenter.joint(model, list(spec.channel_dirs))
     group = MultiHeadSegmenter.from_model(model, list(spec.heads))
     if start.kind == WEIGHTS and start.head_starts:
         _load_head_starts(group, start.head_starts, spec.train_encoder)
@@ -143,11 +153,33 @@ def _fitted(ctx: TrainingContext, group: MultiHeadSegmenter, spec: GroupSpec, st
                    to_dict(cfg), cfg.pipeline.threshold, Objective(build_loss(cfg.train.loss)))
     best = {n: {"best_epoch": p.best_epoch + 1, "best_score": p.best_score, "epochs": len(p.history)}
             for n, p in progress.items()}
+    if spec.channel_dirs:
+        write_channel_networks(group, spec, progress, to_dict(cfg), ctx.data_identity)
     write_json(start.folder / DONE, {"heads": best, **ctx.data_identity})  # tatl.pipeline.reuse checks it
     summary = ", ".join(f"{n} {train_cfg.monitor} {p.best_score:.3f} @ epoch {p.best_epoch + 1}"
                         for n, p in progress.items())
     log.info(f"{spec.label}: done in {time.perf_counter() - started:.0f} s; best {summary}")
     return group
+
+
+def write_channel_networks(group: MultiHeadSegmenter, spec: GroupSpec, progress: dict, config_dict: dict,
+                           data_identity: dict) -> None:
+    """Each channel of a trained joint group (its best epoch, loaded) as a one-attribute network in its own folder:
+    best.pt (the single-network format, the last convolution cut to the channel) and done.json, as TATL-NF writes
+    them, so prediction, rescoring and fine-tuning read a joint run as a trainable-encoder one (rank 0 writes)."""
+    if not distributed.is_main_process():
+        return
+    (joint, joint_dir), = spec.heads.items()
+    history = progress[joint].history
+    best = next(row for row in history if row["epoch"] == progress[joint].best_epoch)
+    for target, folder in spec.channel_dirs.items():
+        state = {"model": group.head_state(target), "epoch": progress[joint].best_epoch, "config": config_dict,
+                 "best_epoch": progress[joint].best_epoch, "best_score": best.get(f"jaccard_{target}"),
+                 "label": f"{spec.label}/{target}", "channel_of": str(joint_dir / BEST)}
+        save_checkpoint(state, folder / BEST)
+        write_json(folder / DONE, {"heads": {target: {"best_epoch": progress[joint].best_epoch + 1,
+                                                      "epochs": len(history)}},
+                                   "channel_of": str(joint_dir), **data_identity})
 
 
 def copied_heads(ctx: TrainingContext, spec: GroupSpec, starts: list[GroupStart]) -> MultiHeadSegmenter:

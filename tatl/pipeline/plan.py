@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tatl import distributed
 from tatl.config import Config
-from tatl.constants import LESION, UNION
+from tatl.constants import JOINT, LESION, UNION
 from tatl.io import write_json
 from tatl.layout import BEST, DONE, RunLayout, inputs_of, variant_stages
 from tatl.pipeline import parent, reuse, segment_net
@@ -134,8 +134,8 @@ def _trained_starts(config: Config, layout: RunLayout) -> list[GroupStart]:
 
 
 def _stage3_starts(config: Config, layout: RunLayout, variant: str, shape: str) -> list[GroupStart]:
-    """One group per attribute, or, with a frozen encoder on Stage 2 (TATL-FE), one group of the trained heads and
-    a one-head group per head copied from the parent (pipeline.init_copied)."""
+    """One group per attribute; or, with a frozen encoder on Stage 2 (TATL-FE), one group of the trained heads and
+    a one-head group per head copied from the parent (pipeline.init_copied); or a joint network's one group."""
     p, attributes = config.pipeline, config.data.attributes
     with_stage2 = 2 in variant_stages(variant)
     state = layout.stage2(inputs_of(variant), shape) / BEST if with_stage2 else None
@@ -143,6 +143,9 @@ def _stage3_starts(config: Config, layout: RunLayout, variant: str, shape: str) 
     if not with_stage2 and not p.init_from:
         state, weights = stage3_initialisation(config, layout, variant, shape)
     heads = {a: layout.stage3_head(variant, shape, a) for a in attributes}
+    if p.encoder_mode == "joint":  # one network, one output channel per attribute (never fine-tuned: tatl.config)
+        return [_start(config, layout, layout.stage3(variant, shape), list(attributes), weights, state,
+                       {JOINT: layout.stage3_joint(variant, shape)})]
     if not (with_stage2 and p.encoder_mode == "frozen"):
         return [_start(config, layout, heads[a], [a], weights, state, {a: heads[a]}) for a in attributes]
     trained = [a for a in attributes if a not in p.init_copied]

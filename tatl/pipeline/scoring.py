@@ -26,14 +26,15 @@ def predict_probabilities(
     model: MultiHeadSegmenter, images: np.ndarray, device: torch.device, batch_size: int = 8,
     channels_last: bool = True,
 ) -> dict[str, np.ndarray]:
-    """{head name: (N, S, S) float32 probabilities} for uint8 images (N, S, S, 3); one encoder pass per batch.
+    """{target: (N, S, S) float32 probabilities} for uint8 images (N, S, S, 3), a target per head (or per output
+    channel of a joint head); one encoder pass per batch.
 
     N may be 0 (a torchrun rank with no image of its own): empty (0, S, S) maps."""
     model.to(device).eval()
     dataset = SegmentationDataset(images, None, augment=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in model.heads}
-    for x, _ in logs.progress(loader, f"predicting {', '.join(model.heads)}", unit="batch"):
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in model.targets}
+    for x, _ in logs.progress(loader, f"predicting {', '.join(model.targets)}", unit="batch"):
         x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

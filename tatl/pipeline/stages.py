@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from tatl import distributed
-from tatl.constants import LESION, UNION
+from tatl.constants import JOINT, LESION, UNION
 from tatl.data.crops import Box, lesion_box
 from tatl.data.dataset import full_size_target, load_images
 from tatl.io import write_json
@@ -126,7 +126,8 @@ def stage3_targets(ctx: TrainingContext, variant: str, shape: str, boxes: dict[s
     """One Target-Segmenter per attribute, started as the run's `plan` says: from Stage 2 (`agnostic`, trained or
     reloaded before), or from pipeline.init's start (tatl.pipeline.plan.stage3_initialisation), or the parent's.
 
-    Returns the trained networks: one multi-head network (frozen, shared encoder) or one network per attribute.
+    Returns the trained networks: one multi-head network (frozen, shared encoder), one network per attribute, or
+    one joint network (an output channel per attribute).
     """
     cfg = ctx.config
     plan = plan or plan_run(ctx)
@@ -144,6 +145,14 @@ def stage3_targets(ctx: TrainingContext, variant: str, shape: str, boxes: dict[s
             spec = GroupSpec(shape, {a: heads[a] for a in start.heads}, train_encoder=False, label=label)
             groups.insert(0, train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong=False)))
         return groups
+    if cfg.pipeline.encoder_mode == "joint":
+        # Beyond the paper: one network, trainable encoder, an output channel per attribute (tatl.config).
+        start = plan.start(ctx.layout.stage3(variant, shape))
+        spec = GroupSpec(shape, {JOINT: ctx.layout.stage3_joint(variant, shape)}, train_encoder=True,
+                         label=f"{label}, joint)", channel_dirs=heads)
+        _train_pretext(ctx, [start], variant, shape, boxes)
+        return [train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong=agnostic is None and
+                                                           cfg.pipeline.init == "augmentation"))]
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
     starts = {a: plan.start(heads[a]) for a in cfg.data.attributes}
     strong = agnostic is None and cfg.pipeline.init == "augmentation"  # Stage 2's start is never augmented

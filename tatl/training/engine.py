@@ -45,6 +45,7 @@ from tatl.models.multihead import MultiHeadSegmenter, TrainingForward
 from tatl.training import parallel, schedule
 from tatl.training.head_progress import THRESHOLD_JACCARD, HeadProgress, resume_head, save_epoch, update_progress
 from tatl.training.losses import TatlLoss
+from tatl.training.targets import head_loss, head_scores, target_parts
 
 log = logging.getLogger(__name__)
 
@@ -202,24 +203,6 @@ def _to_device(x: torch.Tensor | list[torch.Tensor], y: torch.Tensor, device: to
     return x, y.to(device, non_blocking=True)
 
 
-def mask_channels(dataset, names: list[str]) -> dict[str, int]:
-    """Which mask channel each head learns: by name when the dataset names its channels, else by head order."""
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        return {name: index for index, name in enumerate(names)}
-    missing = [name for name in names if name not in targets]
-    if missing:
-        raise ValueError(f"the dataset has no mask for {', '.join(missing)} (it has {', '.join(targets)})")
-    return {name: targets.index(name) for name in names}
-
-
-def target_parts(dataset, names: list[str], objective: Objective) -> dict[str, int | slice]:
-    """Which part of a batch's y each head learns: its own mask channel, or all of y when it restores an image."""
-    if not objective.segmentation:
-        return dict.fromkeys(names, slice(None))
-    return mask_channels(dataset, names)
-
-
 def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.utils.data.Dataset, epoch: int,
                     step_model: nn.Module | None = None) -> dict[str, float]:
     """One epoch of every active head; `step_model` runs the forward (default: TrainingForward, no DDP). Returns
@@ -227,7 +210,7 @@ def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.util
     model, cfg, device, label, train_encoder = setup.model, setup.cfg, setup.device, setup.label, setup.train_encoder
     optimizers, scaler, amp_dtype, loss_fn = setup.optimizers, setup.scaler, setup.amp_dtype, setup.objective.loss
     step_model = step_model or TrainingForward(model, active, train_encoder)
-    channel = target_parts(dataset, list(model.heads), setup.objective)
+    channel = target_parts(dataset, model, setup.objective.segmentation)
     model.train()
     if not train_encoder:
         model.encoder.eval()  # frozen: BatchNorm running statistics must not move either
@@ -246,7 +229,7 @@ def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.util
         if train_encoder:
             with _autocast(device, amp_dtype):
                 logits = step_model(x)
-                losses = {n: loss_fn(logits[n], targets[n]) for n in active}
+                losses = {n: head_loss(loss_fn, logits[n], targets[n]) for n in active}
             scaler.scale(sum(losses.values())).backward()
         else:
             losses = _backward_head_by_head(step_model, x, targets, loss_fn, scaler, device, amp_dtype)
@@ -281,7 +264,7 @@ def _backward_head_by_head(step_model: TrainingForward, x: torch.Tensor, targets
     losses = {}
     for name, target in targets.items():
         with _autocast(device, amp_dtype):
-            loss = loss_fn(step_model.heads[name](features), target)
+            loss = head_loss(loss_fn, step_model.heads[name](features), target)
         scaler.scale(loss).backward()
         losses[name] = loss.detach()
     return losses
@@ -295,12 +278,14 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils.data.Dataset,
                    threshold: float = 0.5) -> dict[str, dict]:
     """Validation loss per head (a per-image mean) and, for segmentation, official-semantics Jaccard/Dice, at the
-    training resolution; with monitor "threshold_jaccard" also ISIC 2018 Task 1's thresholded Jaccard of each head
-    (per-image Jaccard, 0 below 0.65, averaged over the images), at the training resolution too."""
+    training resolution (a joint head: the macro average of its channels, each channel's Jaccard beside it); with
+    monitor "threshold_jaccard" also ISIC 2018 Task 1's thresholded Jaccard of each head (per-image Jaccard, 0 below
+    0.65, averaged over the images), at the training resolution too."""
     model, cfg, device, amp_dtype, loss_fn = setup.model, setup.cfg, setup.device, setup.amp_dtype, setup.objective.loss
-    channel = target_parts(dataset, list(model.heads), setup.objective)
+    channel = target_parts(dataset, model, setup.objective.segmentation)
     model.eval()
-    scorer = Task2Scorer(active) if setup.objective.segmentation else None
+    targets = [t for n in active for t in model.channels[n]]
+    scorer = Task2Scorer(targets) if setup.objective.segmentation else None
     per_image = {n: Task1Scorer() for n in active} if scorer is not None and cfg.monitor == THRESHOLD_JACCARD else {}
     loss_sums = {n: 0.0 for n in active}
     seen = 0
@@ -311,16 +296,20 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
             for n in active:
                 logits = model.heads[n](features).float()
                 truth = y[:, channel[n]]
-                loss_sums[n] += loss_fn(logits, truth).item() * len(y)
-                if scorer is not None:
-                    predicted = torch.sigmoid(logits[:, 0]) > threshold
-                    scorer.update(n, truth > 0.5, predicted)
+                loss_sums[n] += head_loss(loss_fn, logits, truth).item() * len(y)
+                if scorer is None:
+                    continue
+                truths = truth if truth.dim() == 4 else truth[:, None]
+                for c, target in enumerate(model.channels[n]):
+                    predicted = torch.sigmoid(logits[:, c]) > threshold
+                    scorer.update(target, truths[:, c] > 0.5, predicted)
                     if n in per_image:
-                        per_image[n].update(truth > 0.5, predicted)
+                        per_image[n].update(truths[:, c] > 0.5, predicted)
         seen += len(y)
     losses = distributed.per_image_means(loss_sums, seen)
     # each rank scored its share of the images: the sums added up
-    scores = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {n: {} for n in active}
+    totals = distributed.sum_scorer_over_ranks(scorer).result() if scorer is not None else {}
+    scores = {n: head_scores(totals, model.channels[n]) for n in active}
     for n, task1 in per_image.items():
         scores[n][THRESHOLD_JACCARD] = distributed.sum_scorer_over_ranks(task1).result()[THRESHOLD_JACCARD]
     return {n: {"loss": losses[n], **scores[n]} for n in active}
