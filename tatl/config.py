@@ -60,6 +60,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 40  # maximum epochs per network (paper: 40)
+    # Beyond the paper: Stage 2's own maximum (the union network), e.g. a short Stage 2 before a long joint Stage 3
+    # at a fixed CPU budget; null: train.epochs, as the paper trains every stage alike.
+    stage2_epochs: int | None = None
     patience: int = 10  # stop a network after this many epochs without validation improvement (paper: 10)
     batch_size: int = 8  # images per optimisation step
     lr: float = 0.01  # learning rate (paper: SGD 0.01; Adam's usual rate is 0.001)
@@ -305,6 +308,8 @@ def validate(config: Config) -> None:
     for shape in [*m.shapes, m.stage1_shape]:
         _require(shape in ("unet", "linknet"), f"model.shapes: unknown shape {shape!r} (unet, linknet)")
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _require(t.stage2_epochs is None or t.stage2_epochs >= 1, f"train.stage2_epochs must be >= 1 or null, got "
+             f"{t.stage2_epochs}")
     _require(t.patience >= 1, f"train.patience must be >= 1, got {t.patience}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _require(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be a finite number > 0, got {t.lr}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN_SETTINGS
 
 import tatl
 from tatl.checkpoints import load_checkpoint
@@ -22,8 +23,6 @@ from tatl.models.networks import build_model
 from tatl.models.weights import repeat_output_channel
 from tatl.training.losses import PooledLoss
 from tatl.training.targets import head_loss, head_scores, target_parts
-
-from conftest import TINY_RUN_SETTINGS
 
 ENCODER = TINY_RUN_SETTINGS["model.encoder_name"]
 ATTRIBUTES = TINY_RUN_SETTINGS["data.attributes"]  # pigment_network, globules
@@ -41,7 +40,7 @@ def test_each_channel_saved_as_a_network_of_its_own_predicts_what_the_joint_netw
     with torch.no_grad():
         out = joint(x)
     assert list(out) == ["a", "b", "c"] == joint.targets and all(v.shape == (2, 1, 32, 32) for v in out.values())
-    for c, name in enumerate("abc"):
+    for name in "abc":
         single = build_model("unet", ENCODER, None, classes=1)
         single.load_state_dict(joint.head_state(name), strict=True)  # the single-network format, strictly
         with torch.no_grad():
@@ -75,7 +74,8 @@ def test_a_joint_heads_loss_and_scores_are_each_channels_as_if_it_were_a_head_of
     target = y[:, parts[JOINT]]
     expected = sum(PooledLoss(bce=True)(logits[:, c : c + 1], target[:, c]) for c in range(3)) / 3
     assert head_loss(PooledLoss(bce=True), logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
-    totals = {"a": {"jaccard": 0.1, "dice": 0.2}, "b": {"jaccard": 0.3, "dice": 0.4}, "c": {"jaccard": 0.5, "dice": 0.6}}
+    totals = {"a": {"jaccard": 0.1, "dice": 0.2}, "b": {"jaccard": 0.3, "dice": 0.4},
+              "c": {"jaccard": 0.5, "dice": 0.6}}
     scores = head_scores(totals, ["a", "b", "c"])
     assert scores["jaccard"] == pytest.approx(0.3) and scores["dice"] == pytest.approx(0.4)
     assert scores["jaccard_b"] == 0.3
@@ -87,6 +87,8 @@ def test_joint_cannot_start_a_fine_tuning_of_its_own():
         load_config(None, ["pipeline.encoder_mode=joint", "pipeline.init_from=/some/run", "data.tune_fraction=0"])
     with pytest.raises(ConfigError, match="pipeline.encoder_mode: 'shared' \\(one of frozen, trainable, joint\\)"):
         load_config(None, ["pipeline.encoder_mode=shared"])
+    with pytest.raises(ConfigError, match="train.stage2_epochs must be >= 1 or null, got 0"):
+        load_config(None, ["train.stage2_epochs=0"])
 
 
 # ------------------------------------------------------------------------------------------------- a whole run
@@ -94,8 +96,8 @@ def test_joint_cannot_start_a_fine_tuning_of_its_own():
 def joint_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("joint")
     write_synthetic_dataset(root / "data", n=14, size=64, seed=0)
-    overrides = {**TINY_RUN_SETTINGS, "train.epochs": 2, "train.batch_size": 4, "pipeline.encoder_mode": "joint",
-                 "pipeline.variants": ["1,3", "1,2,3"]}
+    overrides = {**TINY_RUN_SETTINGS, "train.epochs": 2, "train.stage2_epochs": 1, "train.batch_size": 4,
+                 "pipeline.encoder_mode": "joint", "pipeline.variants": ["1,3", "1,2,3"]}
     tatl.train(root / "data", root / "run", overrides=overrides)
     return root / "run"
 
@@ -118,7 +120,8 @@ def test_a_joint_run_starts_from_stage2_and_writes_each_attributes_network(joint
             assert all(torch.equal(saved["model"][k], sliced[k]) for k in sliced), attribute
             assert (layout.stage3_head(variant, "unet", attribute) / DONE).is_file()
     rows = (layout.stage3_joint("1,2,3", "unet") / "log.csv").read_text().splitlines()
-    assert len(rows) == 3 and all(f"jaccard_{a}" in rows[0] for a in ATTRIBUTES)
+    assert len(rows) == 3 and all(f"jaccard_{a}" in rows[0] for a in ATTRIBUTES)  # train.epochs: 2
+    assert len((layout.stage2("crops", "unet") / "log.csv").read_text().splitlines()) == 2  # train.stage2_epochs: 1
     metrics = json.loads((joint_run / "metrics.json").read_text())
     assert set(metrics["variant 1,2,3"]["unet"]) >= {*ATTRIBUTES, "macro_average", "micro_average"}
 

@@ -67,6 +67,7 @@ class GroupSpec:
     train_encoder: bool  # False: the encoder stays as it starts (TATL-FE's Stage 3)
     label: str  # how the log names the group
     monitor: str | None = None  # replaces train.monitor (Stage 1: ISIC Task 1's thresholded Jaccard)
+    epochs: int | None = None  # replaces train.epochs (Stage 2: train.stage2_epochs)
     # A joint Stage 3 (one head, JOINT, an output channel per attribute): attribute -> the folder its channel is
     # written to as a network of its own (best.pt, done.json) once the group is done. Empty: one target per head.
     channel_dirs: dict[str, Path] = field(default_factory=dict)
@@ -142,7 +143,7 @@ def _fitted(ctx: TrainingContext, group: MultiHeadSegmenter, spec: GroupSpec, st
     """The group trained by engine.fit (frozen encoder: its features computed once when pipeline.feature_cache);
     done.json written last."""
     cfg = ctx.config
-    train_cfg = replace(cfg.train, monitor=spec.monitor) if spec.monitor else cfg.train
+    train_cfg = replace(cfg.train, monitor=spec.monitor or cfg.train.monitor, epochs=spec.epochs or cfg.train.epochs)
     train_set, val_set = data
     started = time.perf_counter()
     if cfg.pipeline.feature_cache and not spec.train_encoder:  # Stage 3, frozen encoder: its features once

@@ -116,7 +116,8 @@ def stage2_agnostic(ctx: TrainingContext, shape: str, boxes: dict[str, Box] | No
     datasets = None if start.finished else tuple(
         stage_dataset(ctx, samples, [UNION], ctx.config.data.image_size, boxes, augment=samples is ctx.train)
         for samples in (ctx.train, ctx.selection))
-    spec = GroupSpec(shape, {UNION: group_dir}, train_encoder=True, label=f"stage 2 ({kind}, {shape})")
+    spec = GroupSpec(shape, {UNION: group_dir}, train_encoder=True, label=f"stage 2 ({kind}, {shape})",
+                     epochs=ctx.config.train.stage2_epochs)
     return train_group(ctx, spec, start, datasets)
 
 
