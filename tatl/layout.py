@@ -7,6 +7,7 @@
     RUN/log.txt                         everything the run logged, with timestamps
     RUN/stage1/<shape>/                 the Segment-Net: best.pt, last.pt, log.csv, done.json (or another run's, copied)
     RUN/stage1/boxes.json               its lesion box of every image
+    RUN/stage1/boxes-key.json           what boxes.json was computed from, and the Stage-1 scores (a resume reuses both)
     RUN/stage2-<inputs>/<shape>/        the Attribute-Agnostic Segmenter on crops or full images
     RUN/stage3-v<stages>/<shape>/<attribute>/   one Target-Segmenter per attribute, per variant
     RUN/stage3-v<stages>/<shape>/joint/         a joint Stage 3's one network (pipeline.encoder_mode joint), which
@@ -181,6 +182,10 @@ class RunLayout(ReportFiles):
     @property
     def boxes(self) -> Path:
         return self.root / "stage1" / "boxes.json"
+
+    @property
+    def boxes_record(self) -> Path:
+        return self.root / "stage1" / "boxes-key.json"
 
     def stage2(self, inputs: str, shape: str) -> Path:
         """inputs: "crops" or "full" (inputs_of(variant))."""

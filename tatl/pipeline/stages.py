@@ -26,6 +26,7 @@ from tatl.io import write_json
 from tatl.layout import BEST, ENSEMBLE, inputs_of, variant_stages
 from tatl.models.ensemble import average_probabilities
 from tatl.models.multihead import MultiHeadSegmenter
+from tatl.pipeline import box_reuse
 from tatl.pipeline.context import RunContext, TrainingContext
 from tatl.pipeline.groups import Datasets, GroupSpec, copied_heads, stage_dataset, train_group
 from tatl.pipeline.plan import BY_SEGMENT_NET, WEIGHTS, GroupStart, RunPlan, plan_run, write_plan
@@ -67,8 +68,14 @@ def stage1_boxes(ctx: TrainingContext, segment_net: MultiHeadSegmenter) -> tuple
     """Lesion boxes for every image from the Segment-Net's predictions (or truth, for training crops, if asked).
 
     Under torchrun each rank predicts its share of the images; boxes and scores are then put together on every rank.
+    A resumed run reads them back when the Segment-Net, settings and images are the same (tatl.pipeline.box_reuse).
     """
     cfg = ctx.config
+    key = box_reuse.boxes_key(ctx, ctx.layout.stage1(cfg.model.stage1_shape) / BEST)
+    reused = box_reuse.reused_boxes(ctx, key)
+    if reused is not None:
+        log.info(f"stage 1: boxes of the same Segment-Net, settings and images read from {ctx.layout.boxes}")
+        return reused
     samples = ctx.train + ctx.tune + ctx.val
     train_ids = {s.image_id for s in ctx.train}
     val_ids = {s.image_id for s in ctx.val}
@@ -103,6 +110,7 @@ def stage1_boxes(ctx: TrainingContext, segment_net: MultiHeadSegmenter) -> tuple
                                across_ranks=True)
     scores["whole_image_fallbacks"] = fallback_ids
     write_json(ctx.layout.boxes, {k: list(v) for k, v in boxes.items()})
+    box_reuse.record_boxes(ctx, key, scores)
     return boxes, scores
 
 
