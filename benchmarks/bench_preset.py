@@ -89,20 +89,23 @@ def measure(config, images: np.ndarray, masks: np.ndarray, shape: str, frozen_gr
     return {"train_s_per_image": train, "val_s_per_image": validate}
 
 
-def networks_trained(config, stage1: bool) -> list[tuple[str, str, bool]]:
-    """(what, shape, frozen group?) of every network or group the preset trains, Stage 2 once per kind and shape;
-    `stage1`: the Segment-Net too (measured at image_size)."""
-    trained, seen = [("stage 1", config.model.stage1_shape, False)] if stage1 else [], set()
+def networks_trained(config, stage1: bool) -> list[tuple[str, str, bool, int]]:
+    """(what, shape, frozen group?, epochs) of every network or group the preset trains, Stage 2 once per kind and
+    shape (train.stage2_epochs); `stage1`: the Segment-Net too (measured at image_size)."""
+    t, mode = config.train, config.pipeline.encoder_mode
+    trained, seen = [("stage 1", config.model.stage1_shape, False, t.epochs)] if stage1 else [], set()
     for variant in config.pipeline.variants:
         stages, kind = variant_stages(variant), inputs_of(variant)
         for shape in config.model.shapes:
             if 2 in stages and (kind, shape) not in seen:
                 seen.add((kind, shape))
-                trained.append((f"stage 2 ({kind})", shape, False))
-            if 2 in stages and config.pipeline.encoder_mode == "frozen":
-                trained.append((f"stage 3 v{variant} (frozen group)", shape, True))
+                trained.append((f"stage 2 ({kind})", shape, False, t.stage2_epochs or t.epochs))
+            if mode == "joint":  # one whole network, an output channel per attribute
+                trained.append((f"stage 3 v{variant} (joint)", shape, False, t.epochs))
+            elif 2 in stages and mode == "frozen":
+                trained.append((f"stage 3 v{variant} (frozen group)", shape, True, t.epochs))
             else:
-                trained += [(f"stage 3 v{variant} ({a})", shape, False) for a in config.data.attributes]
+                trained += [(f"stage 3 v{variant} ({a})", shape, False, t.epochs) for a in config.data.attributes]
     return trained
 
 
@@ -112,8 +115,10 @@ def predictions(config) -> list[tuple[str, str, bool]]:
     for variant in config.pipeline.variants:
         stages, kind = variant_stages(variant), inputs_of(variant)
         for shape in config.model.shapes:
-            frozen = 2 in stages and config.pipeline.encoder_mode == "frozen"
-            passes += [(f"v{variant}", shape, True)] if frozen else [(f"v{variant}", shape, False)] * len(
+            # a joint run's attribute networks share one encoder (bit-identical): predicted like a frozen group
+            mode = config.pipeline.encoder_mode
+            shared = mode == "joint" or (2 in stages and mode == "frozen")
+            passes += [(f"v{variant}", shape, True)] if shared else [(f"v{variant}", shape, False)] * len(
                 config.data.attributes)
             if 2 in stages and kind not in kinds:
                 passes.append((f"stage 2 ({kind})", shape, False))
@@ -149,14 +154,14 @@ def main() -> None:
     count = args.count or len(all_samples)
     n_val = round(count * config.data.val_fraction)
     n_train = count - n_val
-    epochs = config.train.epochs
     print(f"{args.config} {' '.join(args.overrides)}: {count} images ({n_train} train, {n_val} val) at "
           f"{size} px, batch {config.train.batch_size}, {config.model.encoder_name} ({config.model.encoder_weights}),"
-          f" augment {config.train.augment}, {epochs} epochs; measured on {len(samples)} images; "
+          f" augment {config.train.augment}, {config.pipeline.encoder_mode} Stage 3; measured on {len(samples)} "
+          f"images; "
           f"{f'one thread CPU time x {WALL_PER_CPU}' if args.from_cpu else 'wall time'}; {machine()}")
     print("\n| network | shape | s/image train | s/image val | s/epoch | x epochs = s |\n|---|---|---:|---:|---:|---:|")
     total = 0.0
-    for what, shape, group in networks_trained(config, args.train_stage1):
+    for what, shape, group, epochs in networks_trained(config, args.train_stage1):
         m = measured[(shape, group)]
         per_epoch = n_train * m["train_s_per_image"] + n_val * m["val_s_per_image"]
         total += epochs * per_epoch

@@ -138,12 +138,20 @@ def test_a_resumed_joint_run_reloads_and_scores_the_same(joint_run, tmp_path):
 
 
 def test_a_joint_run_predicts_and_fine_tunes_as_one_network_per_attribute(joint_run, tmp_path):
+    import shutil
+
     image = sorted((joint_run.parent / "data").rglob("*.jpg"))[0]
     predicted = tatl.load(joint_run).predict(image)
     assert set(predicted.attributes) == set(ATTRIBUTES) and predicted.abnormal is not None
-    child = tatl.finetune(joint_run, joint_run.parent / "data", tmp_path / "run2")
-    config = load_config(RunLayout(child.run_dir).config)
-    assert config.pipeline.encoder_mode == "trainable"  # each attribute's network fine-tuned on its own
-    plan = {g["folder"]: g for g in json.loads(RunLayout(child.run_dir).plan.read_text())["groups"]}
-    start = plan[f"stage3-v123/unet/{ATTRIBUTES[0]}"]
-    assert start["head_starts"][ATTRIBUTES[0]].endswith(f"stage3-v123/unet/{ATTRIBUTES[0]}/best.pt")
+    new = tmp_path / "new"  # corrections of pigment network alone: globules is copied from the joint run
+    shutil.copytree(joint_run.parent / "data", new)
+    for mask in new.rglob("*_attribute_globules.png"):
+        mask.unlink()
+    child = tatl.finetune(joint_run, new, tmp_path / "run2")
+    layout = RunLayout(child.run_dir)
+    assert load_config(layout.config).pipeline.encoder_mode == "trainable"  # each attribute's network on its own
+    plan = {g["folder"]: g for g in json.loads(layout.plan.read_text())["groups"]}
+    trained, copied = (f"stage3-v123/unet/{a}" for a in ATTRIBUTES)  # pigment_network, globules
+    assert plan[trained]["start"] == "weights" and plan[copied]["start"] == "copy"
+    assert plan[trained]["head_starts"][ATTRIBUTES[0]] == str(joint_run.resolve() / trained / BEST)
+    assert (child.run_dir / copied / BEST).read_bytes() == (joint_run / copied / BEST).read_bytes()
