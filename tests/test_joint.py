@@ -73,7 +73,10 @@ def test_a_joint_heads_loss_and_scores_are_each_channels_as_if_it_were_a_head_of
     logits, y = torch.randn(2, 3, 8, 8), (torch.rand(2, 3, 8, 8) > 0.7).float()
     target = y[:, parts[JOINT]]
     expected = sum(PooledLoss(bce=True)(logits[:, c : c + 1], target[:, c]) for c in range(3)) / 3
-    assert head_loss(PooledLoss(bce=True), logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert head_loss(PooledLoss(bce=True), logits, target, parts[JOINT]).item() == pytest.approx(expected.item(),
+                                                                                                  rel=1e-6)
+    restored = torch.nn.MSELoss()  # an image to restore (the pretext): its channels are one target, never split
+    assert head_loss(restored, logits, target, slice(None)).item() == pytest.approx(restored(logits, target).item())
     totals = {"a": {"jaccard": 0.1, "dice": 0.2}, "b": {"jaccard": 0.3, "dice": 0.4},
               "c": {"jaccard": 0.5, "dice": 0.6}}
     scores = head_scores(totals, ["a", "b", "c"])

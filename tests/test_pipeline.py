@@ -394,6 +394,7 @@ def test_ranks_share_out_stage1_boxes_and_validation_scoring_and_agree_with_one_
 
     ranks.play_torchrun(monkeypatch)
     monkeypatch.setattr(pipeline, "predict_probabilities", counting_predict)
+    ctx.layout.boxes_record.unlink()  # the ranks predict the boxes again instead of reading the single process's
     results = ranks.run(lambda: (pipeline.stage1_boxes(ctx, segment_net),
                                  pipeline.evaluate_variant(ctx, models, boxes)))
 

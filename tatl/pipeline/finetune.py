@@ -80,7 +80,14 @@ class Plan:
                 f"pipeline.init_copied={json.dumps(copied)}", "pipeline.reuse_stages_from=[]", "data.fold=null",
                 f"pipeline.segment_net={root if self.segment_net == 'copied' else 'null'}",
                 "model.encoder_weights=null",  # every weight comes from RUN
-                f"pipeline.encoder_mode={fine_tuned_encoder_mode(parent.config.pipeline.encoder_mode)}"]
+                *self.encoder_mode(parent)]
+
+    @staticmethod
+    def encoder_mode(parent: Parent) -> list[str]:
+        """A joint parent's networks are fine-tuned as TATL-NF's (fine_tuned_encoder_mode); other modes are kept,
+        and a --set that changes them is refused (check_networks_kept)."""
+        mode = parent.config.pipeline.encoder_mode
+        return [f"pipeline.encoder_mode={fine_tuned_encoder_mode(mode)}"] if mode == "joint" else []
 
 
 def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_original: bool = False,

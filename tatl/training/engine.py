@@ -229,7 +229,7 @@ def train_one_epoch(setup: TrainingSetup, active: list[str], dataset: torch.util
         if train_encoder:
             with _autocast(device, amp_dtype):
                 logits = step_model(x)
-                losses = {n: head_loss(loss_fn, logits[n], targets[n]) for n in active}
+                losses = {n: head_loss(loss_fn, logits[n], targets[n], channel[n]) for n in active}
             scaler.scale(sum(losses.values())).backward()
         else:
             losses = _backward_head_by_head(step_model, x, targets, loss_fn, scaler, device, amp_dtype)
@@ -264,7 +264,7 @@ def _backward_head_by_head(step_model: TrainingForward, x: torch.Tensor, targets
     losses = {}
     for name, target in targets.items():
         with _autocast(device, amp_dtype):
-            loss = head_loss(loss_fn, step_model.heads[name](features), target)
+            loss = loss_fn(step_model.heads[name](features), target)  # frozen encoder: one target per head
         scaler.scale(loss).backward()
         losses[name] = loss.detach()
     return losses
@@ -296,7 +296,7 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
             for n in active:
                 logits = model.heads[n](features).float()
                 truth = y[:, channel[n]]
-                loss_sums[n] += head_loss(loss_fn, logits, truth).item() * len(y)
+                loss_sums[n] += head_loss(loss_fn, logits, truth, channel[n]).item() * len(y)
                 if scorer is None:
                     continue
                 truths = truth if truth.dim() == 4 else truth[:, None]

@@ -36,11 +36,12 @@ def target_parts(dataset, model: MultiHeadSegmenter, segmentation: bool = True) 
     return parts
 
 
-def head_loss(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A head's loss: `loss_fn` of its mask, or for a head with several output channels (target (B, C, H, W) from a
-    list part) the mean of each channel's loss, as if each were a head of its own."""
-    if target.dim() == 4 and logits.shape[1] > 1:
-        return torch.stack([loss_fn(logits[:, c : c + 1], target[:, c]) for c in range(logits.shape[1])]).mean()
+def head_loss(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor,
+              part: int | list[int] | slice) -> torch.Tensor:
+    """A head's loss on its `part` of y (target_parts): `loss_fn` of its mask or of the image it restores, or, for a
+    joint head (a list of mask channels), the mean of each output channel's loss, as if each were a head of its own."""
+    if isinstance(part, list):
+        return torch.stack([loss_fn(logits[:, c : c + 1], target[:, c]) for c in range(len(part))]).mean()
     return loss_fn(logits, target)
 
 
