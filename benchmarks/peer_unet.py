@@ -39,6 +39,7 @@ from tatl.io import write_json  # noqa: E402
 from tatl.layout import RunLayout  # noqa: E402
 from tatl.metrics.isic2018 import Task2Scorer  # noqa: E402
 from tatl.models.networks import build_model  # noqa: E402
+from tatl.models.weights import repeat_output_channel  # noqa: E402
 from tatl.pipeline.context import split_ids, tune_ids  # noqa: E402
 from tatl.pipeline.scoring import score_attributes, tune_thresholds  # noqa: E402
 
@@ -180,9 +181,7 @@ def train(args: argparse.Namespace, train_set: SegmentationDataset, tune: tuple,
 def load_union_network(model: nn.Module, path: Path) -> None:
     """Stage 2's single-channel union network into the five-channel U-Net: every weight strictly, except the last
     convolution, whose one output channel is repeated for each attribute (every attribute starts as the union)."""
-    state = load_checkpoint(path)["model"]
-    head = [k for k in state if k.startswith("segmentation_head.") and state[k].shape[0] == 1]
-    five = {k: v.repeat(len(ATTRIBUTES), *([1] * (v.dim() - 1))) if k in head else v for k, v in state.items()}
+    five = repeat_output_channel(load_checkpoint(path)["model"], len(ATTRIBUTES))
     try:
         model.load_state_dict(five, strict=True)
     except RuntimeError as error:

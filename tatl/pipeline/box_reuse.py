@@ -35,7 +35,7 @@ def boxes_key(ctx: TrainingContext, segment_net_best: Path) -> str:
 def reused_boxes(ctx: TrainingContext, key: str) -> tuple[dict[str, Box], dict] | None:
     """(boxes, Stage-1 scores) recorded with `key`, or None when there are none or they were computed otherwise."""
     try:
-        record = json.loads(_record_path(ctx).read_text())
+        record = json.loads(ctx.layout.boxes_record.read_text())
         if record.get("key") != key:
             return None
         return ctx.boxes(), record["scores"]
@@ -47,8 +47,4 @@ def record_boxes(ctx: TrainingContext, key: str, scores: dict) -> None:
     """Say what boxes.json (written before: a kill between the two leaves no record) was computed from, and its
     scores (rank 0 writes)."""
     if distributed.is_main_process():
-        write_json(_record_path(ctx), {"key": key, "scores": scores})
-
-
-def _record_path(ctx: TrainingContext) -> Path:
-    return ctx.layout.boxes_record
+        write_json(ctx.layout.boxes_record, {"key": key, "scores": scores})

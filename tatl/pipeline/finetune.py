@@ -76,18 +76,13 @@ class Plan:
         """The config values of the fine-tuned run (they win over --set)."""
         root = json.dumps(str(parent.layout.root.resolve()))
         copied = self.copied + (["stage2"] if self.stage2 == "copied" else [])
+        mode = fine_tuned_encoder_mode(parent.config.pipeline.encoder_mode)
         return [f"pipeline.init_from={root}", f"pipeline.init_with_original={json.dumps(with_original)}",
                 f"pipeline.init_copied={json.dumps(copied)}", "pipeline.reuse_stages_from=[]", "data.fold=null",
                 f"pipeline.segment_net={root if self.segment_net == 'copied' else 'null'}",
                 "model.encoder_weights=null",  # every weight comes from RUN
-                *self.encoder_mode(parent)]
-
-    @staticmethod
-    def encoder_mode(parent: Parent) -> list[str]:
-        """A joint parent's networks are fine-tuned as TATL-NF's (fine_tuned_encoder_mode); other modes are kept,
-        and a --set that changes them is refused (check_networks_kept)."""
-        mode = parent.config.pipeline.encoder_mode
-        return [f"pipeline.encoder_mode={fine_tuned_encoder_mode(mode)}"] if mode == "joint" else []
+                # only where the mode changes (a joint parent): a --set changing any other is refused
+                *([f"pipeline.encoder_mode={mode}"] if mode != parent.config.pipeline.encoder_mode else [])]
 
 
 def finetune(run: str | Path, new_data: str | Path, out: str | Path, *, with_original: bool = False,

@@ -154,17 +154,16 @@ def stage3_targets(ctx: TrainingContext, variant: str, shape: str, boxes: dict[s
             spec = GroupSpec(shape, {a: heads[a] for a in start.heads}, train_encoder=False, label=label)
             groups.insert(0, train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong=False)))
         return groups
+    strong = agnostic is None and cfg.pipeline.init == "augmentation"  # Stage 2's start is never augmented
     if cfg.pipeline.encoder_mode == "joint":
         # Beyond the paper: one network, trainable encoder, an output channel per attribute (tatl.config).
         start = plan.start(ctx.layout.stage3(variant, shape))
         spec = GroupSpec(shape, {JOINT: ctx.layout.stage3_joint(variant, shape)}, train_encoder=True,
                          label=f"{label}, joint)", channel_dirs=heads)
         _train_pretext(ctx, [start], variant, shape, boxes)
-        return [train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong=agnostic is None and
-                                                           cfg.pipeline.init == "augmentation"))]
+        return [train_group(ctx, spec, start, _stage3_data(ctx, [start], boxes, strong))]
     # TATL-NF and the baselines without Stage 2: one whole network per attribute.
     starts = {a: plan.start(heads[a]) for a in cfg.data.attributes}
-    strong = agnostic is None and cfg.pipeline.init == "augmentation"  # Stage 2's start is never augmented
     data = _stage3_data(ctx, list(starts.values()), boxes, strong)
     _train_pretext(ctx, list(starts.values()), variant, shape, boxes)
     return [train_group(ctx, GroupSpec(shape, {a: heads[a]}, True, f"{label}, {a})"), starts[a], data)

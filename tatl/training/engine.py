@@ -299,7 +299,7 @@ def evaluate_heads(setup: TrainingSetup, active: list[str], dataset: torch.utils
                 loss_sums[n] += head_loss(loss_fn, logits, truth, channel[n]).item() * len(y)
                 if scorer is None:
                     continue
-                truths = truth if truth.dim() == 4 else truth[:, None]
+                truths = truth if isinstance(channel[n], list) else truth[:, None]  # a joint head: several masks
                 for c, target in enumerate(model.channels[n]):
                     predicted = torch.sigmoid(logits[:, c]) > threshold
                     scorer.update(target, truths[:, c] > 0.5, predicted)

@@ -27,13 +27,8 @@ def target_parts(dataset, model: MultiHeadSegmenter, segmentation: bool = True) 
     names = list(model.heads)
     if not segmentation:
         return dict.fromkeys(names, slice(None))
-    single = [n for n in names if model.channels[n] == [n]]
-    parts: dict[str, int | list[int] | slice] = dict(mask_channels(dataset, single)) if single else {}
-    for n in names:
-        if n not in parts:
-            index = mask_channels(dataset, model.channels[n])
-            parts[n] = [index[target] for target in model.channels[n]]
-    return parts
+    index = mask_channels(dataset, [t for n in names for t in model.channels[n]])
+    return {n: index[n] if model.channels[n] == [n] else [index[t] for t in model.channels[n]] for n in names}
 
 
 def head_loss(loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor,
