@@ -10,8 +10,11 @@ difference is printed). The work is counted the same way: stage-resolution maps,
 - tatl, no sharing: `load_predictor(share_encoders=False)`: tatl's reader (JPEG draft mode, one decode per stage),
   channels_last and BatchNorm folded into the convolutions (tatl.models.fusion), but each network with its own encoder
   pass.
+- tatl, decoders not merged: `load_predictor(merge_decoders=False)`: encoders shared, every head's decoder run.
 - tatl: `load_predictor`, as `tatl predict` runs it: the frozen Stage-2/3 encoder, bit-identical in every
-  checkpoint of a TATL-FE run, found by comparing the weights and run once per shape for all six heads.
+  checkpoint of a TATL-FE run, found by comparing the weights and run once per shape for all six heads; and for a
+  joint run (pipeline.encoder_mode joint, --run RUN) the attributes' bit-identical decoders run once as one head with
+  a channel each. For a TATL-FE run the last two rows do the same work.
 
 The run folder is trained here (`tatl run synthetic`, 1 epoch, 20 images at 64 px: about a minute on 2 cores) unless
 --run names one; it is predicted at --size px (Stage 1 and Stages 2-3, weights are fully convolutional). Images:
@@ -113,6 +116,11 @@ def encoder_passes(predictor: Predictor) -> int:
     return len(predictor.networks.stage1) + sum(len(n) for n in predictor.networks.targets.values())
 
 
+def decoder_passes(predictor: Predictor) -> int:
+    networks = [*predictor.networks.stage1, *(n for group in predictor.networks.targets.values() for n in group)]
+    return sum(len(network.module.model.heads) for network in networks)
+
+
 def largest_difference(predictor: Predictor, separate: SeparatePipeline, paths: list[Path]) -> tuple[float, bool]:
     worst, same_boxes = 0.0, True
     for path in paths:
@@ -163,6 +171,7 @@ def main() -> None:
         torch.manual_seed(0)
         shared = load_predictor(view, device=device.type)
         alone = load_predictor(view, device=device.type, share_encoders=False)
+        unmerged = load_predictor(view, device=device.type, merge_decoders=False)
         separate = SeparatePipeline(shared, view, device)
         difference, same_boxes = largest_difference(shared, separate, paths[:2])
         separate.read = read_image  # the same pixels as tatl's: only the networks' arithmetic may differ
@@ -171,34 +180,41 @@ def main() -> None:
         checked = len(paths[:2])
         gflop = {"separate": gflop_per_image(separate.predict, paths[0]),
                  "tatl_no_sharing": gflop_per_image(alone.predict, paths[0]),
+                 "tatl_decoders_not_merged": gflop_per_image(unmerged.predict, paths[0]),
                  "tatl": gflop_per_image(shared.predict, paths[0])}
 
         # warm-up: the checks above have run every pipeline
-        pipelines = {"separate": separate.predict, "tatl_no_sharing": alone.predict, "tatl": shared.predict}
+        pipelines = {"separate": separate.predict, "tatl_no_sharing": alone.predict,
+                     "tatl_decoders_not_merged": unmerged.predict, "tatl": shared.predict}
         times = interleaved_medians({name: passes_over(paths, p) for name, p in pipelines.items()}, args.repeats,
                                     warmup=0)
     n = len(paths)
     rows = {f"{k}_images_per_s": n / t for k, t in times.items()}
     rows.update(ratio=times["separate"] / times["tatl"], ratio_sharing_only=times["tatl_no_sharing"] / times["tatl"],
+                ratio_merging_only=times["tatl_decoders_not_merged"] / times["tatl"],
+                decoder_passes={"separate": separate.networks, "tatl_no_sharing": decoder_passes(alone),
+                                "tatl_decoders_not_merged": decoder_passes(unmerged), "tatl": decoder_passes(shared)},
                 gflop_per_image=gflop,
                 encoder_passes={"separate": separate.networks, "tatl_no_sharing": encoder_passes(alone),
-                                "tatl": encoder_passes(shared)},
+                                "tatl_decoders_not_merged": encoder_passes(unmerged), "tatl": encoder_passes(shared)},
                 max_probability_difference=difference, max_difference_same_pixels=network_difference,
                 same_boxes=same_boxes, images=n, source=source,
                 size=args.size, run=str(args.run) if args.run else "tiny synthetic run (1 epoch, 64 px)")
-    passes = rows["encoder_passes"]
-    print(f"inference per image, variant 1,2,3, U+Link, {source}, {args.size} px stage inputs, {n} images; "
-          f"{machine(device)}")
-    print("| pipeline | encoder passes per image | GFLOP per image | images/s |\n|---|---:|---:|---:|")
-    print(f"| separate networks (full JPEG decode per network, fp32 NCHW) | {passes['separate']} "
-          f"| {gflop['separate']:.1f} | {rows['separate_images_per_s']:.3f} |")
-    print(f"| tatl, encoders not shared (draft decode once per stage, channels_last, BatchNorm folded) "
-          f"| {passes['tatl_no_sharing']} "
-          f"| {gflop['tatl_no_sharing']:.1f} | {rows['tatl_no_sharing_images_per_s']:.3f} |")
-    print(f"| tatl (shared frozen encoder) | {passes['tatl']} | {gflop['tatl']:.1f} "
-          f"| {rows['tatl_images_per_s']:.3f} |")
-    print(f"ratio tatl / separate: {rows['ratio']:.2f}x (sharing alone: {rows['ratio_sharing_only']:.2f}x); FLOP "
-          f"ratio {gflop['separate'] / gflop['tatl']:.2f}x")
+    passes, decoders = rows["encoder_passes"], rows["decoder_passes"]
+    print(f"inference per image, variant 1,2,3, {'+'.join(shared.settings.shapes)}, {source}, {args.size} px stage "
+          f"inputs, {n} images; {machine(device)}")
+    print("| pipeline | encoder passes per image | decoder passes | GFLOP per image | images/s |")
+    print("|---|---:|---:|---:|---:|")
+    labels = {"separate": "separate networks (full JPEG decode per network, fp32 NCHW)",
+              "tatl_no_sharing": "tatl, encoders not shared (draft decode once per stage, channels_last, BatchNorm "
+                                 "folded)",
+              "tatl_decoders_not_merged": "tatl, encoders shared, decoders not merged",
+              "tatl": "tatl (shared encoders, merged bit-identical decoders)"}
+    for key, label in labels.items():
+        print(f"| {label} | {passes[key]} | {decoders[key]} | {gflop[key]:.1f} "
+              f"| {rows[key + '_images_per_s']:.3f} |")
+    print(f"ratio tatl / separate: {rows['ratio']:.2f}x (sharing and merging: {rows['ratio_sharing_only']:.2f}x, "
+          f"merging alone: {rows['ratio_merging_only']:.2f}x); FLOP ratio {gflop['separate'] / gflop['tatl']:.2f}x")
     print(f"check on {checked} image(s): largest probability difference tatl vs separate {difference:.1e} (their "
           f"full decode vs tatl's reader: draft mode where the image is >= 2x the stage size), "
           f"{network_difference:.1e} given the same pixels; same lesion boxes: {same_boxes}")

@@ -4,21 +4,25 @@ attribute (its channel of the last convolution), which prediction, rescoring and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_RUN_SETTINGS
+from test_predict import assert_engines_agree
 
 import tatl
+import tatl.cli
 from tatl.checkpoints import load_checkpoint
 from tatl.config import load_config
 from tatl.constants import JOINT
 from tatl.data.synth import write_synthetic_dataset
 from tatl.errors import ConfigError
+from tatl.inference.predictor import load_predictor
 from tatl.layout import BEST, DONE, RunLayout
-from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.multihead import DecoderHead, MultiHeadSegmenter, merge_identical_decoders
 from tatl.models.networks import build_model
 from tatl.models.weights import repeat_output_channel
 from tatl.training.losses import PooledLoss
@@ -48,6 +52,33 @@ def test_each_channel_saved_as_a_network_of_its_own_predicts_what_the_joint_netw
     assert joint.head_state(JOINT)["segmentation_head.0.weight"].shape[0] == 3  # the head itself: every channel
     with pytest.raises(KeyError, match="no head or channel 'd'"):
         joint.head_state("d")
+
+
+def _empty_head(classes: int) -> DecoderHead:
+    network = build_model("unet", ENCODER, None, classes=classes)
+    return DecoderHead(network.decoder, network.segmentation_head)
+
+
+def test_prediction_runs_the_attributes_saved_from_one_joint_network_as_one_decoder_again():
+    joint = _joint().eval()
+    torch.manual_seed(2)
+    union = build_model("unet", ENCODER, None, classes=1)
+    loaded = MultiHeadSegmenter.from_model(build_model("unet", ENCODER, None), ["union", "a", "b", "c"])
+    for name in "abc":  # as the predictor loads a run folder: one single network per attribute
+        loaded.load_head_state(name, joint.head_state(name))
+    loaded.heads["union"].load_state_dict({k: v for k, v in union.state_dict().items() if not k.startswith("enc")})
+    merged = merge_identical_decoders(loaded, _empty_head).eval()
+    assert list(merged.heads) == ["union", "a+b+c"] and merged.channels["a+b+c"] == ["a", "b", "c"]
+    assert merged.targets == ["union", "a", "b", "c"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before, after = loaded.eval()(x), merged(x)
+    for name in before:
+        assert torch.allclose(after[name], before[name], atol=1e-5), name
+    assert not torch.allclose(after["a"], after["b"])  # each channel its own attribute, in order
+    distinct = MultiHeadSegmenter.from_model(build_model("unet", ENCODER, None), ["a", "b"])
+    torch.nn.init.normal_(distinct.heads["b"].decoder.blocks[0].conv1[0].weight)  # another decoder: not merged
+    assert merge_identical_decoders(distinct, _empty_head) is distinct
 
 
 def test_stage2s_union_channel_is_repeated_so_every_attribute_starts_as_the_union():
@@ -158,6 +189,13 @@ def test_a_joint_run_predicts_and_fine_tunes_as_one_network_per_attribute(joint_
     image = sorted((joint_run.parent / "data").rglob("*.jpg"))[0]
     predicted = tatl.load(joint_run).predict(image)
     assert set(predicted.attributes) == set(ATTRIBUTES) and predicted.abnormal is not None
+    networks = tatl.load(joint_run).predictor.networks.targets["unet"]  # union; the attributes' one decoder
+    assert [network.names for network in networks] == [["union"], list(ATTRIBUTES)]
+    heads = [head for network in networks for head in network.module.model.heads]
+    assert heads == ["union", "+".join(ATTRIBUTES)]
+    if importlib.util.find_spec("onnxruntime"):  # the merged head exports, one output per attribute
+        assert tatl.cli.main(["export", str(joint_run), "--onnx", str(tmp_path / "onnx")]) == 0
+        assert_engines_agree(tatl.load(joint_run).predictor, load_predictor(tmp_path / "onnx"), image)
     new = tmp_path / "new"  # corrections of pigment network alone: globules is copied from the joint run
     shutil.copytree(joint_run.parent / "data", new)
     for mask in new.rglob("*_attribute_globules.png"):

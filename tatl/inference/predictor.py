@@ -5,7 +5,9 @@ box (+ margin); the box is cropped and resized to `image_size` (the whole image 
 every U/Link network gives its probabilities, the shapes are averaged, and `ImagePrediction.full_size` pastes a
 map back at the image's original size. Networks whose checkpoints hold bit-identical encoders (TATL-FE: the frozen
 Stage-2 encoder under the abnormal-region head and every attribute head) are merged into one `MultiHeadSegmenter`,
-so the encoder runs once per image; any other checkpoint runs as its own network. Merging compares the weights
+so the encoder runs once per image; any other checkpoint runs as its own network. Heads whose decoders are
+bit-identical too (a joint Stage 3, saved as one network per attribute that differ only in the last convolution's
+output channel) become one head with a channel each, so the decoder runs once as well. Merging compares the weights
 themselves, so it never trusts the config: a run whose encoders differ is still predicted correctly.
 """
 
@@ -35,7 +37,7 @@ from tatl.inference.prediction_settings import PredictionSettings, settings_from
 from tatl.layout import BEST, RunLayout, stated_stages
 from tatl.models.ensemble import average_probabilities
 from tatl.models.fusion import fold_batchnorm
-from tatl.models.multihead import MultiHeadSegmenter
+from tatl.models.multihead import DecoderHead, MultiHeadSegmenter, merge_identical_decoders, same_tensors
 from tatl.models.networks import build_model
 
 log = logging.getLogger(__name__)
@@ -53,12 +55,12 @@ class Network(Protocol):
 
 
 class ProbabilityHeads(nn.Module):
-    """A MultiHeadSegmenter returning a tuple of sigmoid probabilities (B, H, W) in `names` order: what the torch
-    engine runs and what `tatl export` writes, so both engines compute the same function."""
+    """A MultiHeadSegmenter returning a tuple of sigmoid probabilities (B, H, W) in `names` order (its targets):
+    what the torch engine runs and what `tatl export` writes, so both engines compute the same function."""
 
     def __init__(self, model: MultiHeadSegmenter):
         super().__init__()
-        self.model, self.names = model, list(model.heads)
+        self.model, self.names = model, model.targets
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.model(x)
@@ -109,14 +111,17 @@ class Networks:
 
 
 def load_run_networks(run_dir: Path, settings: PredictionSettings, device: torch.device,
-                      share_encoders: bool = True) -> Networks:
-    """Torch networks of a run folder; with share_encoders, heads on bit-identical encoders share one network."""
+                      share_encoders: bool = True, merge_decoders: bool = True) -> Networks:
+    """Torch networks of a run folder; with share_encoders, heads on bit-identical encoders share one network, and
+    with merge_decoders too, heads with bit-identical decoders one decoder (False for both: benchmarks, tests)."""
+    merge_decoders = share_encoders and merge_decoders
     layout, stage1 = RunLayout(run_dir), []
     if 1 in settings.stages:
         lesion_path = layout.stage1(settings.stage1_shape) / BEST
-        stage1 = _torch_networks(settings, settings.stage1_shape, {LESION: lesion_path}, device, share_encoders)
+        stage1 = _torch_networks(settings, settings.stage1_shape, {LESION: lesion_path}, device, share_encoders,
+                                 merge_decoders)
     targets = {shape: _torch_networks(settings, shape, layout.checkpoints(settings.variant, shape, settings.attributes),
-                                      device, share_encoders) for shape in settings.shapes}
+                                      device, share_encoders, merge_decoders) for shape in settings.shapes}
     if share_encoders and settings.encoder_mode == "frozen" and 2 in settings.stages:
         for shape, networks in targets.items():
             if len(networks) > 1:  # frozen training cannot change the encoder: a mixed-up or edited run folder
@@ -126,27 +131,23 @@ def load_run_networks(run_dir: Path, settings: PredictionSettings, device: torch
 
 
 def _torch_networks(settings: PredictionSettings, shape: str, paths: dict[str, Path], device: torch.device,
-                    share_encoders: bool) -> list[Network]:
+                    share_encoders: bool, merge_decoders: bool) -> list[Network]:
     groups: list[tuple[dict[str, torch.Tensor], dict[str, dict]]] = []  # (encoder state, {name: full state})
     for name, path in paths.items():
         state = load_checkpoint(path).get("model")
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: no 'model' state in this checkpoint")
         encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
-        group = next((g for g in groups if share_encoders and _same_tensors(g[0], encoder)), None)
+        group = next((g for g in groups if share_encoders and same_tensors(g[0], encoder)), None)
         if group is None:
             groups.append((encoder, {name: state}))
         else:
             group[1][name] = state
-    return [_build_network(settings, shape, states, paths, device) for _, states in groups]
-
-
-def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    return [_build_network(settings, shape, states, paths, device, merge_decoders) for _, states in groups]
 
 
 def _build_network(settings: PredictionSettings, shape: str, states: dict[str, dict], paths: dict[str, Path],
-                   device: torch.device) -> TorchNetwork:
+                   device: torch.device, merge_decoders: bool) -> TorchNetwork:
     model = MultiHeadSegmenter.from_model(build_model(shape, settings.encoder_name), list(states))
     for index, (name, state) in enumerate(states.items()):
         try:
@@ -157,7 +158,14 @@ def _build_network(settings: PredictionSettings, shape: str, states: dict[str, d
         except RuntimeError as error:
             raise CheckpointError(f"{paths[name]}: does not fit a {shape} {settings.encoder_name} network: "
                                   f"{str(error).splitlines()[0]}") from None
+    if merge_decoders:
+        model = merge_identical_decoders(model, lambda classes: _empty_head(shape, settings.encoder_name, classes))
     return TorchNetwork(model, shape, [paths[name] for name in states], device)
+
+
+def _empty_head(shape: str, encoder_name: str, classes: int) -> DecoderHead:
+    network = build_model(shape, encoder_name, classes=classes)
+    return DecoderHead(network.decoder, network.segmentation_head)
 
 
 def load_export_networks(export_dir: Path, device: str = "auto") -> tuple[PredictionSettings, Networks]:
@@ -259,7 +267,7 @@ def _mean_of_views(views: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def load_predictor(model_dir: Path, variant: str | None = None, engine: str | None = None, device: str = "auto",
-                   tta: bool = False, share_encoders: bool = True) -> Predictor:
+                   tta: bool = False, share_encoders: bool = True, merge_decoders: bool = True) -> Predictor:
     """A Predictor from a run folder (engine torch) or a `tatl export` folder (engine onnx)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -280,7 +288,8 @@ def load_predictor(model_dir: Path, variant: str | None = None, engine: str | No
         config = load_config(run.config)
         config.pipeline.stages = stated_stages(run) or config.pipeline.stages  # a Stage-1 run from before the key
         settings = settings_from_config(config, variant, tuned)
-        networks = load_run_networks(model_dir, settings, resolve_device(device, "--device"), share_encoders)
+        networks = load_run_networks(model_dir, settings, resolve_device(device, "--device"), share_encoders,
+                                     merge_decoders)
     else:
         settings, networks = load_export_networks(model_dir, device)
         if variant and variant != settings.variant:

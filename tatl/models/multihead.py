@@ -11,6 +11,7 @@ do not depend on how the heads were grouped in training.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -97,6 +98,46 @@ class MultiHeadSegmenter(nn.Module):
                                       f"{describe_differences(differences)}")
         self.encoder.load_state_dict(encoder_state, strict=True)
         self.heads[name].load_state_dict(head_state, strict=True)
+
+
+def merge_identical_decoders(model: MultiHeadSegmenter,
+                             new_head: Callable[[int], DecoderHead]) -> MultiHeadSegmenter:
+    """`model` with the one-channel heads whose decoders are bit-identical (a joint Stage 3 saved as one network per
+    attribute) as one head with a channel each, named by its targets joined with "+": the decoder runs once. Heads
+    differ there only in their last convolution's one output channel. new_head(n) builds an empty head of n channels.
+    Returns `model` itself when no two decoders are the same."""
+    from tatl.models.weights import HEAD_PREFIX, stack_output_channels
+
+    def body(name: str) -> dict[str, torch.Tensor]:  # every tensor but the one-channel ones of the last convolution
+        return {k: v for k, v in model.heads[name].state_dict().items()
+                if not (k.startswith(HEAD_PREFIX) and v.shape[:1] == (1,))}
+
+    groups: list[tuple[dict[str, torch.Tensor], list[str]]] = []
+    for name in model.heads:
+        if model.channels[name] != [name]:  # already several channels
+            groups.append(({}, [name]))
+            continue
+        state = body(name)
+        group = next((g for g in groups if g[0] and same_tensors(g[0], state)), None)
+        if group is None:
+            groups.append((state, [name]))
+        else:
+            group[1].append(name)
+    if all(len(names) == 1 for _, names in groups):
+        return model
+    heads, channels = {}, {}
+    for _, names in groups:
+        if len(names) == 1:
+            heads[names[0]], channels[names[0]] = model.heads[names[0]], model.channels[names[0]]
+            continue
+        key, head = "+".join(names), new_head(len(names))
+        head.load_state_dict(stack_output_channels([model.heads[n].state_dict() for n in names]), strict=True)
+        heads[key], channels[key] = head, names
+    return MultiHeadSegmenter(model.encoder, heads, channels)
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 class TrainingForward(nn.Module):

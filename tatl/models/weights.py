@@ -173,6 +173,16 @@ def repeat_output_channel(state: Mapping[str, torch.Tensor], classes: int) -> di
             for key, value in state.items()}
 
 
+def stack_output_channels(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One-output-channel states that differ only in their last convolution as one network with a channel each, in
+    order (the inverse of cutting a joint head into channels): the first state's other tensors, the heads'
+    one-channel tensors concatenated."""
+    head = [key for key, value in states[0].items() if key.startswith(HEAD_PREFIX) and value.shape[:1] == (1,)]
+    stacked = dict(states[0])
+    stacked.update({key: torch.cat([state[key] for state in states]) for key in head})
+    return stacked
+
+
 def transfer_weights(
     source_state: Mapping[str, torch.Tensor], target: nn.Module, reinit_head_if_shape_differs: bool = True
 ) -> list[str]:
