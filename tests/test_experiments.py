@@ -268,6 +268,16 @@ def test_a_group_is_reused_only_when_finished_with_the_same_settings_and_split(t
     assert settings_that_differ(base, load_config("demo", stage3_changes)) == []
     assert settings_that_differ(base, load_config("demo", ["train.lr=0.02", "data.fold=1"])) == ["data.fold",
                                                                                                   "train.lr"]
+    # Stage 2 with its own epochs: the Stage-3 epochs and a patience that never stops it do not make it another network
+    short_stage2 = load_config("demo", ["train.stage2_epochs=2", "train.epochs=6", "train.patience=6"])
+    longer_stage3 = load_config("demo", ["train.stage2_epochs=2", "train.epochs=9", "train.patience=9"])
+    assert settings_that_differ(short_stage2, longer_stage3, stage=2) == []
+    assert settings_that_differ(short_stage2, longer_stage3, stage=1) == ["train.epochs", "train.patience"]
+    assert settings_that_differ(short_stage2, longer_stage3) == ["train.epochs", "train.patience"]
+    as_default = load_config("demo", ["train.epochs=2", "train.patience=5"])  # Stage 2 trains 2 epochs either way
+    assert settings_that_differ(short_stage2, as_default, stage=2) == []
+    longer_stage2 = load_config("demo", ["train.stage2_epochs=3", "train.epochs=6", "train.patience=6"])
+    assert settings_that_differ(short_stage2, longer_stage2, stage=2) == ["train.epochs", "train.patience"]
     source, run = tmp_path / "source", tmp_path / "run"
     for folder in (source, run):
         (folder / "stage1" / "unet").mkdir(parents=True)

@@ -34,11 +34,25 @@ STAGE3_ONLY = frozenset({
 })
 
 
-def settings_that_differ(a: Config, b: Config) -> list[str]:
-    """The `section.key` settings, outside STAGE3_ONLY, whose values differ between `a` and `b`."""
-    flat_a, flat_b = _flat(to_dict(a)), _flat(to_dict(b))
+def settings_that_differ(a: Config, b: Config, stage: int | None = None) -> list[str]:
+    """The `section.key` settings, outside STAGE3_ONLY, whose values differ between `a` and `b`; for `stage` 1 or
+    2, the epochs and patience compared are those that stage's networks train with (`_stage_schedule`)."""
+    flat_a, flat_b = _stage_schedule(_flat(to_dict(a)), stage), _stage_schedule(_flat(to_dict(b)), stage)
     return sorted(key for key in flat_a.keys() | flat_b.keys()
                   if key not in STAGE3_ONLY and flat_a.get(key) != flat_b.get(key))
+
+
+def _stage_schedule(flat: dict, stage: int | None) -> dict:
+    """Stage 1 trains for train.epochs, Stage 2 for train.stage2_epochs (or train.epochs when null), and a patience of
+    at least that many epochs never stops a network early: so a Stage-2 group of a run that changed only its Stage-3
+    epochs (with train.stage2_epochs set) is the same network, and so is every patience >= the epochs."""
+    if stage not in (1, 2):
+        return flat
+    flat = dict(flat)
+    stage2_epochs = flat.pop("train.stage2_epochs", None)
+    epochs = (stage2_epochs if stage == 2 else None) or flat["train.epochs"]
+    flat["train.epochs"], flat["train.patience"] = epochs, min(flat["train.patience"], epochs)
+    return flat
 
 
 def data_identity(root: Path | Sequence[Path], samples: Sequence[Sample]) -> dict:
@@ -58,7 +72,8 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dic
     trained on the same `data` (`data_identity`) with this run's Stage 1-2 settings and split; None when there is
     none."""
     run = RunLayout(run_dir)
-    if not _is_stage1_or_stage2(run, group_dir):
+    stage = _stage_of(run, group_dir)
+    if stage is None:
         return None
     relative = group_dir.relative_to(run.root)
     for source in map(RunLayout, config.pipeline.reuse_stages_from):
@@ -72,7 +87,7 @@ def find_trained_group(run_dir: Path, group_dir: Path, config: Config, data: dic
             same_data = all(done.get(key) == value for key, value in data.items())  # older runs lack a key: not reused
         except (ConfigError, OSError, ValueError, AttributeError):
             continue  # a source that cannot be read is no source; this run trains the group itself
-        if same_data and same_split and not settings_that_differ(source_config, config):
+        if same_data and same_split and not settings_that_differ(source_config, config, stage):
             return candidate
     return None
 
@@ -91,10 +106,13 @@ def copy_group(source: Path, destination: Path, done: dict | None = None) -> Non
         write_json(destination / DONE, done)
 
 
-def _is_stage1_or_stage2(run: RunLayout, group_dir: Path) -> bool:
-    """A group folder RUN/stage1/<shape> or RUN/stage2-<inputs>/<shape>: the networks a grid's jobs share."""
+def _stage_of(run: RunLayout, group_dir: Path) -> int | None:
+    """1 or 2 for a group folder RUN/stage1/<shape> or RUN/stage2-<inputs>/<shape> (the networks a grid's jobs
+    share), None for any other folder."""
     shape = group_dir.name
-    return group_dir in (run.stage1(shape), *(run.stage2(inputs, shape) for inputs in INPUTS))
+    if group_dir == run.stage1(shape):
+        return 1
+    return 2 if group_dir in [run.stage2(inputs, shape) for inputs in INPUTS] else None
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
