@@ -33,12 +33,12 @@ GATES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # 0.0: no gate
 GRID = np.array(THRESHOLD_GRID)
 
 
-def per_image_counts(model: tatl.api.Model, samples: list, attributes: list[str]) -> dict[str, tuple]:
-    """{attribute: (counts (N, thresholds, 3) of normalised TP, FP, FN; peaks (N,) largest probability)}."""
+def per_image_counts(predictions: list, samples: list, attributes: list[str]) -> dict[str, tuple]:
+    """{attribute: (counts (N, thresholds, 3) of normalised TP, FP, FN; peaks (N,) largest probability)} of the
+    samples' predictions (ImagePrediction, in the same order)."""
     counts: dict[str, list] = {a: [] for a in attributes}
     peaks: dict[str, list] = {a: [] for a in attributes}
-    for sample in samples:
-        prediction = model.predictor.predict(sample.image_path)
+    for prediction, sample in zip(predictions, samples, strict=True):
         for attribute in attributes:
             probabilities = prediction.full_size(attribute)
             truth = full_size_target(sample, attribute, prediction.size)
@@ -80,9 +80,10 @@ def main() -> None:
     model = tatl.load(args.run, variant=args.variant)
     attributes = list(model.predictor.settings.attributes)
     samples = {s.image_id: s for s in find_samples(data, tuple(attributes))}
-    tune = per_image_counts(model, [samples[i] for i in splits["tune"]], attributes)
-    val_samples = [samples[i] for i in splits["val"]]
-    val = per_image_counts(model, val_samples, attributes)
+    tune_samples, val_samples = ([samples[i] for i in splits[split]] for split in ("tune", "val"))
+    tune = per_image_counts([model.predictor.predict(s.image_path) for s in tune_samples], tune_samples, attributes)
+    val_predictions = [model.predictor.predict(s.image_path) for s in val_samples]
+    val = per_image_counts(val_predictions, val_samples, attributes)
     print(f"{args.run}, variant {model.predictor.settings.variant}: chosen on {len(splits['tune'])} tuning images, "
           f"reported on {len(val_samples)} validation images (official Jaccard)")
     print("| attribute | threshold alone | validation | threshold, gate | validation |\n|---|---:|---:|---:|---:|")
@@ -95,14 +96,13 @@ def main() -> None:
         chosen[attribute] = float(GRID[k0])
         print(f"| {attribute} | {GRID[k0]:.2f} | {plain[-1]:.3f} | {GRID[k1]:.2f}, {gate:.2f} | {gated[-1]:.3f} |")
     print(f"| macro | | {np.mean(plain):.3f} | | {np.mean(gated):.3f} |")
-    check = official_scores(model, val_samples, chosen)
+    check = official_scores(val_predictions, val_samples, chosen)
     print(f"check: ungated scores by tatl's Task2Scorer {', '.join(f'{a} {check[a]:.3f}' for a in attributes)}")
 
 
-def official_scores(model: tatl.api.Model, samples: list, thresholds: dict[str, float]) -> dict[str, float]:
+def official_scores(predictions: list, samples: list, thresholds: dict[str, float]) -> dict[str, float]:
     scorer = Task2Scorer(list(thresholds))
-    for sample in samples:
-        prediction = model.predictor.predict(sample.image_path)
+    for prediction, sample in zip(predictions, samples, strict=True):
         for attribute, threshold in thresholds.items():
             scorer.update(attribute, full_size_target(sample, attribute, prediction.size),
                           prediction.full_size(attribute) > threshold)

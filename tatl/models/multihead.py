@@ -106,27 +106,26 @@ def merge_identical_decoders(model: MultiHeadSegmenter,
     attribute) as one head with a channel each, named by its targets joined with "+": the decoder runs once. Heads
     differ there only in their last convolution's one output channel. new_head(n) builds an empty head of n channels.
     Returns `model` itself when no two decoders are the same."""
-    from tatl.models.weights import HEAD_PREFIX, stack_output_channels
+    from tatl.models.weights import output_channel_keys, stack_output_channels
 
-    def body(name: str) -> dict[str, torch.Tensor]:  # every tensor but the one-channel ones of the last convolution
-        return {k: v for k, v in model.heads[name].state_dict().items()
-                if not (k.startswith(HEAD_PREFIX) and v.shape[:1] == (1,))}
-
-    groups: list[tuple[dict[str, torch.Tensor], list[str]]] = []
+    bodies = {}  # one-channel head -> every tensor but those of its last convolution's one output channel
+    for name, head in model.heads.items():
+        if model.channels[name] == [name]:
+            state = head.state_dict()
+            last = set(output_channel_keys(state))
+            bodies[name] = {k: v for k, v in state.items() if k not in last}
+    groups: list[list[str]] = []
     for name in model.heads:
-        if model.channels[name] != [name]:  # already several channels
-            groups.append(({}, [name]))
-            continue
-        state = body(name)
-        group = next((g for g in groups if g[0] and same_tensors(g[0], state)), None)
+        group = next((g for g in groups if name in bodies and g[0] in bodies
+                      and same_tensors(bodies[g[0]], bodies[name])), None)
         if group is None:
-            groups.append((state, [name]))
+            groups.append([name])
         else:
-            group[1].append(name)
-    if all(len(names) == 1 for _, names in groups):
+            group.append(name)
+    if all(len(names) == 1 for names in groups):
         return model
     heads, channels = {}, {}
-    for _, names in groups:
+    for names in groups:
         if len(names) == 1:
             heads[names[0]], channels[names[0]] = model.heads[names[0]], model.channels[names[0]]
             continue

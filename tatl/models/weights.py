@@ -163,12 +163,18 @@ def describe_differences(differences: dict[str, list]) -> str:
     return "; ".join(parts)
 
 
+def output_channel_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of a one-output-channel network's last convolution (weight and bias, one output channel each): what
+    a joint head repeats, stacks and cuts per attribute."""
+    return [key for key, value in state.items() if key.startswith(HEAD_PREFIX) and value.shape[:1] == (1,)]
+
+
 def repeat_output_channel(state: Mapping[str, torch.Tensor], classes: int) -> dict[str, torch.Tensor]:
     """A one-output-channel network's state with its last convolution repeated `classes` times (a joint Stage 3
     started from Stage 2: every channel predicts the union at first); other tensors unchanged. A state whose head
     has several channels (the context-restoration network's three) is returned as it is: transfer_weights then
     re-initialises that head."""
-    head = [key for key, value in state.items() if key.startswith(HEAD_PREFIX) and value.shape[:1] == (1,)]
+    head = output_channel_keys(state)
     return {key: value.repeat(classes, *([1] * (value.dim() - 1))) if key in head else value
             for key, value in state.items()}
 
@@ -177,7 +183,7 @@ def stack_output_channels(states: list[Mapping[str, torch.Tensor]]) -> dict[str,
     """One-output-channel states that differ only in their last convolution as one network with a channel each, in
     order (the inverse of cutting a joint head into channels): the first state's other tensors, the heads'
     one-channel tensors concatenated."""
-    head = [key for key, value in states[0].items() if key.startswith(HEAD_PREFIX) and value.shape[:1] == (1,)]
+    head = output_channel_keys(states[0])
     stacked = dict(states[0])
     stacked.update({key: torch.cat([state[key] for state in states]) for key in head})
     return stacked
