@@ -1,6 +1,6 @@
 """Does an image-level "present" gate pay on a finished run? A training-free probe of issue 22's optional lever.
 
-    python benchmarks/gate_probe.py RUN [--data DATA] [--variant 1,2,3]
+    python benchmarks/gate_probe.py RUN [--data DATA] [--variant 1,2,3] [--tta]
 
 The 2018 fifth place gated each attribute's mask with an image-level classifier, so that an image without the
 attribute gets an empty mask (the official Jaccard pools every image's pixels: false positives on the many images
@@ -8,7 +8,8 @@ without a rare attribute weigh on it). This probe gates with what the run alread
 when its largest probability in the crop is below a gate g. Per attribute, the pair (threshold, gate) with the best
 official Jaccard is chosen on the run's tuning split (splits.json "tune"), over tatl's threshold grid and the gates
 below, and reported on its validation split beside the threshold alone chosen the same way. Nothing is tuned on the
-images reported.
+images reported. With --tta every prediction averages the four flips (tatl.load(RUN, tta=True)), thresholds and gates
+chosen on the TTA maps: compare its "threshold alone" column with a run without --tta to see what flip averaging pays.
 
 The Jaccards are computed from per-image pixel-normalised (TP, FP, FN) counts, as the official metric sums them
 (tatl.metrics.isic2018); the ungated scores are checked against tatl's Task2Scorer. Predictions come from
@@ -72,20 +73,22 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--data", type=Path, help="the run's data folder (default: the one RUN/data.json names)")
     parser.add_argument("--variant", help="default: the run's last variant")
+    parser.add_argument("--tta", action="store_true", help="average each prediction over the four flips")
     args = parser.parse_args()
     data = args.data or Path(json.loads((args.run / "data.json").read_text())["folder"])
     splits = json.loads((args.run / "splits.json").read_text())
     if not splits.get("tune"):
         parser.error(f"{args.run}: no tuning split (data.tune_fraction 0): nothing to choose the gate on")
-    model = tatl.load(args.run, variant=args.variant)
+    model = tatl.load(args.run, variant=args.variant, tta=args.tta)
     attributes = list(model.predictor.settings.attributes)
     samples = {s.image_id: s for s in find_samples(data, tuple(attributes))}
     tune_samples, val_samples = ([samples[i] for i in splits[split]] for split in ("tune", "val"))
     tune = per_image_counts([model.predictor.predict(s.image_path) for s in tune_samples], tune_samples, attributes)
     val_predictions = [model.predictor.predict(s.image_path) for s in val_samples]
     val = per_image_counts(val_predictions, val_samples, attributes)
-    print(f"{args.run}, variant {model.predictor.settings.variant}: chosen on {len(splits['tune'])} tuning images, "
-          f"reported on {len(val_samples)} validation images (official Jaccard)")
+    tta = ", flip TTA" if args.tta else ""
+    print(f"{args.run}, variant {model.predictor.settings.variant}{tta}: chosen on {len(splits['tune'])} tuning "
+          f"images, reported on {len(val_samples)} validation images (official Jaccard)")
     print("| attribute | threshold alone | validation | threshold, gate | validation |\n|---|---:|---:|---:|---:|")
     plain, gated, chosen = [], [], {}
     for attribute in attributes:

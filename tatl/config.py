@@ -27,7 +27,7 @@ MAX_INT = 2**63 - 1  # an int setting must fit a C long (torch, range sizes)
 INITS = ("tatl", "imagenet", "random", "augmentation", "context-restoration")  # Stage-3 starts (Tables 6-7)
 LOSSES = ("paper", "pooled", "pooled_bce")  # train.loss
 SAMPLINGS = ("uniform", "rare")  # train.sampling
-SCHEDULES = ("constant", "cosine")  # train.schedule
+SCHEDULES = ("constant", "cosine", "onecycle")  # train.schedule
 OPTIMIZERS = ("sgd", "adam")  # train.optimizer
 ENCODER_MODES = ("frozen", "trainable", "joint")  # pipeline.encoder_mode
 
@@ -89,7 +89,9 @@ class TrainConfig:
     # Beyond the paper (tatl.data.sampling): "uniform" shows each training image once per epoch (the paper); "rare"
     # draws as many with replacement, weighted to oversample images showing a rare attribute (Stage 2 and 3).
     sampling: str = "uniform"
-    schedule: str = "constant"  # learning rate: "constant" (the paper) or "cosine" (annealed to 0 over train.epochs)
+    # Learning rate (tatl.training.schedule): "constant" (the paper), "cosine" (annealed from train.lr to 0 over
+    # train.epochs) or "onecycle" (up from train.lr / 25 to train.lr in the first 30% of the steps, then down to ~0).
+    schedule: str = "constant"
 
 
 @dataclass

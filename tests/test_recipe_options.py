@@ -100,6 +100,24 @@ def test_cosine_schedule_anneals_from_lr_to_zero_and_constant_keeps_it():
     assert learning_rate(TrainConfig(lr=0.1, epochs=4), 3, 9, 10) == 0.1
 
 
+def test_onecycle_schedule_follows_torch_onecyclelr_step_by_step():
+    # torch's scheduler is the reference: the same rise and fall, within 2% of the peak (it counts phase ends at the
+    # step before, so single steps differ slightly), from lr / 25 at the start to ~0 at the end.
+    cfg, steps = TrainConfig(lr=0.1, epochs=4, schedule="onecycle"), 50
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps, anneal_strategy="cos", cycle_momentum=False
+    )
+    for epoch in range(cfg.epochs):
+        for step in range(steps):
+            assert learning_rate(cfg, epoch, step, steps) == pytest.approx(optimizer.param_groups[0]["lr"], abs=0.002)
+            optimizer.step()
+            reference.step()
+    assert learning_rate(cfg, 0, 0, steps) == pytest.approx(0.1 / 25)
+    assert learning_rate(cfg, 1, 10, steps) == pytest.approx(0.1)  # the peak at 30% of the steps
+    assert learning_rate(cfg, 3, 49, steps) < 0.1 / 1000
+
+
 def test_train_optimizer_builds_sgd_with_momentum_or_adam_at_the_configured_rate():
     from tatl.training.engine import make_optimizer
 
@@ -165,7 +183,7 @@ def test_paper_preset_keeps_the_papers_method():
     [
         ("train.loss=dice", "train.loss: 'dice' (one of paper, pooled, pooled_bce)"),
         ("train.sampling=balanced", "train.sampling: 'balanced' (one of uniform, rare)"),
-        ("train.schedule=step", "train.schedule: 'step' (one of constant, cosine)"),
+        ("train.schedule=step", "train.schedule: 'step' (one of constant, cosine, onecycle)"),
         ("train.optimizer=adamw", "train.optimizer: 'adamw' (one of sgd, adam)"),
         ("data.tune_fraction=0.8", "data.tune_fraction must be in [0, 1 - data.val_fraction)"),
         ("data.tune_fraction=-0.1", "data.tune_fraction must be in"),
