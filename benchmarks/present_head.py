@@ -10,8 +10,9 @@ crop (the deepest feature map of the network that predicts the attributes, avera
 run's training split (is the attribute anywhere in the mask?), its L2 weight chosen on the tuning split. Its
 probability gates the masks as benchmarks/gate_probe.py gates them with a map's peak: the pair (threshold, gate)
 chosen on the tuning split, reported on the validation split beside the threshold alone chosen the same way, with
-each head's ranking quality (ROC AUC on the validation split) beside the peak probability's. Nothing is chosen on
-the images reported.
+each head's ranking quality (ROC AUC on the validation split) beside the peak probability's, and the head's AUC on
+the images it was fitted on (near 1 where the network's features of its own training images do not carry over).
+Nothing is chosen on the images reported, and the head is not fitted on the tuning images its gate is chosen on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tatl
 from tatl.data.dataset import full_size_target
 from tatl.data.images import image_size
 from tatl.data.isic import find_samples
+from tatl.data.splits import training_ids
 
 GATES = (0.0, *np.round(np.arange(0.1, 0.96, 0.05), 2))  # 0.0: no gate; the head's probabilities are balanced
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 of the logistic regression on standardised features
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     attributes = list(model.predictor.settings.attributes)
     features = EncoderFeatures(model.predictor, attributes)
     samples = {s.image_id: s for s in find_samples(data, tuple(attributes))}
-    parts = {split: [samples[i] for i in splits[split]] for split in ("train", "tune", "val")}
+    ids = {"train": training_ids(splits, splits["train"]), "tune": splits["tune"], "val": splits["val"]}
+    parts = {split: [samples[i] for i in part] for split, part in ids.items()}
     predicted = {split: predict_split(model, features, part) for split, part in parts.items()}
     mean, std = predicted["train"][1].mean(0), predicted["train"][1].std(0) + 1e-6
     x = {split: (rows - mean) / std for split, (_, rows) in predicted.items()}
@@ -127,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = {split: per_image_counts(predicted[split][0], parts[split], attributes) for split in ("tune", "val")}
     print(f"{args.run}, variant {model.predictor.settings.variant}: heads fitted on {len(parts['train'])} training "
           f"images, chosen on {len(parts['tune'])} tuning images, reported on {len(parts['val'])} validation images")
-    print("| attribute | shown in (train/val) | AUC: peak / head | threshold alone | validation | threshold, gate "
-          "| validation |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| attribute | shown in (train/val) | AUC: peak / head (head on train) | threshold alone | validation "
+          "| threshold, gate | validation |\n|---|---|---:|---:|---:|---:|---:|")
     plain, gated = [], []
     for a in attributes:
         head = train_head(x["train"], y["train"][a], x["tune"], y["tune"][a])
@@ -137,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         k1, gate = best_pair(counts["tune"][a][0], gate_of["tune"], GATES)
         plain.append(jaccard(counts["val"][a][0], gate_of["val"], k0, 0.0))
         gated.append(jaccard(counts["val"][a][0], gate_of["val"], k1, gate))
-        aucs = roc_auc(counts["val"][a][1], y["val"][a]), roc_auc(gate_of["val"], y["val"][a])
-        print(f"| {a} | {int(y['train'][a].sum())}/{int(y['val'][a].sum())} | {aucs[0]:.3f} / {aucs[1]:.3f} | "
+        aucs = (roc_auc(counts["val"][a][1], y["val"][a]), roc_auc(gate_of["val"], y["val"][a]),
+                roc_auc(head_probabilities(head, x["train"]), y["train"][a]))
+        print(f"| {a} | {int(y['train'][a].sum())}/{int(y['val'][a].sum())} | {aucs[0]:.3f} / {aucs[1]:.3f} "
+              f"({aucs[2]:.3f}) | "
               f"{GRID[k0]:.2f} | {plain[-1]:.3f} | {GRID[k1]:.2f}, {gate:.2f} | {gated[-1]:.3f} |")
     print(f"| macro | | | | {np.mean(plain):.3f} | | {np.mean(gated):.3f} |")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_the_script_prints_a_row_per_attribute_on_a_finished_run_with_a_tuning_s
     run = tiny_run_factory(overrides={"synth.n": 24, "data.tune_fraction": 0.2})
     main([str(run)])
     out = capsys.readouterr().out
+    splits = json.loads((run / "splits.json").read_text())
+    fitted_on = len(splits["train"]) - len(splits["tune"])  # the tuning images choose the gate: not fitted on
+    assert f"heads fitted on {fitted_on} training images, chosen on {len(splits['tune'])} tuning images" in out
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     # the header, then the run's attributes in its order (data.attributes), then the macro average
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| pigment_network", "| globules", "| macro"]
