@@ -10,6 +10,7 @@ official Jaccard is chosen on the run's tuning split (splits.json "tune"), over 
 below, and reported on its validation split beside the threshold alone chosen the same way. Nothing is tuned on the
 images reported. With --tta every prediction averages the four flips (tatl.load(RUN, tta=True)), thresholds and gates
 chosen on the TTA maps: compare its "threshold alone" column with a run without --tta to see what flip averaging pays.
+The "at 0.5" column is every attribute at threshold 0.5, nothing chosen: the tuned thresholds' own worth.
 
 The Jaccards are computed from per-image pixel-normalised (TP, FP, FN) counts, as the official metric sums them
 (tatl.metrics.isic2018); the ungated scores are checked against tatl's Task2Scorer. Predictions come from
@@ -32,6 +33,7 @@ from tatl.pipeline.scoring import THRESHOLD_GRID
 
 GATES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # 0.0: no gate
 GRID = np.array(THRESHOLD_GRID)
+HALF = int(np.argmin(np.abs(GRID - 0.5)))  # the grid index of threshold 0.5: the "at 0.5" column
 
 
 def per_image_counts(predictions: list, samples: list, attributes: list[str]) -> dict[str, tuple]:
@@ -89,16 +91,19 @@ def main() -> None:
     tta = ", flip TTA" if args.tta else ""
     print(f"{args.run}, variant {model.predictor.settings.variant}{tta}: chosen on {len(splits['tune'])} tuning "
           f"images, reported on {len(val_samples)} validation images (official Jaccard)")
-    print("| attribute | threshold alone | validation | threshold, gate | validation |\n|---|---:|---:|---:|---:|")
-    plain, gated, chosen = [], [], {}
+    print("| attribute | at 0.5 | threshold alone | validation | threshold, gate | validation |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    fixed, plain, gated, chosen = [], [], [], {}
     for attribute in attributes:
+        fixed.append(jaccard(*val[attribute], HALF, 0.0))
         k0, _ = best_pair(*tune[attribute], (0.0,))
         k1, gate = best_pair(*tune[attribute], GATES)
         plain.append(jaccard(*val[attribute], k0, 0.0))
         gated.append(jaccard(*val[attribute], k1, gate))
         chosen[attribute] = float(GRID[k0])
-        print(f"| {attribute} | {GRID[k0]:.2f} | {plain[-1]:.3f} | {GRID[k1]:.2f}, {gate:.2f} | {gated[-1]:.3f} |")
-    print(f"| macro | | {np.mean(plain):.3f} | | {np.mean(gated):.3f} |")
+        print(f"| {attribute} | {fixed[-1]:.3f} | {GRID[k0]:.2f} | {plain[-1]:.3f} | {GRID[k1]:.2f}, {gate:.2f} "
+              f"| {gated[-1]:.3f} |")
+    print(f"| macro | {np.mean(fixed):.3f} | | {np.mean(plain):.3f} | | {np.mean(gated):.3f} |")
     check = official_scores(val_predictions, val_samples, chosen)
     print(f"check: ungated scores by tatl's Task2Scorer {', '.join(f'{a} {check[a]:.3f}' for a in attributes)}")
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from gate_probe import GRID, best_pair, jaccard  # noqa: E402
+from gate_probe import GRID, HALF, best_pair, jaccard  # noqa: E402
 
 
 def _counts(*images: tuple[float, float, float]) -> np.ndarray:
@@ -35,3 +35,7 @@ def test_the_best_pair_prefers_the_threshold_nearest_half_and_no_gate_on_ties():
     assert GRID[index] == 0.5 and gate == 0.0
     counts = _counts((0.1, 0.1, 0.0), (0.0, 0.3, 0.0))
     assert best_pair(counts, np.array([0.9, 0.4]), (0.0, 0.5))[1] == 0.5  # the gate that clears the false alarm
+
+
+def test_the_fixed_column_scores_at_threshold_half_of_the_grid():
+    assert GRID[HALF] == pytest.approx(0.5)  # the "at 0.5" column is the untuned baseline of the tuned thresholds
